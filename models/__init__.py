@@ -1,0 +1,50 @@
+"""Flax Linen transformer language models: GPT, GPT-2 (``models.gpt``).
+
+Parameters live outside the modules. The public entry points:
+
+    module, config = models.create("gpt2", dtype="bfloat16")
+    params = models.init_params(module, jax.random.key(0))
+    logits = module.apply({"params": params}, input_ids)
+
+``models.hf`` converts to and from Hugging Face checkpoints.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from models import gpt  # noqa: F401  (registers the GPT presets)
+from models.gpt import GPT, GPTConfig
+from models.registry import PRESETS, get_config
+
+__all__ = ["GPT", "GPTConfig", "PRESETS", "create", "get_config", "init_params", "param_shapes", "count_params"]
+
+
+def create(name_or_config, **overrides):
+    """A preset name (see ``PRESETS``) or config, with overrides -> ``(module, config)``."""
+    config = get_config(name_or_config, **overrides)
+    return config.module(), config
+
+
+def _dummy_inputs(config):
+    return (jnp.zeros((1, 1), jnp.int32),)
+
+
+def init_params(module, rng) -> dict:
+    """Randomly initialised parameters, as plain arrays (logical-axis boxes removed)."""
+    variables = jax.jit(module.init)(rng, *_dummy_inputs(module.config))
+    return nn.unbox(variables["params"])
+
+
+def param_shapes(module) -> dict:
+    """Parameter shapes and dtypes, computed without allocating (``jax.eval_shape``)."""
+    return jax.eval_shape(lambda: init_params(module, jax.random.key(0)))
+
+
+def count_params(params_or_module) -> int:
+    """Number of parameters of a parameter tree, or of a module from its shapes alone."""
+    tree = param_shapes(params_or_module) if isinstance(params_or_module, nn.Module) else params_or_module
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))

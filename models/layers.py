@@ -1,0 +1,273 @@
+"""Pieces shared by the GPT, BERT and ALBERT families.
+
+Every parameter carries logical axis names (``vocab``, ``embed``, ``heads``, ``kv``, ``mlp``,
+``layers``) and activations are constrained to ``(batch, length, embed)``, so a device mesh and
+a set of axis rules decide the sharding; the modules never mention devices.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+Dtype = Any
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    # The exact, erf-based GELU (BERT).
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    # The tanh approximation (GPT, GPT-2, ALBERT).
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+}
+
+# Activation names of the transformers configs, mapped to ours.
+HF_ACTIVATIONS = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "relu": "relu",
+    "silu": "silu",
+    "swish": "silu",
+}
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}") from None
+
+
+def normal(std: float, axes: Sequence[str]):
+    """N(0, std^2) initialiser that tags the parameter with logical axis names."""
+    return nn.with_logical_partitioning(nn.initializers.normal(stddev=std), tuple(axes))
+
+
+def zeros(axes: Sequence[str]):
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), tuple(axes))
+
+
+def ones(axes: Sequence[str]):
+    return nn.with_logical_partitioning(nn.initializers.ones_init(), tuple(axes))
+
+
+def constrain(x: Array) -> Array:
+    """Name the axes of a hidden-state activation for the sharding rules."""
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+def check_ids(ids, upper: int, what: str) -> None:
+    """Raise on ids outside [0, upper) when the ids are concrete (outside ``jit``).
+
+    JAX clamps out-of-range gathers silently; under ``jit`` the embeddings turn such ids into
+    NaN instead (see :class:`Embed`), so the loss becomes non-finite rather than wrong.
+    """
+    if isinstance(ids, jax.core.Tracer):
+        return
+    ids = np.asarray(ids)
+    if ids.size and (ids.min() < 0 or ids.max() >= upper):
+        bad = ids[(ids < 0) | (ids >= upper)]
+        raise ValueError(
+            f"{what} out of range: got {sorted(set(bad.tolist()))[:8]}, but the model accepts 0..{upper - 1}. "
+            f"Check that the tokenizer matches the model (its vocabulary must fit the model's {upper})."
+        )
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with the references' two-pass variance; statistics always in fp32."""
+
+    epsilon: float
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        features = x.shape[-1]
+        scale = self.param("scale", ones(("embed",)), (features,), self.param_dtype)
+        bias = self.param("bias", zeros(("embed",)), (features,), self.param_dtype)
+        x = x.astype(jnp.float32)
+        mean = x.mean(-1, keepdims=True)
+        var = jnp.square(x - mean).mean(-1, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+        return (y * jnp.asarray(scale, jnp.float32) + jnp.asarray(bias, jnp.float32)).astype(self.dtype)
+
+
+class Embed(nn.Module):
+    """A lookup table whose out-of-range ids give NaN instead of a silently clamped row."""
+
+    num_embeddings: int
+    features: int
+    init_std: float
+    axes: tuple[str, str] = ("vocab", "embed")
+    what: str = "token ids"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self):
+        self.embedding = self.param(
+            "embedding", normal(self.init_std, self.axes), (self.num_embeddings, self.features), self.param_dtype
+        )
+
+    def __call__(self, ids: Array) -> Array:
+        check_ids(ids, self.num_embeddings, self.what)
+        table = jnp.asarray(self.embedding, self.dtype)
+        return jnp.take(table, ids, axis=0, mode="fill", fill_value=jnp.nan)
+
+    def attend(self, x: Array) -> Array:
+        """Project hidden states onto the table: the tied output layer."""
+        return jnp.einsum("...d,vd->...v", x, jnp.asarray(self.embedding, self.dtype))
+
+
+def dense(features, *, axes, std, name, dtype, param_dtype, axis=-1) -> nn.DenseGeneral:
+    """A biased linear layer over ``axis`` with N(0, std^2) weights and logical axis names."""
+    features = tuple(features) if isinstance(features, (tuple, list)) else (features,)
+    return nn.DenseGeneral(
+        features,
+        axis=axis,
+        kernel_init=normal(std, axes),
+        bias_init=zeros(axes[-len(features):]),
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name=name,
+    )
+
+
+def padding_mask(attention_mask: Array | None) -> Array | None:
+    """[batch, keys] with 1 for real tokens -> a boolean [batch, 1, 1, keys] attention mask."""
+    if attention_mask is None:
+        return None
+    return jnp.asarray(attention_mask, bool)[:, None, None, :]
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with separate query/key/value projections.
+
+    Without attention dropout it calls ``jax.nn.dot_product_attention`` so XLA (or cuDNN on a
+    GPU) can pick a fused kernel; with dropout active the probabilities must be materialised,
+    so it takes the explicit path, which computes the same function.
+    """
+
+    num_heads: int
+    head_dim: int
+    features: int
+    causal: bool
+    dropout_rate: float
+    init_std: float
+    out_init_std: float
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array | None, deterministic: bool) -> Array:
+        proj = dict(axes=("embed", "heads", "kv"), std=self.init_std, dtype=self.dtype, param_dtype=self.param_dtype)
+        heads = (self.num_heads, self.head_dim)
+        q = dense(heads, name="query", **proj)(x)
+        k = dense(heads, name="key", **proj)(x)
+        v = dense(heads, name="value", **proj)(x)
+        if self.dropout_rate > 0 and not deterministic:
+            y = self.explicit_attention(q, k, v, mask, self.make_rng("dropout"))
+        else:
+            y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=self.causal)
+        return dense(
+            self.features,
+            axis=(-2, -1),
+            axes=("heads", "kv", "embed"),
+            std=self.out_init_std,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="out",
+        )(y)
+
+    def explicit_attention(self, q, k, v, mask, dropout_rng):
+        """softmax(q k^T / sqrt(d)) v with dropout on the probabilities; logits and softmax in fp32."""
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+        logits = logits / np.sqrt(self.head_dim)
+        allowed = jnp.ones(logits.shape[-2:], bool) if mask is None else mask
+        if self.causal:
+            allowed = allowed & jnp.tril(jnp.ones(logits.shape[-2:], bool))
+        logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(logits, axis=-1)
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - self.dropout_rate, probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - self.dropout_rate), 0.0).astype(v.dtype)
+        return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: fc (d -> d_ff), activation, proj (d_ff -> d)."""
+
+    features: int
+    d_ff: int
+    activation: str
+    init_std: float
+    out_init_std: float
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = dense(self.d_ff, axes=("embed", "mlp"), std=self.init_std, name="fc", **kw)(x)
+        h = nn.with_logical_constraint(activation(self.activation)(h), ("batch", "length", "mlp"))
+        return dense(self.features, axes=("mlp", "embed"), std=self.out_init_std, name="proj", **kw)(h)
+
+
+def stack_layers(per_layer: list, scanned: bool, name: str) -> dict:
+    """Per-layer parameter trees -> the layout of the model: one stacked tree under ``name``
+    (leading ``layers`` axis) when scanned, else ``{name}_0``, ``{name}_1``, ..."""
+    if scanned:
+        return {name: jax.tree.map(lambda *xs: np.stack(xs), *per_layer)}
+    return {f"{name}_{i}": tree for i, tree in enumerate(per_layer)}
+
+
+def unstack_layers(params: dict, n: int, scanned: bool, name: str) -> list:
+    """Inverse of :func:`stack_layers`."""
+    if scanned:
+        return [jax.tree.map(lambda x: x[i], params[name]) for i in range(n)]
+    return [params[f"{name}_{i}"] for i in range(n)]
+
+
+def repeat_layers(block: type[nn.Module], n: int, *, scanned: bool, remat: str, name: str):
+    """Build ``n`` copies of ``block``: one ``nn.scan`` over a stacked ``layers`` axis, or ``n``
+    unrolled modules. ``block.__call__(x, mask, deterministic)`` must return ``(x, None)``.
+    Returns a function ``(module_kwargs) -> (x, mask, deterministic) -> x``."""
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {remat!r}; choose one of {sorted(REMAT_POLICIES)}")
+    if remat != "none":
+        # argnum 3 is `deterministic` (self is 0): a Python bool that must stay static.
+        block = nn.remat(block, policy=REMAT_POLICIES[remat], prevent_cse=not scanned, static_argnums=(3,))
+
+    def build(**kwargs):
+        if scanned:
+            stack = nn.scan(
+                block,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast, nn.broadcast),
+                length=n,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )(name=name, **kwargs)
+            return lambda x, mask, deterministic: stack(x, mask, deterministic)[0]
+        blocks = [block(name=f"{name}_{i}", **kwargs) for i in range(n)]
+
+        def run(x, mask, deterministic):
+            for b in blocks:
+                x, _ = b(x, mask, deterministic)
+            return x
+
+        return run
+
+    return build

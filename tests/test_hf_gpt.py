@@ -1,0 +1,148 @@
+"""GPT / GPT-2 against transformers' PyTorch implementation, both directions."""
+
+import json
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import models
+from models import hf
+from conftest import torch_logits
+
+# Shapes unlike the presets: head counts that are not powers of two, d_ff != 4 d, other epsilons.
+CASES = {
+    "gpt2-3heads": (transformers.GPT2LMHeadModel, transformers.GPT2Config(
+        vocab_size=97, n_positions=40, n_embd=48, n_layer=3, n_head=3, n_inner=100, layer_norm_epsilon=1e-6)),
+    "gpt2-5heads-relu": (transformers.GPT2LMHeadModel, transformers.GPT2Config(
+        vocab_size=61, n_positions=24, n_embd=40, n_layer=2, n_head=5, activation_function="relu")),
+    "gpt2-exact-gelu": (transformers.GPT2LMHeadModel, transformers.GPT2Config(
+        vocab_size=50, n_positions=32, n_embd=24, n_layer=1, n_head=6, n_inner=72, activation_function="gelu",
+        layer_norm_epsilon=1e-3)),
+    "openai-gpt-5heads": (transformers.OpenAIGPTLMHeadModel, transformers.OpenAIGPTConfig(
+        vocab_size=97, n_positions=40, n_embd=40, n_layer=2, n_head=5)),
+    "openai-gpt-eps": (transformers.OpenAIGPTLMHeadModel, transformers.OpenAIGPTConfig(
+        vocab_size=77, n_positions=20, n_embd=36, n_layer=3, n_head=3, layer_norm_epsilon=1e-7)),
+}
+
+
+def make_reference(case, tmp_path, **save_kw):
+    cls, config = CASES[case]
+    torch.manual_seed(0)
+    model = cls(config).eval()
+    folder = tmp_path / case
+    model.save_pretrained(folder, **save_kw)
+    return model, folder
+
+
+def batch(config, rng, length=13):
+    ids = rng.randint(0, config.vocab_size, (3, length))
+    mask = np.ones_like(ids)
+    mask[1, 9:] = 0  # right padding
+    mask[2, :4] = 0  # left padding
+    return ids, mask
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_logits_match_reference(case, tmp_path, rng):
+    ref, folder = make_reference(case, tmp_path)
+    module, config, params = hf.load_pretrained(folder)
+    ids, mask = batch(config, rng)
+    ours = np.asarray(module.apply({"params": params}, ids))
+    np.testing.assert_allclose(ours, torch_logits(ref, ids), atol=1e-4, rtol=0)
+    ours = np.asarray(module.apply({"params": params}, ids, attention_mask=mask))
+    theirs = torch_logits(ref, ids, mask)
+    real = mask.astype(bool)
+    assert np.abs(ours[real] - theirs[real]).max() < 1e-4
+
+
+@pytest.mark.parametrize("case", ["gpt2-3heads", "openai-gpt-eps"])
+def test_export_loads_in_transformers_with_same_logits(case, tmp_path, rng):
+    cls, _ = CASES[case]
+    ref, folder = make_reference(case, tmp_path)
+    module, config, params = hf.load_pretrained(folder, scan_layers=False)
+    out = hf.save_pretrained(tmp_path / "exported", config, params)
+    back = cls.from_pretrained(out).eval()
+    ids, mask = batch(config, rng)
+    np.testing.assert_allclose(torch_logits(back, ids, mask), torch_logits(ref, ids, mask), atol=1e-6)
+    ours = np.asarray(module.apply({"params": params}, ids))
+    np.testing.assert_allclose(torch_logits(back, ids), ours, atol=1e-4, rtol=0)
+    state = hf.to_hf_state_dict(config, params)
+    reference_state = {k: v.numpy() for k, v in ref.state_dict().items() if k in state}
+    assert set(reference_state) == set(state)
+    for k in state:
+        np.testing.assert_array_equal(state[k], reference_state[k], err_msg=k)
+
+
+def test_randomly_initialised_export_round_trip(tmp_path, rng):
+    """Our own initialisation exported to transformers gives our logits."""
+    import jax
+
+    module, config = models.create("gpt2-tiny", n_head=2, d_ff=80)
+    params = models.init_params(module, jax.random.key(5))
+    back = transformers.GPT2LMHeadModel.from_pretrained(hf.save_pretrained(tmp_path / "ours", config, params)).eval()
+    ids = rng.randint(0, config.vocab_size, (2, 20))
+    np.testing.assert_allclose(torch_logits(back, ids), np.asarray(module.apply({"params": params}, ids)), atol=1e-4)
+
+
+def test_pytorch_bin_checkpoints_read_without_torch_unpickling(tmp_path, rng):
+    ref, folder = make_reference("gpt2-3heads", tmp_path)
+    torch.save(ref.state_dict(), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    state = hf.read_state_dict(folder)
+    for k, v in ref.state_dict().items():
+        np.testing.assert_array_equal(state[k], v.numpy())
+    module, config, params = hf.load_pretrained(folder)
+    ids, _ = batch(config, rng)
+    np.testing.assert_allclose(np.asarray(module.apply({"params": params}, ids)), torch_logits(ref, ids), atol=1e-4)
+
+
+def test_bin_with_code_is_refused(tmp_path):
+    class Exploit:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "pytorch_model.bin"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"x": Exploit()}))
+    with pytest.raises(pickle.UnpicklingError, match="refusing to unpickle builtins.print"):
+        hf.read_torch_bin(path)
+
+
+def test_other_architecture_is_refused(tmp_path):
+    folder = tmp_path / "t5"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "t5", "architectures": ["T5Model"]}))
+    with pytest.raises(ValueError, match="model_type 't5'.*supported model types: .*gpt2"):
+        hf.load_pretrained(folder)
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        hf.load_pretrained(tmp_path / "nowhere")
+
+
+def test_missing_and_misshaped_tensors_are_named(tmp_path):
+    ref, folder = make_reference("gpt2-3heads", tmp_path)
+    state = {k: v.numpy() for k, v in ref.state_dict().items()}
+    del state["transformer.h.1.mlp.c_fc.bias"]
+    state["transformer.ln_f.weight"] = np.zeros(5, np.float32)
+    import safetensors.numpy
+
+    safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(folder / "model.safetensors"))
+    with pytest.raises(ValueError) as err:
+        hf.load_pretrained(folder)
+    assert "missing h.1.mlp.c_fc.bias" in str(err.value)
+    assert "ln_f.weight has shape (5,), expected (48,)" in str(err.value)
+
+
+def test_save_refuses_to_overwrite(tmp_path):
+    import jax
+
+    module, config = models.create("gpt2-tiny")
+    params = models.init_params(module, jax.random.key(0))
+    folder = hf.save_pretrained(tmp_path / "out", config, params)
+    before = (folder / "model.safetensors").read_bytes()
+    with pytest.raises(FileExistsError, match="not empty"):
+        hf.save_pretrained(folder, config, params)
+    assert (folder / "model.safetensors").read_bytes() == before
