@@ -1,0 +1,10 @@
+"""optax pieces for training and fine-tuning: schedules, parameter groups, optimizers.
+
+Pure functions of pytrees; nothing here knows about models or the training loop.
+"""
+
+from optim.groups import path_mask, param_paths
+from optim.optimizers import adamw, decay_mask
+from optim.schedules import warmup_cosine, warmup_linear, SCHEDULES
+
+__all__ = ["adamw", "decay_mask", "param_paths", "path_mask", "warmup_cosine", "warmup_linear", "SCHEDULES"]

@@ -1,0 +1,158 @@
+"""Checkpoints of a run with orbax: parameters, optimizer state, step and data position.
+
+A run's folder holds ``run.json`` (the run config and the resolved model config, written once)
+and orbax's step folders, each with three items: ``params``, ``opt_state`` and ``meta`` (JSON:
+step, data-iterator state). Orbax writes each step to a temporary folder and renames it when
+complete, so a run killed mid-save resumes from the last complete step. A folder written by a
+run of another config is never reused: resuming it is refused with the differences listed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+
+import models
+
+ITEMS = ("params", "opt_state", "meta")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint folder that cannot be used: another run's, corrupt, or incomplete."""
+
+
+def _model_dict(model_config) -> dict:
+    return {"preset_class": type(model_config).__name__, **dataclasses.asdict(model_config)}
+
+
+def _differences(saved: dict, current: dict, prefix="") -> list[str]:
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: checkpoint has {a!r}, this run has {b!r}")
+    return out
+
+
+class Checkpoints:
+    """The checkpoints of one run folder."""
+
+    def __init__(self, workdir, run_identity: dict, model_config, *, keep: int, async_save: bool = True):
+        self.workdir = Path(workdir).absolute()
+        self.record = {"run": run_identity, "model": _model_dict(model_config)}
+        self._claim()
+        self.manager = ocp.CheckpointManager(
+            self.workdir / "checkpoints",
+            item_names=ITEMS,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
+                cleanup_tmp_directories=True,
+            ),
+        )
+
+    def _claim(self) -> None:
+        """Write run.json, or check that the one already there describes this same run."""
+        path = self.workdir / "run.json"
+        if path.exists():
+            try:
+                saved = json.loads(path.read_text())
+            except json.JSONDecodeError as e:
+                raise CheckpointError(f"{path} is corrupt ({e}); choose another workdir") from None
+            diffs = _differences(saved, json.loads(json.dumps(self.record)))
+            if diffs:
+                raise CheckpointError(
+                    f"{self.workdir} holds a run with a different config; refusing to touch it. Differences:\n  "
+                    + "\n  ".join(diffs)
+                    + "\nChoose another workdir, or restore the config to resume that run."
+                )
+            return
+        if self.workdir.exists() and any(self.workdir.iterdir()):
+            raise CheckpointError(
+                f"{self.workdir} is not empty and has no run.json: it is not a run folder of ours; choose another workdir"
+            )
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.record, indent=2) + "\n")
+        os.replace(tmp, path)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, data_state: dict) -> None:
+        meta = {"step": int(step), "data": data_state}
+        self.manager.save(
+            int(step),
+            args=ocp.args.Composite(
+                params=ocp.args.StandardSave(state.params),
+                opt_state=ocp.args.StandardSave(state.opt_state),
+                meta=ocp.args.JsonSave(meta),
+            ),
+            force=True,
+        )
+
+    def restore(self, step: int, abstract_state):
+        """Restore ``(state, data_state)`` laid out like ``abstract_state`` (arrays with shardings)."""
+        try:
+            restored = self.manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    params=ocp.args.StandardRestore(abstract_state.params),
+                    opt_state=ocp.args.StandardRestore(abstract_state.opt_state),
+                    meta=ocp.args.JsonRestore(),
+                ),
+            )
+        except Exception as e:  # orbax raises many types for damaged files
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.manager.directory} cannot be restored ({type(e).__name__}: {e}). "
+                "If it is damaged, move that step folder away to resume from the previous one."
+            ) from e
+        state = abstract_state.replace(
+            step=jax.numpy.asarray(restored["meta"]["step"], jax.numpy.int32),
+            params=restored["params"],
+            opt_state=restored["opt_state"],
+        )
+        return state, restored["meta"]["data"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def load_params(workdir, step: int | None = None, **model_overrides):
+    """Parameters of a run folder (the latest step unless ``step``) -> ``(module, model_config, params, run)``.
+
+    For evaluation and generation: no optimizer is rebuilt. ``model_overrides`` may change how
+    the model computes (e.g. ``dtype``), not the layout of its parameters.
+    """
+    workdir = Path(workdir)
+    run_file = workdir / "run.json"
+    if not run_file.exists():
+        raise CheckpointError(f"{workdir} is not a run folder: no run.json in it")
+    record = json.loads(run_file.read_text())
+    model_fields = {k: v for k, v in record["model"].items() if k != "preset_class"}
+    classes = {type(c).__name__: type(c) for c in models.PRESETS.values()}
+    config_cls = classes.get(record["model"]["preset_class"])
+    if config_cls is None:
+        raise CheckpointError(f"{run_file}: unknown model class {record['model']['preset_class']!r}")
+    model_config = config_cls(**{**model_fields, **model_overrides})
+    manager = ocp.CheckpointManager(workdir / "checkpoints", item_names=ITEMS,
+                                    options=ocp.CheckpointManagerOptions(read_only=True))
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise CheckpointError(f"{workdir} has no complete checkpoint yet")
+    module = model_config.module()
+    abstract = models.param_shapes(module)
+    try:
+        params = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))["params"]
+    except Exception as e:
+        raise CheckpointError(f"checkpoint step {step} in {workdir} cannot be restored ({type(e).__name__}: {e})") from e
+    return module, model_config, params, {**record["run"], "step": step}

@@ -1,0 +1,150 @@
+"""Training run configs: a plain dataclass, named presets, and ``key=value`` overrides.
+
+A config is chosen by name (``gpt2-mini-sotu``) or by a Python file defining ``get_config()``,
+then adjusted from the command line: ``--set steps=500 --set model_overrides.n_layer=2``.
+Values are parsed as JSON where they parse (numbers, booleans, null, lists), else kept as text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+from pathlib import Path
+from typing import Callable
+
+from train.fetch import cache_dir
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    # Model: a preset name from models.PRESETS plus field overrides.
+    model: str = "gpt2-mini"
+    model_overrides: dict = dataclasses.field(default_factory=dict)
+    # Task: how batches are built and what loss is minimised (train.tasks.TASKS).
+    task: str = "lm"
+    train_data: str = ""
+    eval_data: str | None = None
+    text_field: str = "text"
+    tokenizer: str = ""
+    seq_len: int = 256
+    batch_size: int = 16  # global, summed over hosts and accumulation steps
+    grad_accum: int = 1
+    steps: int = 1000
+    # Optimizer: AdamW with warmup then decay, global-norm clipping.
+    learning_rate: float = 3e-4
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 100
+    end_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    clip_norm: float = 1.0
+    seed: int = 0
+    # Devices: mesh axis sizes, -1 for "all remaining devices".
+    mesh: dict = dataclasses.field(default_factory=lambda: {"data": -1, "model": 1})
+    # Bookkeeping.
+    workdir: str = "runs/default"
+    log_every: int = 10
+    eval_every: int = 200
+    eval_max_batches: int | None = None
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 3
+    async_checkpoints: bool = True
+    progress_bar: bool = True
+
+    # Fields that may change when a run is resumed; every other field must match.
+    RESUMABLE = (
+        "steps", "log_every", "eval_every", "eval_max_batches", "checkpoint_every", "keep_checkpoints",
+        "async_checkpoints", "progress_bar", "eval_data", "workdir",
+    )
+
+    def __post_init__(self):
+        positive = ("seq_len", "batch_size", "grad_accum", "steps", "log_every", "eval_every", "checkpoint_every",
+                    "keep_checkpoints")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        if not 0 <= self.warmup_steps <= self.steps:
+            raise ValueError(f"warmup_steps={self.warmup_steps} must lie in [0, steps={self.steps}]")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size={self.batch_size} is not divisible by grad_accum={self.grad_accum}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def identity(self) -> dict:
+        """The fields that define a run: a checkpoint of another identity is never resumed."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.RESUMABLE}
+
+
+CONFIGS: dict[str, Callable[[], TrainConfig]] = {}
+
+
+def register(name: str):
+    def wrap(fn):
+        CONFIGS[name] = fn
+        return fn
+
+    return wrap
+
+
+@register("gpt2-mini-sotu")
+def gpt2_mini_sotu() -> TrainConfig:
+    """The main job: a 4-layer GPT-2 on the State of the Union addresses, a few minutes on a CPU."""
+    sotu = cache_dir() / "sotu"
+    return TrainConfig(
+        model="gpt2-mini",
+        model_overrides={"n_positions": 128},
+        train_data=str(sotu / "train.jsonl"),
+        eval_data=str(sotu / "validation.jsonl"),
+        tokenizer=str(sotu / "spm8k.model"),
+        seq_len=128,
+        batch_size=16,
+        steps=600,
+        learning_rate=1e-3,
+        warmup_steps=60,
+        eval_every=200,
+        checkpoint_every=100,
+        workdir="runs/gpt2-mini-sotu",
+    )
+
+
+def load_config(name_or_path: str) -> TrainConfig:
+    """A registered config by name, or ``get_config()`` from a Python file."""
+    if name_or_path in CONFIGS:
+        return CONFIGS[name_or_path]()
+    path = Path(name_or_path)
+    if path.suffix == ".py" and path.exists():
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.get_config()
+    raise ValueError(
+        f"unknown config {name_or_path!r}: give a registered name ({', '.join(sorted(CONFIGS))}) "
+        "or a .py file that defines get_config()"
+    )
+
+
+def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
+    """Apply ``key=value`` strings; ``a.b=value`` sets a key inside a dict field."""
+    values = config.to_dict()
+    fields = {f.name for f in dataclasses.fields(config)}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        head, _, sub = key.partition(".")
+        if head not in fields:
+            raise ValueError(f"unknown config field {head!r}; valid fields: {', '.join(sorted(fields))}")
+        if sub:
+            if not isinstance(values[head], dict):
+                raise ValueError(f"{head} is not a dict field; use {head}=value")
+            values[head] = {**values[head], sub: value}
+        else:
+            values[head] = value
+    return TrainConfig(**values)

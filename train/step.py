@@ -1,0 +1,85 @@
+"""The train state and the jitted train and eval steps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from train import sharding
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def init_state(module, tx, rng, mesh):
+    """Initialise parameters and optimizer state directly in their sharded layout.
+
+    Returns the state and its shardings (parameters from their logical axis names; optimizer
+    statistics follow the parameters they belong to, everything else is replicated).
+    """
+    dummy = jnp.zeros((1, 1), jnp.int32)
+    boxed = jax.eval_shape(lambda r: module.init(r, dummy)["params"], rng)
+    param_shardings = sharding.logical_shardings(boxed, mesh)
+    abstract_params = nn.unbox(boxed)
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    opt_shardings = optax.tree_map_params(
+        tx, lambda _, s: s, abstract_opt, param_shardings,
+        transform_non_params=lambda _: sharding.replicated(mesh),
+    )
+    shardings = TrainState(step=sharding.replicated(mesh), params=param_shardings, opt_state=opt_shardings)
+
+    def init(r):
+        params = nn.unbox(module.init(r, dummy)["params"])
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    return jax.jit(init, out_shardings=shardings)(rng), shardings
+
+
+def make_train_step(module, task, tx, base_rng, shardings, mesh, grad_accum: int):
+    """One optimizer update from a batch of shape [grad_accum, micro_batch, ...].
+
+    Gradients are averaged over the microbatches (a ``lax.scan``, so memory holds one
+    microbatch's activations). Dropout keys are derived from the step, so a resumed run draws the
+    same dropout masks as an uninterrupted one. The state is donated.
+    """
+
+    def step(state: TrainState, batch):
+        rng = jax.random.fold_in(base_rng, state.step)
+        grad_fn = jax.value_and_grad(task.loss, argnums=1, has_aux=True)
+
+        def micro(carry, xs):
+            grads, sums = carry
+            i, mb = xs
+            (_, s), g = grad_fn(module, state.params, mb, jax.random.fold_in(rng, i), False)
+            return (jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, sums, s)), None
+
+        zero_grads = jax.tree.map(jnp.zeros_like, state.params)
+        first = jax.tree.map(lambda x: x[0], batch)
+        zero_sums = jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda: task.loss(module, state.params, first, rng, True)[1]))
+        (grads, sums), _ = jax.lax.scan(micro, (zero_grads, zero_sums), (jnp.arange(grad_accum), batch))
+        grads = jax.tree.map(lambda g: g / grad_accum, grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        sums["grad_norm"] = optax.global_norm(grads)
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), sums
+
+    batch_sh = sharding.batch_sharding(mesh, leading=1)
+    return jax.jit(step, in_shardings=(shardings, batch_sh), out_shardings=(shardings, None), donate_argnums=0)
+
+
+def make_eval_step(module, task, param_shardings, mesh):
+    """Summed statistics of one eval batch (no dropout)."""
+
+    def step(params, batch):
+        return task.loss(module, params, batch, jax.random.key(0), True)[1]
+
+    return jax.jit(step, in_shardings=(param_shardings, sharding.batch_sharding(mesh)))
