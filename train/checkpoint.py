@@ -145,7 +145,7 @@ def load_params(workdir, step: int | None = None, **model_overrides):
         raise CheckpointError(f"{run_file}: unknown model class {record['model']['preset_class']!r}")
     model_config = config_cls(**{**model_fields, **model_overrides})
     manager = ocp.CheckpointManager(workdir / "checkpoints", item_names=ITEMS,
-                                    options=ocp.CheckpointManagerOptions(read_only=True))
+                                    options=ocp.CheckpointManagerOptions(create=False))
     step = manager.latest_step() if step is None else step
     if step is None:
         raise CheckpointError(f"{workdir} has no complete checkpoint yet")

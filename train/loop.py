@@ -25,6 +25,7 @@ from train.checkpoint import Checkpoints
 from train.config import TrainConfig
 from train.fetch import cache_dir
 from train.metrics import MetricWriter, plot_loss_curve
+from train.evaluation import evaluate
 from train.step import init_state, make_eval_step, make_train_step
 from train.tasks import make_task
 from train.tokenizers import load_tokenizer
@@ -78,20 +79,6 @@ def load_corpora(config: TrainConfig, tokenizer):
 
     train = load(config.train_data, "train")
     return train, (load(config.eval_data, "validation") if config.eval_data else None)
-
-
-def evaluate(eval_step, params, task, batches, mesh, max_batches: int | None = None) -> dict:
-    """Sum an eval step's statistics over ``batches`` and summarise them."""
-    totals = None
-    in_sharding = sharding.batch_sharding(mesh)
-    for i, local in enumerate(batches):
-        if max_batches is not None and i >= max_batches:
-            break
-        sums = eval_step(params, sharding.global_batch(local, in_sharding))
-        totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
-    if totals is None:
-        raise ValueError("the evaluation data gave no batches")
-    return task.summarize(totals)
 
 
 class _Preemption:

@@ -28,9 +28,16 @@ RULES = (
 )
 
 
-def make_mesh(shape: dict[str, int]) -> Mesh:
-    """A mesh over all devices with the named axis sizes; one size may be -1 (the rest)."""
-    sizes = dict(shape)
+AXES = ("data", "model")
+
+
+def make_mesh(shape: dict[str, int] | None = None) -> Mesh:
+    """A mesh over all devices with axes ``data`` and ``model``; one size may be -1 (the rest).
+    Axes not given have size 1; the default is pure data parallelism."""
+    sizes = {"data": -1, "model": 1} if shape is None else {axis: 1 for axis in AXES} | dict(shape)
+    unknown = set(sizes) - set(AXES)
+    if unknown:
+        raise ValueError(f"mesh {shape}: unknown axes {sorted(unknown)}; the rules use {AXES}")
     n = jax.device_count()
     free = [k for k, v in sizes.items() if v == -1]
     if len(free) > 1:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
+import models
 from train import sharding
 
 
@@ -20,16 +20,20 @@ class TrainState:
     opt_state: Any
 
 
+def params_sharding(module, mesh):
+    """Where each parameter lives on the mesh, from the logical axis names the model gives it."""
+    boxed = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))["params"])
+    return sharding.logical_shardings(boxed, mesh)
+
+
 def init_state(module, tx, rng, mesh):
     """Initialise parameters and optimizer state directly in their sharded layout.
 
     Returns the state and its shardings (parameters from their logical axis names; optimizer
     statistics follow the parameters they belong to, everything else is replicated).
     """
-    dummy = jnp.zeros((1, 1), jnp.int32)
-    boxed = jax.eval_shape(lambda r: module.init(r, dummy)["params"], rng)
-    param_shardings = sharding.logical_shardings(boxed, mesh)
-    abstract_params = nn.unbox(boxed)
+    param_shardings = params_sharding(module, mesh)
+    abstract_params = models.param_shapes(module)
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
     opt_shardings = optax.tree_map_params(
         tx, lambda _, s: s, abstract_opt, param_shardings,
@@ -38,7 +42,7 @@ def init_state(module, tx, rng, mesh):
     shardings = TrainState(step=sharding.replicated(mesh), params=param_shardings, opt_state=opt_shardings)
 
     def init(r):
-        params = nn.unbox(module.init(r, dummy)["params"])
+        params = models.init_params(module, r)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
     return jax.jit(init, out_shardings=shardings)(rng), shardings
@@ -69,7 +73,7 @@ def make_train_step(module, task, tx, base_rng, shardings, mesh, grad_accum: int
         grads = jax.tree.map(lambda g: g / grad_accum, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        sums["grad_norm"] = optax.global_norm(grads)
+        sums["grad_norm"] = optax.tree.norm(grads)
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), sums
 
     batch_sh = sharding.batch_sharding(mesh, leading=1)
@@ -80,6 +84,6 @@ def make_eval_step(module, task, param_shardings, mesh):
     """Summed statistics of one eval batch (no dropout)."""
 
     def step(params, batch):
-        return task.loss(module, params, batch, jax.random.key(0), True)[1]
+        return task.loss(module, params, batch, jax.random.PRNGKey(0), True)[1]
 
     return jax.jit(step, in_shardings=(param_shardings, sharding.batch_sharding(mesh)))

@@ -1,0 +1,207 @@
+"""The training loop: outputs, resumption after SIGKILL/SIGTERM, and refusals that lose nothing."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from train.checkpoint import CheckpointError, load_params
+from train.config import TrainConfig, apply_overrides, load_config
+from train.loop import NonFiniteLoss, train
+from train.tokenizers import train_sentencepiece
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = "the union state nation people congress year government war peace law trade money work".split()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A small JSONL corpus and a 200-piece sentencepiece model trained on it."""
+    root = tmp_path_factory.mktemp("corpus")
+    rng = random.Random(0)
+    for split, n in (("train", 60), ("validation", 6)):
+        with open(root / f"{split}.jsonl", "w") as f:
+            for _ in range(n):
+                text = ". ".join(" ".join(rng.choices(WORDS, k=rng.randint(4, 12))) for _ in range(rng.randint(3, 8)))
+                f.write(json.dumps({"text": text + "."}) + "\n")
+    model = train_sentencepiece([str(root / "train.jsonl")], root / "spm", vocab_size=120, model_type="bpe")
+    return root, model
+
+
+def tiny_config(corpus, workdir, **kw) -> TrainConfig:
+    root, model = corpus
+    values = dict(
+        model="gpt2-tiny", model_overrides={"n_positions": 32}, train_data=str(root / "train.jsonl"),
+        eval_data=str(root / "validation.jsonl"), tokenizer=str(model), seq_len=32, batch_size=4, steps=12,
+        warmup_steps=2, learning_rate=3e-3, log_every=2, eval_every=6, checkpoint_every=4, workdir=str(workdir),
+        progress_bar=False,
+    )
+    values.update(kw)
+    return TrainConfig(**values)
+
+
+def test_run_writes_metrics_checkpoints_and_curve(corpus, tmp_path):
+    summary = train(tiny_config(corpus, tmp_path / "run", grad_accum=2))
+    run = tmp_path / "run"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    assert [r["step"] for r in train_rows] == [2, 4, 6, 8, 10, 12]
+    assert train_rows[-1]["loss"] < train_rows[0]["loss"]
+    assert [r["step"] for r in rows if r["split"] == "validation"] == [6, 12]
+    assert summary["validation"]["perplexity"] == pytest.approx(np.exp(summary["validation"]["loss"]))
+    assert (run / "loss_curve.png").stat().st_size > 1000
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == ["12", "4", "8"]
+    module, config, params, info = load_params(run)
+    assert info["step"] == 12 and config.n_positions == 32
+
+
+def _run_script(config_file, *extra):
+    """scripts/train.py in a fresh process; the runs share a persistent compilation cache."""
+    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--config", str(config_file), *extra]
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(Path(config_file).parent / "xla-cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def _write_config(corpus, path, steps):
+    root, model = corpus
+    path.write_text(
+        "from train.config import TrainConfig\n\n"
+        "def get_config():\n"
+        f"    return TrainConfig(model='gpt2-tiny', model_overrides={{'n_positions': 32}}, "
+        f"train_data={str(root / 'train.jsonl')!r}, tokenizer={str(model)!r}, seq_len=32, batch_size=4, "
+        f"steps={steps}, warmup_steps=5, learning_rate=3e-3, checkpoint_every=5, log_every=5, eval_every=1000, "
+        "progress_bar=False)\n"
+    )
+    return path
+
+
+def _latest_step(workdir):
+    ckpts = Path(workdir) / "checkpoints"
+    steps = [int(p.name) for p in ckpts.iterdir() if p.name.isdigit()] if ckpts.exists() else []
+    return max(steps, default=0)
+
+
+def _wait_for_checkpoint(workdir, proc, timeout=120):
+    deadline = time.time() + timeout
+    while _latest_step(workdir) == 0:
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+
+
+def _final_params(workdir):
+    return load_params(workdir)[2]
+
+
+def _assert_bitwise_equal(a, b):
+    import jax
+
+    for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)):
+        assert np.array_equal(np.asarray(x), np.asarray(y)), path
+
+
+def test_killed_or_preempted_runs_resume_to_identical_parameters(corpus, tmp_path):
+    steps = 60
+    config_file = _write_config(corpus, tmp_path / "cfg.py", steps)
+    reference = _run_script(config_file, "--set", f"workdir={tmp_path / 'ref'}")
+    assert reference.wait() == 0, reference.stdout.read()
+
+    # SIGKILL at a random moment after the first checkpoint, then rerun the same command.
+    killed = _run_script(config_file, "--set", f"workdir={tmp_path / 'killed'}")
+    _wait_for_checkpoint(tmp_path / "killed", killed)
+    time.sleep(random.uniform(0.0, 1.0))
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait() == -signal.SIGKILL
+    stopped_at = _latest_step(tmp_path / "killed")
+    assert 0 < stopped_at < steps
+    resumed = _run_script(config_file, "--set", f"workdir={tmp_path / 'killed'}")
+    out, _ = resumed.communicate()
+    assert resumed.returncode == 0, out
+    assert json.loads(out[out.index("{"):])["start_step"] == stopped_at
+
+    # SIGTERM (preemption): saves the current step and exits cleanly.
+    preempted = _run_script(config_file, "--set", f"workdir={tmp_path / 'preempted'}")
+    _wait_for_checkpoint(tmp_path / "preempted", preempted)
+    preempted.send_signal(signal.SIGTERM)
+    out, _ = preempted.communicate()
+    assert preempted.returncode == 0, out
+    summary = json.loads(out[out.index("{"):])
+    assert summary["preempted"] and _latest_step(tmp_path / "preempted") == summary["step"] < steps
+    resumed = _run_script(config_file, "--set", f"workdir={tmp_path / 'preempted'}")
+    assert resumed.wait() == 0
+
+    reference_params = _final_params(tmp_path / "ref")
+    _assert_bitwise_equal(_final_params(tmp_path / "killed"), reference_params)
+    _assert_bitwise_equal(_final_params(tmp_path / "preempted"), reference_params)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(corpus, tmp_path):
+    config = tiny_config(corpus, tmp_path / "run", learning_rate=1e30, clip_norm=0.0, warmup_steps=0,
+                         checkpoint_every=1, eval_data=None)
+    with pytest.raises(NonFiniteLoss, match=r"non-finite loss .* at step (\d+).*last good checkpoint is step"):
+        train(config)
+    saved = _latest_step(tmp_path / "run")
+    assert saved >= 1
+    params = _final_params(tmp_path / "run")
+    import jax
+
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+
+
+def test_other_config_never_overwrites_a_run(corpus, tmp_path):
+    train(tiny_config(corpus, tmp_path / "run", steps=4, eval_data=None))
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file() and "tb" not in p.parts}
+    with pytest.raises(CheckpointError, match=r"(?s)different config.*model.d_model: checkpoint has 32, this run has 64"):
+        train(tiny_config(corpus, tmp_path / "run", steps=8, model_overrides={"n_positions": 32, "d_model": 64}))
+    after = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file() and "tb" not in p.parts}
+    assert before.keys() <= after.keys() and all(after[p] == before[p] for p in before)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match="not a run folder"):
+        train(tiny_config(corpus, foreign))
+
+
+def test_corrupt_checkpoint_gives_clear_error(corpus, tmp_path):
+    train(tiny_config(corpus, tmp_path / "run", steps=4, eval_data=None))
+    for f in (tmp_path / "run" / "checkpoints" / "4" / "params").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="checkpoint step 4 .* cannot be restored"):
+        train(tiny_config(corpus, tmp_path / "run", steps=8, eval_data=None))
+
+
+def test_bad_input_is_refused_before_touching_the_workdir(corpus, tmp_path):
+    workdir = tmp_path / "run"
+    with pytest.raises(ValueError, match="tokenizer has 120 tokens but the model embeds only 100"):
+        train(tiny_config(corpus, workdir, model_overrides={"n_positions": 32, "vocab_size": 100}))
+    with pytest.raises(ValueError, match="seq_len=64 exceeds the model's context of 32"):
+        train(tiny_config(corpus, workdir, seq_len=64))
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        train(tiny_config(corpus, workdir, train_data=str(tmp_path / "missing.jsonl")))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        train(tiny_config(corpus, workdir, train_data=str(empty)))
+    assert not workdir.exists()
+
+
+def test_config_names_files_and_overrides(tmp_path):
+    config = apply_overrides(load_config("gpt2-mini-sotu"), ["steps=70", "model_overrides.n_layer=2", "seed=3"])
+    assert (config.steps, config.model_overrides["n_layer"], config.seed) == (70, 2, 3)
+    assert config.model_overrides["n_positions"] == 128
+    with pytest.raises(ValueError, match="unknown config field 'stepz'"):
+        apply_overrides(config, ["stepz=1"])
+    with pytest.raises(ValueError, match="unknown config 'nope'"):
+        load_config("nope")
+    with pytest.raises(ValueError, match="warmup_steps=10 must lie in"):
+        TrainConfig(steps=5, warmup_steps=10)
