@@ -25,10 +25,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-batches", type=int)
     parser.add_argument("--step", type=int, help="checkpoint step (default: latest)")
+    parser.add_argument("--unigram-baseline", metavar="TRAIN_DATA",
+                        help="also report a unigram model of TRAIN_DATA on the same tokens (needs a full pass)")
     args = parser.parse_args(argv)
     result = evaluate_checkpoint(
         args.checkpoint, args.data, tokenizer=args.tokenizer, seq_len=args.seq_len, batch_size=args.batch_size,
         text_field=args.text_field, max_batches=args.max_batches, step=args.step,
+        unigram_from=args.unigram_baseline,
     )
     print(json.dumps(result, indent=2))
     return result

@@ -15,26 +15,8 @@ import pytest
 from train.checkpoint import CheckpointError, load_params
 from train.config import TrainConfig, apply_overrides, load_config
 from train.loop import NonFiniteLoss, train
-from train.tokenizers import train_sentencepiece
 
 REPO = Path(__file__).resolve().parents[1]
-WORDS = "the union state nation people congress year government war peace law trade money work".split()
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """A small JSONL corpus and a 200-piece sentencepiece model trained on it."""
-    root = tmp_path_factory.mktemp("corpus")
-    rng = random.Random(0)
-    for split, n in (("train", 60), ("validation", 6)):
-        with open(root / f"{split}.jsonl", "w") as f:
-            for _ in range(n):
-                text = ". ".join(" ".join(rng.choices(WORDS, k=rng.randint(4, 12))) for _ in range(rng.randint(3, 8)))
-                f.write(json.dumps({"text": text + "."}) + "\n")
-    model = train_sentencepiece([str(root / "train.jsonl")], root / "spm", vocab_size=120, model_type="bpe")
-    return root, model
-
-
 def tiny_config(corpus, workdir, **kw) -> TrainConfig:
     root, model = corpus
     values = dict(

