@@ -187,3 +187,25 @@ def test_config_names_files_and_overrides(tmp_path):
         load_config("nope")
     with pytest.raises(ValueError, match="warmup_steps=10 must lie in"):
         TrainConfig(steps=5, warmup_steps=10)
+
+
+def test_data_and_model_parallel_meshes_match_one_device(corpus, tmp_path):
+    """Two (virtual) CPU devices, sharded by batch or by the model's wide axes, train like one."""
+    import jax
+
+    train(tiny_config(corpus, tmp_path / "one", steps=3, eval_data=None))
+    script = (
+        "import sys; sys.path.insert(0, 'tests'); from pathlib import Path\n"
+        "import jax; assert jax.device_count() == 2\n"
+        "from test_train import tiny_config; from train.loop import train\n"
+        f"corpus = (Path({str(corpus[0])!r}), Path({str(corpus[1])!r}))\n"
+        "for name, mesh in (('data', {'data': 2}), ('model', {'data': 1, 'model': 2})):\n"
+        f"    train(tiny_config(corpus, Path({str(tmp_path)!r}) / name, steps=3, eval_data=None, mesh=mesh))\n"
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = _final_params(tmp_path / "one")
+    for name in ("data", "model"):
+        for x, y in zip(jax.tree.leaves(one), jax.tree.leaves(_final_params(tmp_path / name))):
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=2e-5, err_msg=name)

@@ -18,6 +18,8 @@ import jax
 import orbax.checkpoint as ocp
 
 import models
+from train.sharding import make_mesh
+from train.step import params_sharding
 
 ITEMS = ("params", "opt_state", "meta")
 
@@ -150,7 +152,11 @@ def load_params(workdir, step: int | None = None, **model_overrides):
     if step is None:
         raise CheckpointError(f"{workdir} has no complete checkpoint yet")
     module = model_config.module()
-    abstract = models.param_shapes(module)
+    # Restore onto this process's devices, whatever topology saved it.
+    abstract = jax.tree.map(
+        lambda shape, where: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=where),
+        models.param_shapes(module), params_sharding(module, make_mesh()),
+    )
     try:
         params = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))["params"]
     except Exception as e:
