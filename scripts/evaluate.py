@@ -21,6 +21,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--data", required=True, help="text/JSONL/Parquet/CSV file(s), or a dataset name")
     parser.add_argument("--tokenizer", help="default: the run's tokenizer (required for HF folders)")
     parser.add_argument("--text-field", default="text")
+    parser.add_argument("--task", choices=["lm", "mlm_nsp", "mlm_sop"],
+                        help="default: the run's, else lm for GPT, mlm_nsp for BERT, mlm_sop for ALBERT")
     parser.add_argument("--seq-len", type=int, help="default: the run's, else the model's context")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-batches", type=int)
@@ -29,7 +31,7 @@ def main(argv=None) -> dict:
                         help="also report a unigram model of TRAIN_DATA on the same tokens (needs a full pass)")
     args = parser.parse_args(argv)
     result = evaluate_checkpoint(
-        args.checkpoint, args.data, tokenizer=args.tokenizer, seq_len=args.seq_len, batch_size=args.batch_size,
+        args.checkpoint, args.data, tokenizer=args.tokenizer, task=args.task, seq_len=args.seq_len, batch_size=args.batch_size,
         text_field=args.text_field, max_batches=args.max_batches, step=args.step,
         unigram_from=args.unigram_baseline,
     )

@@ -27,6 +27,10 @@ class TrainConfig:
     eval_data: str | None = None
     text_field: str = "text"
     tokenizer: str = ""
+    # Masked-LM tasks (mlm_nsp, mlm_sop): selection rate, whole words, ALBERT's n-grams (max n).
+    mask_rate: float = 0.15
+    whole_word_masking: bool = False
+    max_ngram: int = 1
     seq_len: int = 256
     batch_size: int = 16  # global, summed over hosts and accumulation steps
     grad_accum: int = 1

@@ -51,21 +51,24 @@ def load_for_eval(checkpoint, step: int | None = None, **model_overrides):
     raise FileNotFoundError(f"{path} is neither a run folder (run.json) nor a Hugging Face folder (config.json)")
 
 
-def evaluate_checkpoint(checkpoint, data_source, *, tokenizer=None, task="lm", seq_len=None, batch_size=8,
+# The pretraining task of each model family, for checkpoints that do not say (HF folders).
+DEFAULT_TASKS = {"gpt": "lm", "bert": "mlm_nsp", "albert": "mlm_sop"}
+
+
+def evaluate_checkpoint(checkpoint, data_source, *, tokenizer=None, task=None, seq_len=None, batch_size=8,
                         text_field="text", max_batches=None, step=None, split="validation",
                         unigram_from=None) -> dict:
     """Evaluate a checkpoint on a corpus; returns the metrics, the token count and the model config.
 
     ``tokenizer`` defaults to the one the run was trained with (an HF folder needs one given);
+    ``task`` to the run's, else the family's pretraining task (``DEFAULT_TASKS``);
     ``seq_len`` to the run's, else the model's context. ``unigram_from`` (training data) adds
     the unigram baseline on the same tokens.
     """
     from train.config import TrainConfig
-    from train.fetch import cache_dir
     from train.loop import check_fit, context_length, tokenizer_id
     from train.tasks import make_task
     from train.tokenizers import load_tokenizer
-    from train import data
 
     module, model_config, params, run = load_for_eval(checkpoint, step)
     tokenizer = tokenizer or run.get("tokenizer")
@@ -74,19 +77,25 @@ def evaluate_checkpoint(checkpoint, data_source, *, tokenizer=None, task="lm", s
     seq_len = seq_len or run.get("seq_len") or context_length(model_config)
     tok = load_tokenizer(tokenizer)
     check_fit(tok, model_config, seq_len)
-    config = TrainConfig(task=run.get("task", task), seq_len=seq_len, batch_size=batch_size, warmup_steps=0,
-                         tokenizer=str(tokenizer), text_field=text_field)
-    load = lambda source, split: data.load_corpus(  # noqa: E731
-        source, tok, tokenizer_id(tokenizer), cache_dir() / "tokens", split=split, text_field=text_field)
-    corpus = load(data_source, split)
+    # The run's own settings (task, masking, seed) where it has them.
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    settings = {k: v for k, v in run.items() if k in fields}
+    task = task or settings.get("task") or DEFAULT_TASKS[model_config.family]
+    settings.update(task=task, seq_len=seq_len, batch_size=batch_size, grad_accum=1,
+                    warmup_steps=0, tokenizer=str(tokenizer), text_field=text_field)
+    config = TrainConfig(**settings)
+    task_obj = make_task(config, tok, tokenizer_id(tokenizer))
+    corpus = task_obj.load_corpus(data_source, split)
     mesh = sharding.make_mesh()
     shardings = params_sharding(module, mesh)
     params = jax.device_put(params, shardings)
-    task_obj = make_task(config, tok)
     metrics = evaluate(make_eval_step(module, task_obj, shardings, mesh), params, task_obj,
                        task_obj.eval_batches(corpus, batch_size, jax.process_index(), jax.process_count()),
                        mesh, max_batches)
     result = {**metrics, "checkpoint": str(checkpoint), "step": run.get("step"), "seq_len": seq_len}
     if unigram_from is not None and max_batches is None:
-        result["unigram_baseline"] = unigram_baseline(load(unigram_from, "train").tokens, corpus.tokens, tok.vocab_size)
+        if task_obj.name != "lm":
+            raise ValueError("the unigram baseline applies to the language-modelling task only")
+        result["unigram_baseline"] = unigram_baseline(task_obj.load_corpus(unigram_from, "train").tokens,
+                                                      corpus.tokens, tok.vocab_size)
     return {**result, "model_config": dataclasses.asdict(model_config)}

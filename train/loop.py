@@ -23,7 +23,6 @@ import optim
 from train import data, sharding
 from train.checkpoint import Checkpoints
 from train.config import TrainConfig
-from train.fetch import cache_dir
 from train.metrics import MetricWriter, plot_loss_curve
 from train.evaluation import evaluate
 from train.step import init_state, make_eval_step, make_train_step
@@ -67,20 +66,6 @@ def check_fit(tokenizer, model_config, seq_len: int) -> None:
         )
 
 
-def load_corpora(config: TrainConfig, tokenizer):
-    """Token arrays of the train and (optional) eval data, tokenised once and cached."""
-    key = tokenizer_id(config.tokenizer)
-    cache = cache_dir() / "tokens"
-
-    def load(source, split):
-        if not source:
-            raise ValueError(f"no {split} data: set {split}_data in the config")
-        return data.load_corpus(source, tokenizer, key, cache, split=split, text_field=config.text_field)
-
-    train = load(config.train_data, "train")
-    return train, (load(config.eval_data, "validation") if config.eval_data else None)
-
-
 class _Preemption:
     """Turns SIGTERM into a flag the loop checks after each step."""
 
@@ -117,8 +102,9 @@ def train(config: TrainConfig) -> dict:
     )
     tx = optim.adamw(schedule, weight_decay=config.weight_decay, b1=config.b1, b2=config.b2, clip_norm=config.clip_norm)
     mesh = sharding.make_mesh(config.mesh)
-    task = make_task(config, tokenizer)
-    train_corpus, eval_corpus = load_corpora(config, tokenizer)
+    task = make_task(config, tokenizer, tokenizer_id(config.tokenizer))
+    train_corpus = task.load_corpus(config.train_data, "train")
+    eval_corpus = task.load_corpus(config.eval_data, "validation") if config.eval_data else None
     batches = task.train_batches(train_corpus, per_host, process_index, process_count)
     # Everything above validated the config: only now claim (or check) the run folder.
     checkpoints = Checkpoints(

@@ -1,7 +1,8 @@
 """Tasks: what a batch looks like and what loss is minimised. The loop knows nothing else.
 
 A task provides
-- ``train_batches(corpus_spec, ...)`` / ``eval_batches(...)``: numpy batch iterators,
+- ``load_corpus(source, split)``: the tokenised data it draws batches from,
+- ``train_batches(corpus, ...)`` / ``eval_batches(corpus, ...)``: numpy batch iterators,
 - ``loss(module, params, batch, rng, deterministic) -> (loss, sums)``: the scalar to
   differentiate and additive statistics (sums over tokens or examples),
 - ``summarize(sums) -> metrics``: turns summed statistics into reported metrics.
@@ -9,13 +10,15 @@ A task provides
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from train import data
+from train import data, pretraining
+from train.fetch import cache_dir
 
 
 def cross_entropy_sums(logits, targets, weights):
@@ -31,9 +34,14 @@ class LanguageModeling:
 
     name = "lm"
 
-    def __init__(self, config, tokenizer):
+    def __init__(self, config, tokenizer, tokenizer_key: str):
         self.config = config
         self.tokenizer = tokenizer
+        self.tokenizer_key = tokenizer_key
+
+    def load_corpus(self, source, split: str):
+        return data.load_corpus(source, self.tokenizer, self.tokenizer_key, cache_dir() / "tokens", split=split,
+                                text_field=self.config.text_field)
 
     def train_batches(self, corpus, per_host_batch: int, process_index: int, process_count: int):
         return data.PackedBatches(
@@ -67,10 +75,77 @@ class LanguageModeling:
         }
 
 
-TASKS = {LanguageModeling.name: LanguageModeling}
+class MaskedLMWithPairs:
+    """BERT/ALBERT pretraining: masked LM plus next-sentence (``nsp``) or sentence-order (``sop``)
+    prediction on ``[CLS] A [SEP] B [SEP]`` pairs (see ``train.pretraining``); the loss is the
+    sum of the two means, as in the papers."""
+
+    def __init__(self, config, tokenizer, tokenizer_key: str, objective: str):
+        self.config, self.tokenizer, self.tokenizer_key, self.objective = config, tokenizer, tokenizer_key, objective
+        self.name = f"mlm_{objective}"
+        self.encoder = pretraining.PairEncoder(
+            pretraining.special_ids(tokenizer), max_len=config.seq_len, rate=config.mask_rate,
+            word_start_table=pretraining.word_start_table(tokenizer) if config.whole_word_masking else None,
+            max_ngram=config.max_ngram,
+        )
+
+    def load_corpus(self, source, split: str):
+        boundaries = pretraining.SentenceBoundaries(self.tokenizer, self.encoder.specials["sep"])
+        corpus = data.load_corpus(source, boundaries, self.tokenizer_key + ":sentences", cache_dir() / "tokens",
+                                  split=split, text_field=self.config.text_field)
+        return pretraining.document_sentences(corpus)
+
+    def train_batches(self, docs, per_host_batch: int, process_index: int, process_count: int):
+        return pretraining.SentencePairBatches(
+            docs, self.encoder, batch_size=per_host_batch, objective=self.objective, seed=self.config.seed,
+            process_index=process_index, process_count=process_count,
+        )
+
+    def eval_batches(self, docs, per_host_batch: int, process_index: int, process_count: int):
+        return pretraining.eval_pair_batches(
+            docs, self.encoder, batch_size=per_host_batch, objective=self.objective, seed=self.config.seed,
+            process_index=process_index, process_count=process_count,
+        )
+
+    def loss(self, module, params, batch, rng, deterministic: bool):
+        out = module.apply(
+            {"params": params}, batch["input_ids"], attention_mask=batch["attention_mask"],
+            token_type_ids=batch["token_type_ids"], deterministic=deterministic, rngs={"dropout": rng},
+        )
+        key = f"{self.objective}_logits"
+        if "mlm_logits" not in out or key not in out:
+            raise ValueError(f"task {self.name} needs a model with MLM and {self.objective.upper()} heads; "
+                             f"this one gives {sorted(out)}")
+        mlm = cross_entropy_sums(out["mlm_logits"], batch["mlm_labels"], batch["mlm_weights"])
+        pair = cross_entropy_sums(out[key], batch["pair_labels"], batch["pair_weights"])
+        sums = {"mlm_nll": mlm["nll"], "mlm_weight": mlm["weight"], "mlm_correct": mlm["correct"],
+                "pair_nll": pair["nll"], "pair_weight": pair["weight"], "pair_correct": pair["correct"]}
+        loss = mlm["nll"] / jnp.maximum(mlm["weight"], 1.0) + pair["nll"] / jnp.maximum(pair["weight"], 1.0)
+        return loss, sums
+
+    def summarize(self, sums) -> dict:
+        s = jax.tree.map(float, sums)
+        mlm_loss = s["mlm_nll"] / max(s["mlm_weight"], 1.0)
+        pair_loss = s["pair_nll"] / max(s["pair_weight"], 1.0)
+        return {
+            "loss": mlm_loss + pair_loss,
+            "mlm_loss": mlm_loss,
+            "mlm_accuracy": s["mlm_correct"] / max(s["mlm_weight"], 1.0),
+            f"{self.objective}_loss": pair_loss,
+            f"{self.objective}_accuracy": s["pair_correct"] / max(s["pair_weight"], 1.0),
+            "tokens": int(s["mlm_weight"]),
+            "pairs": int(s["pair_weight"]),
+        }
 
 
-def make_task(config, tokenizer):
+TASKS = {
+    "lm": LanguageModeling,
+    "mlm_nsp": functools.partial(MaskedLMWithPairs, objective="nsp"),
+    "mlm_sop": functools.partial(MaskedLMWithPairs, objective="sop"),
+}
+
+
+def make_task(config, tokenizer, tokenizer_key: str):
     if config.task not in TASKS:
         raise ValueError(f"unknown task {config.task!r}; choose one of {sorted(TASKS)}")
-    return TASKS[config.task](config, tokenizer)
+    return TASKS[config.task](config, tokenizer, tokenizer_key)
