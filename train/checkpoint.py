@@ -129,6 +129,19 @@ class Checkpoints:
         self.manager.close()
 
 
+def save_params(workdir, model_config, params, run_info: dict) -> Path:
+    """A run folder holding only parameters (step 0), e.g. converted from Hugging Face: what
+    ``load_params``, ``scripts/evaluate.py`` and ``scripts/generate.py`` read. Refuses a non-empty folder."""
+    workdir = Path(workdir).absolute()
+    if workdir.exists() and any(workdir.iterdir()):
+        raise CheckpointError(f"{workdir} exists and is not empty; choose another folder")
+    checkpoints = Checkpoints(workdir, run_info, model_config, keep=1, async_save=False)
+    checkpoints.manager.save(0, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
+    checkpoints.wait()
+    checkpoints.close()
+    return workdir
+
+
 def load_params(workdir, step: int | None = None, **model_overrides):
     """Parameters of a run folder (the latest step unless ``step``) -> ``(module, model_config, params, run)``.
 
