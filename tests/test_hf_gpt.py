@@ -146,3 +146,25 @@ def test_save_refuses_to_overwrite(tmp_path):
     with pytest.raises(FileExistsError, match="not empty"):
         hf.save_pretrained(folder, config, params)
     assert (folder / "model.safetensors").read_bytes() == before
+
+
+def test_convert_script_both_directions(tmp_path, rng):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from train.checkpoint import load_params
+
+    ref, folder = make_reference("gpt2-5heads-relu", tmp_path)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "convert_hf.py"
+    for args in (["to-ours", folder, tmp_path / "ours"], ["to-hf", tmp_path / "ours", tmp_path / "back"]):
+        done = subprocess.run([sys.executable, script, *map(str, args)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+    module, config, params, run = load_params(tmp_path / "ours")
+    ids, mask = batch(config, rng)
+    np.testing.assert_allclose(np.asarray(module.apply({"params": params}, ids)), torch_logits(ref, ids), atol=1e-4)
+    back = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "back").eval()
+    np.testing.assert_array_equal(torch_logits(back, ids), torch_logits(ref, ids))
+    again = subprocess.run([sys.executable, script, "to-ours", str(folder), str(tmp_path / "ours")],
+                           capture_output=True, text=True)
+    assert again.returncode != 0 and "not empty" in again.stderr
