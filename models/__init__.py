@@ -1,10 +1,14 @@
-"""Flax Linen transformer language models: GPT, GPT-2 (``models.gpt``).
+"""Flax Linen transformer language models: GPT, GPT-2 (``models.gpt``), BERT (``models.bert``),
+ALBERT (``models.albert``).
 
 Parameters live outside the modules. The public entry points:
 
     module, config = models.create("gpt2", dtype="bfloat16")
     params = models.init_params(module, jax.random.key(0))
     logits = module.apply({"params": params}, input_ids)
+
+The encoders return a dict (``hidden``, and ``pooled``/``mlm_logits``/``nsp_logits`` or
+``sop_logits`` as their ``head`` says).
 
 ``models.hf`` converts to and from Hugging Face checkpoints.
 """
@@ -16,11 +20,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models import gpt  # noqa: F401  (registers the GPT presets)
+from models import albert, bert, gpt  # noqa: F401  (register the presets)
+from models.albert import ALBERT, AlbertConfig
+from models.bert import BERT, BertConfig
 from models.gpt import GPT, GPTConfig
 from models.registry import PRESETS, get_config
 
-__all__ = ["GPT", "GPTConfig", "PRESETS", "create", "get_config", "init_params", "param_shapes", "count_params"]
+__all__ = [
+    "ALBERT", "AlbertConfig", "BERT", "BertConfig", "GPT", "GPTConfig", "PRESETS",
+    "create", "get_config", "init_params", "param_shapes", "count_params",
+]
 
 
 def create(name_or_config, **overrides):

@@ -20,19 +20,16 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from models.layers import (
-    ACTIVATIONS,
-    REMAT_POLICIES,
     Embed,
     LayerNorm,
-    MLP,
-    SelfAttention,
+    TransformerBlock,
+    check_length,
     constrain,
     padding_mask,
     repeat_layers,
+    validate_config,
 )
 from models.registry import register
-
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,18 +56,8 @@ class GPTConfig:
     family = "gpt"
 
     def __post_init__(self):
-        if self.d_model % self.n_head:
-            raise ValueError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}; choose one of {sorted(ACTIVATIONS)}")
-        for name in ("dtype", "param_dtype"):
-            if getattr(self, name) not in DTYPES:
-                raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {DTYPES}")
-        if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"unknown remat policy {self.remat!r}; choose one of {sorted(REMAT_POLICIES)}")
-        for name in ("embd_dropout", "attn_dropout", "resid_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name}={getattr(self, name)} must lie in [0, 1)")
+        validate_config(self, width="d_model", heads="n_head", activation="activation",
+                        dropouts=("embd_dropout", "attn_dropout", "resid_dropout"))
 
     @property
     def head_dim(self) -> int:
@@ -85,38 +72,13 @@ class GPTConfig:
     def module(self) -> "GPT":
         return GPT(self)
 
-
-class Block(nn.Module):
-    """One transformer block: masked self-attention and MLP, each a residual branch."""
-
-    config: GPTConfig
-
-    @nn.compact
-    def __call__(self, x, mask, deterministic: bool):
-        c = self.config
-        kw = dict(dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype))
-        attn = SelfAttention(
-            num_heads=c.n_head,
-            head_dim=c.head_dim,
-            features=c.d_model,
-            causal=True,
-            dropout_rate=c.attn_dropout,
-            init_std=c.initializer_range,
-            out_init_std=c.residual_init_std,
-            name="attn",
-            **kw,
+    def block_kwargs(self) -> dict:
+        return dict(
+            num_heads=self.n_head, features=self.d_model, d_ff=self.d_ff, activation=self.activation,
+            layer_norm_eps=self.layer_norm_eps, causal=True, pre_ln=self.pre_ln, attn_dropout=self.attn_dropout,
+            resid_dropout=self.resid_dropout, init_std=self.initializer_range, out_init_std=self.residual_init_std,
+            dtype=jnp.dtype(self.dtype), param_dtype=jnp.dtype(self.param_dtype),
         )
-        mlp = MLP(c.d_model, c.d_ff, c.activation, c.initializer_range, c.residual_init_std, name="mlp", **kw)
-        ln_1 = LayerNorm(c.layer_norm_eps, name="ln_1", **kw)
-        ln_2 = LayerNorm(c.layer_norm_eps, name="ln_2", **kw)
-        drop = nn.Dropout(c.resid_dropout, deterministic=deterministic)
-        if c.pre_ln:
-            x = x + drop(attn(ln_1(x), mask, deterministic))
-            x = x + drop(mlp(ln_2(x)))
-        else:
-            x = ln_1(x + drop(attn(x, mask, deterministic)))
-            x = ln_2(x + drop(mlp(x)))
-        return constrain(x), None
 
 
 class GPT(nn.Module):
@@ -138,11 +100,7 @@ class GPT(nn.Module):
         c = self.config
         kw = dict(dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype))
         length = input_ids.shape[-1]
-        if length > c.n_positions:
-            raise ValueError(
-                f"sequence length {length} exceeds the context of {c.n_positions} positions; "
-                "truncate or split the input"
-            )
+        check_length(length, c.n_positions)
         if position_ids is None:
             position_ids = jnp.arange(length)[None, :]
         wte = Embed(c.vocab_size, c.d_model, c.initializer_range, name="wte", **kw)
@@ -152,7 +110,9 @@ class GPT(nn.Module):
         )
         x = wte(input_ids) + wpe(position_ids)
         x = constrain(nn.Dropout(c.embd_dropout, deterministic=deterministic)(x))
-        blocks = repeat_layers(Block, c.n_layer, scanned=c.scan_layers, remat=c.remat, name="blocks")(config=c)
+        blocks = repeat_layers(TransformerBlock, c.n_layer, scanned=c.scan_layers, remat=c.remat, name="blocks")(
+            **c.block_kwargs()
+        )
         x = blocks(x, padding_mask(attention_mask), deterministic)
         if c.pre_ln:
             x = LayerNorm(c.layer_norm_eps, name="ln_f", **kw)(x)

@@ -12,7 +12,9 @@ mapping of one layer is written out once and used in both directions.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
+import math
 import os
 import pickle
 import shutil
@@ -20,6 +22,7 @@ import tempfile
 import warnings
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import ml_dtypes
@@ -29,8 +32,11 @@ import safetensors.numpy
 import jax.numpy as jnp
 
 import models
+from models.albert import AlbertConfig
+from models.bert import BertConfig
 from models.gpt import GPTConfig
 from models.layers import HF_ACTIVATIONS, stack_layers, unstack_layers
+from models.registry import get_config
 
 # --------------------------------------------------------------------------------------------
 # Reading tensors
@@ -186,7 +192,26 @@ class _Tensors:
             warnings.warn(f"{where}: ignoring {len(unused)} tensors the model does not use: {unused[:6]}")
 
 
-class GPTConverter:
+# Our activation names -> transformers' (the inverse of models.layers.HF_ACTIVATIONS).
+HF_ACTIVATION_NAMES = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
+
+
+class Converter:
+    """How one family maps to transformers: ``config_from_hf``/``config_to_hf`` for config.json,
+    ``from_hf``/``to_hf`` for the tensors."""
+
+    model_types: tuple[str, ...] = ()
+    # Fields that ``load_pretrained`` lets an override change although they change the parameters,
+    # because they pick among tensors the checkpoint holds (``from_hf`` names any that are missing).
+    choosable_fields: tuple[str, ...] = ()
+
+    @classmethod
+    def config_from_checkpoint(cls, hf: dict, state: dict):
+        """The checkpoint's own config: its config.json, which the tensors refine in some families."""
+        return cls.config_from_hf(hf)
+
+
+class GPTConverter(Converter):
     """transformers ``GPT2LMHeadModel``/``GPT2Model`` and ``OpenAIGPTLMHeadModel``/``OpenAIGPTModel``.
 
     HF stores the attention's query/key/value as one Conv1D (``c_attn``, [d, 3d]) and every
@@ -230,7 +255,7 @@ class GPTConverter:
 
     @staticmethod
     def config_to_hf(c: GPTConfig) -> dict:
-        act = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}[c.activation]
+        act = HF_ACTIVATION_NAMES[c.activation]
         common = dict(
             vocab_size=c.vocab_size, n_positions=c.n_positions, n_embd=c.d_model, n_layer=c.n_layer,
             n_head=c.n_head, layer_norm_epsilon=c.layer_norm_eps, embd_pdrop=c.embd_dropout,
@@ -317,7 +342,267 @@ class GPTConverter:
         return out
 
 
-CONVERTERS = {GPTConfig: GPTConverter}
+class _Entry(NamedTuple):
+    """One parameter in both layouts: its path in our tree and its transformers name and shape.
+    A transformers ``Linear`` weight is [out, in]; our kernels are [in..., out...] (``transpose``)."""
+
+    path: tuple[str, ...]
+    name: str
+    shape: tuple[int, ...]
+    hf_shape: tuple[int, ...]
+    transpose: bool = False
+
+    def to_ours(self, value: np.ndarray) -> np.ndarray:
+        return (value.T if self.transpose else value).reshape(self.shape)
+
+    def to_hf(self, value) -> np.ndarray:
+        value = np.asarray(value)
+        return value.reshape(self.hf_shape[::-1]).T if self.transpose else value.reshape(self.hf_shape)
+
+
+def _linear(path, name, in_shape, out_shape) -> list[_Entry]:
+    n_in, n_out = math.prod(in_shape), math.prod(out_shape)
+    return [
+        _Entry((*path, "kernel"), f"{name}.weight", (*in_shape, *out_shape), (n_out, n_in), transpose=True),
+        _Entry((*path, "bias"), f"{name}.bias", tuple(out_shape), (n_out,)),
+    ]
+
+
+def _layer_norm(path, name, n) -> list[_Entry]:
+    return [_Entry((*path, "scale"), f"{name}.weight", (n,), (n,)), _Entry((*path, "bias"), f"{name}.bias", (n,), (n,))]
+
+
+def _table(path, name, shape) -> list[_Entry]:
+    return [_Entry((*path, "embedding"), f"{name}.weight", shape, shape)]
+
+
+def _block(path, prefix: str, names: dict[str, str], c) -> list[_Entry]:
+    """One post-LN encoder layer (``models.layers.TransformerBlock``); ``names`` gives
+    transformers' module names for attention query/key/value/out, ln_1, mlp fc/proj, ln_2."""
+    h, heads, ff = c.hidden_size, c.num_attention_heads, c.intermediate_size
+    per_head = (heads, h // heads)
+    return [
+        *(e for n in ("query", "key", "value") for e in _linear((*path, "attn", n), prefix + names[n], (h,), per_head)),
+        *_linear((*path, "attn", "out"), prefix + names["out"], per_head, (h,)),
+        *_layer_norm((*path, "ln_1"), prefix + names["ln_1"], h),
+        *_linear((*path, "mlp", "fc"), prefix + names["fc"], (h,), (ff,)),
+        *_linear((*path, "mlp", "proj"), prefix + names["proj"], (ff,), (h,)),
+        *_layer_norm((*path, "ln_2"), prefix + names["ln_2"], h),
+    ]
+
+
+def _restack(tree: dict, n: int, scanned: bool) -> dict:
+    """A tree with unrolled ``blocks_0..n-1`` -> the layout of a config with ``scan_layers=scanned``."""
+    rest = {k: v for k, v in tree.items() if not k.startswith("blocks_")}
+    return {**rest, **stack_layers([tree[f"blocks_{i}"] for i in range(n)], scanned, "blocks")}
+
+
+def _unroll(tree: dict, n: int, scanned: bool) -> dict:
+    """Inverse of :func:`_restack`."""
+    rest = {k: v for k, v in tree.items() if k != "blocks" and not k.startswith("blocks_")}
+    return {**rest, **stack_layers(unstack_layers(tree, n, scanned, "blocks"), False, "blocks")}
+
+
+def _get(tree, path):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _put(tree, path, value):
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+class EncoderConverter(Converter):
+    """transformers' ``{Bert,Albert}Model``, ``...ForMaskedLM`` and ``...ForPreTraining``.
+
+    One table of entries (our path, transformers name, shapes) drives both directions and the
+    check that a checkpoint holds the heads asked for. The head classes save the encoder under
+    ``bert.``/``albert.`` and their heads outside it; a bare ``...Model`` saves no prefix.
+    The head is read from ``architectures``; a ``...Model`` without pooler tensors gets ``none``.
+
+    Subclasses give ``entries(c)``, every parameter of a model with config ``c`` (blocks unrolled,
+    transformers names without the encoder prefix), and ``layout(c, tree, unrolled)``, which moves
+    a tree between unrolled blocks and the config's layout.
+    """
+
+    choosable_fields = ("head",)
+    config_cls: type
+    prefix: str  # of the encoder's tensors in the head classes
+    class_prefix: str  # of transformers' class names
+    class_suffixes = {"pretraining": "ForPreTraining", "mlm": "ForMaskedLM", "pooler": "Model", "none": "Model"}
+    # config.json keys with no default we could trust (transformers' defaults are not ours for ALBERT).
+    required = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+    ours_only = ("hidden_act", "head", "dtype", "param_dtype", "scan_layers", "remat")
+    # Tensors that are not parameters (buffers) or are tied to ones we read.
+    ignorable = ("position_ids", "token_type_ids", "predictions.decoder.")
+
+    @classmethod
+    def _shared_fields(cls) -> list[str]:
+        """Config fields named as in transformers' config."""
+        return [f.name for f in dataclasses.fields(cls.config_cls) if f.name not in cls.ours_only]
+
+    @classmethod
+    def config_from_hf(cls, hf: dict, **overrides):
+        model_type = hf["model_type"]
+        for key, ok in (("is_decoder", False), ("add_cross_attention", False),
+                        ("position_embedding_type", "absolute"), ("tie_word_embeddings", True)):
+            if hf.get(key, ok) != ok:
+                raise ValueError(f"{model_type} config with {key}={hf[key]!r} is not supported (only {ok!r})")
+        missing = [k for k in cls.required if k not in hf]
+        if missing:
+            raise ValueError(f"{model_type} config.json lacks {missing}")
+        act = hf.get("hidden_act", HF_ACTIVATION_NAMES[cls.config_cls.hidden_act])
+        if act not in HF_ACTIVATIONS:
+            raise ValueError(f"unsupported activation {act!r}; supported: {sorted(HF_ACTIVATIONS)}")
+        architectures = " ".join(hf.get("architectures") or [])
+        head = next((h for h in ("pretraining", "mlm") if cls.class_suffixes[h] in architectures), "pooler")
+        fields = {k: hf[k] for k in cls._shared_fields() if k in hf}
+        return cls.config_cls(**{**fields, "hidden_act": HF_ACTIVATIONS[act], "head": head, **overrides})
+
+    @classmethod
+    def config_from_checkpoint(cls, hf: dict, state: dict):
+        config = cls.config_from_hf(hf)
+        if config.head == "pooler" and not cls._holds(config, "pooler", state):
+            config = dataclasses.replace(config, head="none")
+        return config
+
+    @classmethod
+    def config_to_hf(cls, c) -> dict:
+        return dict(
+            model_type=cls.model_types[0],
+            architectures=[cls.class_prefix + cls.class_suffixes[c.head]],
+            hidden_act=HF_ACTIVATION_NAMES[c.hidden_act],
+            tie_word_embeddings=True,
+            **{k: getattr(c, k) for k in cls._shared_fields()},
+        )
+
+    @classmethod
+    def _embedding_entries(cls, c, width: int) -> list[_Entry]:
+        return [
+            *_table(("embeddings", "word_embeddings"), "embeddings.word_embeddings", (c.vocab_size, width)),
+            *_table(("embeddings", "position_embeddings"), "embeddings.position_embeddings",
+                    (c.max_position_embeddings, width)),
+            *_table(("embeddings", "token_type_embeddings"), "embeddings.token_type_embeddings",
+                    (c.type_vocab_size, width)),
+            *_layer_norm(("embeddings", "ln"), "embeddings.LayerNorm", width),
+        ]
+
+    @classmethod
+    def _holds(cls, c, part: str, state: dict) -> bool:
+        names = _Tensors(state, prefixes=(cls.prefix,)).state
+        return all(e.name in names for e in cls.entries(c) if e.path[0] == part)
+
+    @classmethod
+    def _held_head(cls, c, state: dict) -> str:
+        """The most complete ``head`` whose tensors ``state`` holds."""
+        full = dataclasses.replace(c, head="pretraining")
+        held = {part for part in full.heads if cls._holds(full, part, state)}
+        return next(h for h in ("pretraining", "mlm", "pooler", "none")
+                    if set(dataclasses.replace(c, head=h).heads) <= held)
+
+    @classmethod
+    def from_hf(cls, c, state: dict, where: str = "checkpoint") -> dict:
+        missing = [part for part in c.heads if not cls._holds(c, part, state)]
+        if missing:
+            raise ValueError(
+                f"{where} has no tensors for the {'/'.join(missing)} head(s) that head={c.head!r} needs; "
+                f"the heads it holds load with head={cls._held_head(c, state)!r}"
+            )
+        t = _Tensors(state, prefixes=(cls.prefix,))
+        tree = {}
+        for e in cls.entries(c):
+            _put(tree, e.path, e.to_ours(t(e.name, e.hf_shape)))
+        t.finish(where, ignorable=cls.ignorable)
+        return cls.layout(c, tree, unrolled=False)
+
+    @classmethod
+    def to_hf(cls, c, params: dict) -> dict[str, np.ndarray]:
+        tree = cls.layout(c, params, unrolled=True)
+        encoder_prefix = cls.prefix if c.head in ("pretraining", "mlm") else ""
+        outside = ("mlm", c.sentence_task)  # the head classes keep these outside the encoder
+        return {
+            (e.name if e.path[0] in outside else encoder_prefix + e.name): e.to_hf(_get(tree, e.path))
+            for e in cls.entries(c)
+        }
+
+    @classmethod
+    def _head_entries(cls, c, mlm_names: tuple[str, str, str], pooler: str, sentence: str, width: int) -> list[_Entry]:
+        """Pooler, MLM head (transform dense, LayerNorm, bias) and sentence-level head, as present."""
+        h, entries = c.hidden_size, []
+        if "pooler" in c.heads:
+            entries += _linear(("pooler",), pooler, (h,), (h,))
+        if "mlm" in c.heads:
+            dense_name, norm_name, bias_name = mlm_names
+            entries += [
+                *_linear(("mlm", "transform"), dense_name, (h,), (width,)),
+                *_layer_norm(("mlm", "ln"), norm_name, width),
+                _Entry(("mlm", "bias"), bias_name, (c.vocab_size,), (c.vocab_size,)),
+            ]
+        if c.sentence_task in c.heads:
+            entries += _linear((c.sentence_task,), sentence, (h,), (2,))
+        return entries
+
+
+class BertConverter(EncoderConverter):
+    model_types = ("bert",)
+    config_cls = BertConfig
+    prefix = "bert."
+    class_prefix = "Bert"
+    layer_names = {
+        "query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
+        "out": "attention.output.dense", "ln_1": "attention.output.LayerNorm",
+        "fc": "intermediate.dense", "proj": "output.dense", "ln_2": "output.LayerNorm",
+    }
+
+    @classmethod
+    def entries(cls, c: BertConfig) -> list[_Entry]:
+        entries = cls._embedding_entries(c, c.hidden_size)
+        for i in range(c.num_hidden_layers):
+            entries += _block((f"blocks_{i}",), f"encoder.layer.{i}.", cls.layer_names, c)
+        mlm = ("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm", "cls.predictions.bias")
+        return entries + cls._head_entries(c, mlm, "pooler.dense", "cls.seq_relationship", c.hidden_size)
+
+    @staticmethod
+    def layout(c: BertConfig, tree: dict, unrolled: bool) -> dict:
+        """Between unrolled blocks (the entries' paths) and the config's layout."""
+        return (_unroll if unrolled else _restack)(tree, c.num_hidden_layers, c.scan_layers)
+
+
+class AlbertConverter(EncoderConverter):
+    model_types = ("albert",)
+    config_cls = AlbertConfig
+    prefix = "albert."
+    class_prefix = "Albert"
+    layer_names = {
+        "query": "attention.query", "key": "attention.key", "value": "attention.value",
+        "out": "attention.dense", "ln_1": "attention.LayerNorm",
+        "fc": "ffn", "proj": "ffn_output", "ln_2": "full_layer_layer_norm",
+    }
+
+    @classmethod
+    def entries(cls, c: AlbertConfig) -> list[_Entry]:
+        entries = cls._embedding_entries(c, c.embedding_size)
+        entries += _linear(("embedding_hidden_mapping_in",), "encoder.embedding_hidden_mapping_in",
+                           (c.embedding_size,), (c.hidden_size,))
+        for g in range(c.num_hidden_groups):
+            for k in range(c.inner_group_num):
+                prefix = f"encoder.albert_layer_groups.{g}.albert_layers.{k}."
+                entries += _block((f"group_{g}", f"blocks_{k}"), prefix, cls.layer_names, c)
+        mlm = ("predictions.dense", "predictions.LayerNorm", "predictions.bias")
+        return entries + cls._head_entries(c, mlm, "pooler", "sop_classifier.classifier", c.embedding_size)
+
+    @staticmethod
+    def layout(c: AlbertConfig, tree: dict, unrolled: bool) -> dict:
+        move = _unroll if unrolled else _restack
+        groups = {f"group_{g}": move(tree[f"group_{g}"], c.inner_group_num, c.scan_layers)
+                  for g in range(c.num_hidden_groups)}
+        return {**tree, **groups}
+
+
+CONVERTERS = {GPTConfig: GPTConverter, BertConfig: BertConverter, AlbertConfig: AlbertConverter}
 _BY_MODEL_TYPE = {t: conv for conv in CONVERTERS.values() for t in conv.model_types}
 
 
@@ -352,15 +637,23 @@ def config_from_hf(path, **overrides):
 
 
 def load_pretrained(path, **overrides):
-    """An HF folder -> ``(module, config, params)``. ``overrides`` replace config fields that do
-    not change the parameters (``dtype``, ``scan_layers``, ``remat``, dropout rates)."""
+    """An HF folder -> ``(module, config, params)``.
+
+    ``overrides`` replace config fields that do not change the parameters (``dtype``,
+    ``scan_layers``, ``remat``, dropout rates); for BERT and ALBERT also ``head``, which may name
+    any heads whose tensors the checkpoint holds (by default: those of its ``architectures``).
+    """
     path = Path(path)
     hf = read_hf_config(path)
     converter = _BY_MODEL_TYPE[hf["model_type"]]
-    config = converter.config_from_hf(hf, **overrides)
-    if overrides and models.count_params(config.module()) != models.count_params(converter.config_from_hf(hf).module()):
-        raise ValueError(f"overrides {sorted(overrides)} change the parameter shapes; the checkpoint fixes those")
-    params = converter.from_hf(config, read_state_dict(path), where=str(path))
+    state = read_state_dict(path)
+    stored = converter.config_from_checkpoint(hf, state)
+    config = get_config(stored, **overrides)
+    chosen = {k: v for k, v in overrides.items() if k in converter.choosable_fields}
+    if overrides and models.count_params(config.module()) != models.count_params(get_config(stored, **chosen).module()):
+        fixed = sorted(set(overrides) - set(chosen))
+        raise ValueError(f"overrides {fixed} change the parameter shapes; the checkpoint fixes those")
+    params = converter.from_hf(config, state, where=str(path))
     params = jax.tree.map(lambda x: np.asarray(x, jnp.dtype(config.param_dtype)), params)
     return config.module(), config, params
 

@@ -37,6 +37,8 @@ HF_ACTIVATIONS = {
     "swish": "silu",
 }
 
+DTYPES = ("float32", "bfloat16", "float16")
+
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -50,6 +52,23 @@ def activation(name: str) -> Callable[[Array], Array]:
         return ACTIVATIONS[name]
     except KeyError:
         raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}") from None
+
+
+def validate_config(config, *, width: str, heads: str, activation: str, dropouts: Sequence[str]) -> None:
+    """The checks every family's config shares: the heads divide the width; the activation,
+    dtypes and remat policy exist; dropout rates lie in [0, 1)."""
+    if getattr(config, width) % getattr(config, heads):
+        raise ValueError(f"{width}={getattr(config, width)} is not divisible by {heads}={getattr(config, heads)}")
+    if getattr(config, activation) not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {getattr(config, activation)!r}; choose one of {sorted(ACTIVATIONS)}")
+    for name in ("dtype", "param_dtype"):
+        if getattr(config, name) not in DTYPES:
+            raise ValueError(f"{name}={getattr(config, name)!r}; choose one of {DTYPES}")
+    if config.remat not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {config.remat!r}; choose one of {sorted(REMAT_POLICIES)}")
+    for name in dropouts:
+        if not 0.0 <= getattr(config, name) < 1.0:
+            raise ValueError(f"{name}={getattr(config, name)} must lie in [0, 1)")
 
 
 def normal(std: float, axes: Sequence[str]):
@@ -70,7 +89,10 @@ def constrain(x: Array) -> Array:
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
-def check_ids(ids, upper: int, what: str) -> None:
+TOKENIZER_HINT = "Check that the tokenizer matches the model (its vocabulary must fit the model's {upper})."
+
+
+def check_ids(ids, upper: int, what: str, hint: str = TOKENIZER_HINT) -> None:
     """Raise on ids outside [0, upper) when the ids are concrete (outside ``jit``).
 
     JAX clamps out-of-range gathers silently; under ``jit`` the embeddings turn such ids into
@@ -83,7 +105,15 @@ def check_ids(ids, upper: int, what: str) -> None:
         bad = ids[(ids < 0) | (ids >= upper)]
         raise ValueError(
             f"{what} out of range: got {sorted(set(bad.tolist()))[:8]}, but the model accepts 0..{upper - 1}. "
-            f"Check that the tokenizer matches the model (its vocabulary must fit the model's {upper})."
+            + hint.format(upper=upper)
+        )
+
+
+def check_length(length: int, n_positions: int) -> None:
+    """Refuse sequences longer than the learned position table (a gather would clamp them)."""
+    if length > n_positions:
+        raise ValueError(
+            f"sequence length {length} exceeds the context of {n_positions} positions; truncate or split the input"
         )
 
 
@@ -91,14 +121,15 @@ class LayerNorm(nn.Module):
     """LayerNorm with the references' two-pass variance; statistics always in fp32."""
 
     epsilon: float
+    axes: tuple[str, ...] = ("embed",)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         features = x.shape[-1]
-        scale = self.param("scale", ones(("embed",)), (features,), self.param_dtype)
-        bias = self.param("bias", zeros(("embed",)), (features,), self.param_dtype)
+        scale = self.param("scale", ones(self.axes), (features,), self.param_dtype)
+        bias = self.param("bias", zeros(self.axes), (features,), self.param_dtype)
         x = x.astype(jnp.float32)
         mean = x.mean(-1, keepdims=True)
         var = jnp.square(x - mean).mean(-1, keepdims=True)
@@ -114,6 +145,7 @@ class Embed(nn.Module):
     init_std: float
     axes: tuple[str, str] = ("vocab", "embed")
     what: str = "token ids"
+    hint: str = TOKENIZER_HINT
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -123,7 +155,7 @@ class Embed(nn.Module):
         )
 
     def __call__(self, ids: Array) -> Array:
-        check_ids(ids, self.num_embeddings, self.what)
+        check_ids(ids, self.num_embeddings, self.what, self.hint)
         table = jnp.asarray(self.embedding, self.dtype)
         return jnp.take(table, ids, axis=0, mode="fill", fill_value=jnp.nan)
 
@@ -225,6 +257,128 @@ class MLP(nn.Module):
         return dense(self.features, axes=("mlp", "embed"), std=self.out_init_std, name="proj", **kw)(h)
 
 
+class TransformerBlock(nn.Module):
+    """One transformer layer: self-attention, then the MLP, each a residual branch with dropout.
+
+    Post-LN (GPT, BERT, ALBERT): ``x = LN(x + f(x))``. Pre-LN (GPT-2): ``x = x + f(LN(x))``.
+    Causal for the decoders; the encoders attend both ways, masking only padded keys.
+    """
+
+    num_heads: int
+    features: int
+    d_ff: int
+    activation: str
+    layer_norm_eps: float
+    causal: bool
+    pre_ln: bool
+    attn_dropout: float
+    resid_dropout: float
+    init_std: float
+    out_init_std: float
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask, deterministic: bool):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        attn = SelfAttention(
+            num_heads=self.num_heads,
+            head_dim=self.features // self.num_heads,
+            features=self.features,
+            causal=self.causal,
+            dropout_rate=self.attn_dropout,
+            init_std=self.init_std,
+            out_init_std=self.out_init_std,
+            name="attn",
+            **kw,
+        )
+        mlp = MLP(self.features, self.d_ff, self.activation, self.init_std, self.out_init_std, name="mlp", **kw)
+        ln_1 = LayerNorm(self.layer_norm_eps, name="ln_1", **kw)
+        ln_2 = LayerNorm(self.layer_norm_eps, name="ln_2", **kw)
+        drop = nn.Dropout(self.resid_dropout, deterministic=deterministic)
+        if self.pre_ln:
+            x = x + drop(attn(ln_1(x), mask, deterministic))
+            x = x + drop(mlp(ln_2(x)))
+        else:
+            x = ln_1(x + drop(attn(x, mask, deterministic)))
+            x = ln_2(x + drop(mlp(x)))
+        return constrain(x), None
+
+
+SEGMENT_HINT = "token_type_ids give each token's segment (sentence A = 0, B = 1); this model has {upper} types."
+
+
+class EncoderEmbeddings(nn.Module):
+    """BERT's input: word + position + segment (token type) embeddings, then LayerNorm and dropout.
+
+    ``axis`` names the feature axis: ``embed`` for BERT, ``embed_factor`` for ALBERT, whose
+    embeddings are narrower than its hidden states.
+    """
+
+    vocab_size: int
+    max_position_embeddings: int
+    type_vocab_size: int
+    features: int
+    layer_norm_eps: float
+    dropout_rate: float
+    init_std: float
+    axis: str = "embed"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        self.word_embeddings = Embed(self.vocab_size, self.features, self.init_std, axes=("vocab", self.axis), **kw)
+        self.position_embeddings = Embed(
+            self.max_position_embeddings, self.features, self.init_std, axes=("positions", self.axis),
+            what="position ids", **kw,
+        )
+        self.token_type_embeddings = Embed(
+            self.type_vocab_size, self.features, self.init_std, axes=("segments", self.axis),
+            what="segment ids (token_type_ids)", hint=SEGMENT_HINT, **kw,
+        )
+        self.ln = LayerNorm(self.layer_norm_eps, axes=(self.axis,), **kw)
+        self.dropout = nn.Dropout(self.dropout_rate)
+
+    def __call__(self, input_ids, token_type_ids, position_ids, deterministic: bool) -> Array:
+        """Segment ids default to 0 (one sentence), positions to 0..length-1."""
+        length = input_ids.shape[-1]
+        check_length(length, self.max_position_embeddings)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        if position_ids is None:
+            position_ids = jnp.arange(length)[None, :]
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+        x = x + self.position_embeddings(position_ids)
+        return self.dropout(self.ln(x), deterministic=deterministic)
+
+    def attend(self, x: Array) -> Array:
+        """Logits over the vocabulary from the word embeddings (the tied MLM decoder)."""
+        return self.word_embeddings.attend(x)
+
+
+class MLMHead(nn.Module):
+    """The masked-LM head: dense, activation, LayerNorm, then the tied word embeddings plus an
+    output-only bias. ``features`` is the width of the word embeddings (ALBERT: its E < H)."""
+
+    features: int
+    vocab_size: int
+    activation: str
+    layer_norm_eps: float
+    init_std: float
+    axis: str = "embed"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, decode: Callable[[Array], Array]) -> Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = dense(self.features, axes=("embed", "mlp"), std=self.init_std, name="transform", **kw)(x)
+        h = LayerNorm(self.layer_norm_eps, axes=(self.axis,), name="ln", **kw)(activation(self.activation)(h))
+        bias = self.param("bias", zeros(("vocab",)), (self.vocab_size,), self.param_dtype)
+        return decode(h) + jnp.asarray(bias, self.dtype)
+
+
 def stack_layers(per_layer: list, scanned: bool, name: str) -> dict:
     """Per-layer parameter trees -> the layout of the model: one stacked tree under ``name``
     (leading ``layers`` axis) when scanned, else ``{name}_0``, ``{name}_1``, ..."""
@@ -240,9 +394,14 @@ def unstack_layers(params: dict, n: int, scanned: bool, name: str) -> list:
     return [params[f"{name}_{i}"] for i in range(n)]
 
 
-def repeat_layers(block: type[nn.Module], n: int, *, scanned: bool, remat: str, name: str):
-    """Build ``n`` copies of ``block``: one ``nn.scan`` over a stacked ``layers`` axis, or ``n``
-    unrolled modules. ``block.__call__(x, mask, deterministic)`` must return ``(x, None)``.
+def repeat_layers(block: type[nn.Module], n: int, *, scanned: bool, remat: str, name: str, shared: bool = False):
+    """Build ``n`` applications of ``block`` in a row: one ``nn.scan`` or ``n`` unrolled calls.
+
+    Each application has its own parameters (stacked on a leading ``layers`` axis when scanned,
+    ``{name}_0``, ``{name}_1``, ... when unrolled), unless ``shared``: then one set of parameters
+    serves every application (ALBERT), broadcast to every step of the scan or held by one module
+    instance called ``n`` times, so it appears once in the parameter tree either way.
+    ``block.__call__(x, mask, deterministic)`` must return ``(x, None)``.
     Returns a function ``(module_kwargs) -> (x, mask, deterministic) -> x``."""
     if remat not in REMAT_POLICIES:
         raise ValueError(f"unknown remat policy {remat!r}; choose one of {sorted(REMAT_POLICIES)}")
@@ -252,16 +411,17 @@ def repeat_layers(block: type[nn.Module], n: int, *, scanned: bool, remat: str, 
 
     def build(**kwargs):
         if scanned:
-            stack = nn.scan(
-                block,
-                variable_axes={"params": 0},
-                split_rngs={"params": True, "dropout": True},
-                in_axes=(nn.broadcast, nn.broadcast),
-                length=n,
-                metadata_params={nn.PARTITION_NAME: "layers"},
-            )(name=name, **kwargs)
+            if shared:
+                variables = dict(variable_broadcast="params", split_rngs={"params": False, "dropout": True})
+            else:
+                variables = dict(
+                    variable_axes={"params": 0},
+                    split_rngs={"params": True, "dropout": True},
+                    metadata_params={nn.PARTITION_NAME: "layers"},
+                )
+            stack = nn.scan(block, in_axes=(nn.broadcast, nn.broadcast), length=n, **variables)(name=name, **kwargs)
             return lambda x, mask, deterministic: stack(x, mask, deterministic)[0]
-        blocks = [block(name=f"{name}_{i}", **kwargs) for i in range(n)]
+        blocks = [block(name=name, **kwargs)] * n if shared else [block(name=f"{name}_{i}", **kwargs) for i in range(n)]
 
         def run(x, mask, deterministic):
             for b in blocks:
