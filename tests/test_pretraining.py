@@ -131,3 +131,21 @@ def test_eval_pass_covers_every_pair_once():
     batches = list(pretraining.eval_pair_batches(docs, encoder, batch_size=8, objective="nsp"))
     assert sum(b["pair_weights"].sum() for b in batches) == n_pairs
     assert len(batches) == -(-n_pairs // 8)
+
+
+@pytest.mark.parametrize("model,task", [("bert-tiny", "mlm_nsp"), ("albert-tiny", "mlm_sop")])
+def test_encoders_pretrain_and_evaluate_in_the_main_loop(corpus, tmp_path, model, task):
+    from test_train import tiny_config
+    from train.evaluation import evaluate_checkpoint
+    from train.loop import train
+
+    root, _ = corpus
+    config = tiny_config(corpus, tmp_path / "run", model=model, task=task, steps=4, eval_every=4,
+                         model_overrides={"vocab_size": 120, "max_position_embeddings": 32},
+                         whole_word_masking=True, max_ngram=3 if task == "mlm_sop" else 1)
+    summary = train(config)
+    objective = task.split("_")[1]
+    assert {"mlm_accuracy", f"{objective}_accuracy", "mlm_loss"} <= set(summary["validation"])
+    result = evaluate_checkpoint(tmp_path / "run", str(root / "validation.jsonl"))
+    assert result["pairs"] > 0 and result["tokens"] > 0
+    assert result[f"{objective}_loss"] == pytest.approx(summary["validation"][f"{objective}_loss"], rel=1e-5)

@@ -114,6 +114,44 @@ def gpt2_mini_sotu() -> TrainConfig:
     )
 
 
+def _encoder_on_sotu(model: str, task: str, workdir: str, **overrides) -> TrainConfig:
+    sotu = cache_dir() / "sotu"
+    return TrainConfig(
+        model=model,
+        model_overrides={"vocab_size": 8192, "max_position_embeddings": 128},
+        task=task,
+        train_data=str(sotu / "train.jsonl"),
+        eval_data=str(sotu / "validation.jsonl"),
+        tokenizer=str(sotu / "spm8k.model"),
+        seq_len=128,
+        batch_size=16,
+        steps=600,
+        learning_rate=1e-3,
+        warmup_steps=60,
+        weight_decay=0.01,
+        b2=0.999,
+        eval_every=200,
+        checkpoint_every=100,
+        workdir=workdir,
+        **overrides,
+    )
+
+
+@register("bert-mini-sotu")
+def bert_mini_sotu() -> TrainConfig:
+    """BERT (4 layers, 256 wide) pretrained with masked LM + next-sentence prediction on SOTU."""
+    return _encoder_on_sotu("bert-mini", "mlm_nsp", "runs/bert-mini-sotu")
+
+
+@register("albert-mini-sotu")
+def albert_mini_sotu() -> TrainConfig:
+    """ALBERT (one shared layer group, 128-wide embeddings) with masked LM (n-grams up to 3) +
+    sentence-order prediction on SOTU."""
+    return _encoder_on_sotu(
+        "albert-tiny", "mlm_sop", "runs/albert-mini-sotu", max_ngram=3,
+    )
+
+
 def load_config(name_or_path: str) -> TrainConfig:
     """A registered config by name, or ``get_config()`` from a Python file."""
     if name_or_path in CONFIGS:

@@ -25,6 +25,9 @@ RULES = (
     ("length", None),
     ("layers", None),
     ("positions", None),
+    ("segments", None),
+    ("classes", None),
+    ("embed_factor", None),
 )
 
 
