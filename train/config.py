@@ -105,10 +105,10 @@ def gpt2_mini_sotu() -> TrainConfig:
         tokenizer=str(sotu / "spm8k.model"),
         seq_len=128,
         batch_size=16,
-        steps=600,
+        steps=300,
         learning_rate=1e-3,
-        warmup_steps=60,
-        eval_every=200,
+        warmup_steps=30,
+        eval_every=100,
         checkpoint_every=100,
         workdir="runs/gpt2-mini-sotu",
     )
