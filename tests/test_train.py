@@ -209,3 +209,15 @@ def test_data_and_model_parallel_meshes_match_one_device(corpus, tmp_path):
     for name in ("data", "model"):
         for x, y in zip(jax.tree.leaves(one), jax.tree.leaves(_final_params(tmp_path / name))):
             np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=2e-5, err_msg=name)
+
+
+def test_two_processes_never_train_in_one_folder(tmp_path):
+    import models
+    from train.checkpoint import Checkpoints
+
+    _, model_config = models.create("gpt2-tiny")
+    first = Checkpoints(tmp_path / "run", {"seed": 0}, model_config, keep=1)
+    with pytest.raises(CheckpointError, match="another process is training in"):
+        Checkpoints(tmp_path / "run", {"seed": 0}, model_config, keep=1)
+    first.close()
+    Checkpoints(tmp_path / "run", {"seed": 0}, model_config, keep=1).close()

@@ -10,6 +10,7 @@ run of another config is never reused: resuming it is refused with the differenc
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -50,6 +51,7 @@ class Checkpoints:
         self.workdir = Path(workdir).absolute()
         self.record = {"run": run_identity, "model": _model_dict(model_config)}
         self._claim()
+        self._lock()
         self.manager = ocp.CheckpointManager(
             self.workdir / "checkpoints",
             item_names=ITEMS,
@@ -83,6 +85,16 @@ class Checkpoints:
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.record, indent=2) + "\n")
         os.replace(tmp, path)
+
+    def _lock(self) -> None:
+        """Hold an exclusive lock on the folder while this run uses it (released at exit, even on
+        SIGKILL), so two processes never write the same run."""
+        self._lock_file = open(self.workdir / "run.lock", "w")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise CheckpointError(f"another process is training in {self.workdir}; wait for it or choose another workdir")
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -127,6 +139,7 @@ class Checkpoints:
 
     def close(self) -> None:
         self.manager.close()
+        self._lock_file.close()
 
 
 def save_params(workdir, model_config, params, run_info: dict) -> Path:
