@@ -221,3 +221,14 @@ def test_two_processes_never_train_in_one_folder(tmp_path):
         Checkpoints(tmp_path / "run", {"seed": 0}, model_config, keep=1)
     first.close()
     Checkpoints(tmp_path / "run", {"seed": 0}, model_config, keep=1).close()
+
+
+def test_streaming_training_resumes_like_an_uninterrupted_run(corpus, tmp_path):
+    import jax
+
+    full = tiny_config(corpus, tmp_path / "full", steps=6, eval_data=None, streaming=True)
+    train(full)
+    train(tiny_config(corpus, tmp_path / "parts", steps=3, eval_data=None, streaming=True))
+    summary = train(tiny_config(corpus, tmp_path / "parts", steps=6, eval_data=None, streaming=True))
+    assert summary["start_step"] == 3
+    _assert_bitwise_equal(_final_params(tmp_path / "parts"), _final_params(tmp_path / "full"))

@@ -26,6 +26,10 @@ class TrainConfig:
     train_data: str = ""
     eval_data: str | None = None
     text_field: str = "text"
+    # Read the training data as a stream, tokenised on the fly (for corpora too large to
+    # tokenise up front; the language-modelling task). Each host's stream position is its own:
+    # exact resumption is guaranteed on one host.
+    streaming: bool = False
     tokenizer: str = ""
     # Masked-LM tasks (mlm_nsp, mlm_sop): selection rate, whole words, ALBERT's n-grams (max n).
     mask_rate: float = 0.15

@@ -40,14 +40,19 @@ class LanguageModeling:
         self.tokenizer_key = tokenizer_key
 
     def load_corpus(self, source, split: str):
+        """Tokenised and cached up front; with ``config.streaming`` the training split is instead
+        read as an ``IterableDataset`` and tokenised on the fly (hub-scale corpora)."""
+        if self.config.streaming and split == "train":
+            return data.load_documents(source, split, self.config.text_field, streaming=True)
         return data.load_corpus(source, self.tokenizer, self.tokenizer_key, cache_dir() / "tokens", split=split,
                                 text_field=self.config.text_field)
 
     def train_batches(self, corpus, per_host_batch: int, process_index: int, process_count: int):
-        return data.PackedBatches(
-            corpus, self.config.seq_len, per_host_batch, seed=self.config.seed,
-            process_index=process_index, process_count=process_count,
-        )
+        layout = dict(seed=self.config.seed, process_index=process_index, process_count=process_count)
+        if isinstance(corpus, data.TokenizedCorpus):
+            return data.PackedBatches(corpus, self.config.seq_len, per_host_batch, **layout)
+        return data.StreamingPackedBatches(corpus, self.tokenizer, self.config.seq_len, per_host_batch,
+                                           text_field=self.config.text_field, **layout)
 
     def eval_batches(self, corpus, per_host_batch: int, process_index: int, process_count: int):
         return data.eval_batches(
