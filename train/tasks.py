@@ -80,6 +80,24 @@ class LanguageModeling:
         }
 
 
+def pair_pretraining_loss(module, params, batch, rng, deterministic: bool, objective: str):
+    """Mean masked-LM loss plus mean NSP/SOP loss, and their additive statistics."""
+    out = module.apply(
+        {"params": params}, batch["input_ids"], attention_mask=batch["attention_mask"],
+        token_type_ids=batch["token_type_ids"], deterministic=deterministic, rngs={"dropout": rng},
+    )
+    key = f"{objective}_logits"
+    if "mlm_logits" not in out or key not in out:
+        raise ValueError(f"masked-LM + {objective.upper()} pretraining needs a model with MLM and "
+                         f"{objective.upper()} heads; this one gives {sorted(out)}")
+    mlm = cross_entropy_sums(out["mlm_logits"], batch["mlm_labels"], batch["mlm_weights"])
+    pair = cross_entropy_sums(out[key], batch["pair_labels"], batch["pair_weights"])
+    sums = {"mlm_nll": mlm["nll"], "mlm_weight": mlm["weight"], "mlm_correct": mlm["correct"],
+            "pair_nll": pair["nll"], "pair_weight": pair["weight"], "pair_correct": pair["correct"]}
+    loss = mlm["nll"] / jnp.maximum(mlm["weight"], 1.0) + pair["nll"] / jnp.maximum(pair["weight"], 1.0)
+    return loss, sums
+
+
 class MaskedLMWithPairs:
     """BERT/ALBERT pretraining: masked LM plus next-sentence (``nsp``) or sentence-order (``sop``)
     prediction on ``[CLS] A [SEP] B [SEP]`` pairs (see ``train.pretraining``); the loss is the
@@ -113,20 +131,7 @@ class MaskedLMWithPairs:
         )
 
     def loss(self, module, params, batch, rng, deterministic: bool):
-        out = module.apply(
-            {"params": params}, batch["input_ids"], attention_mask=batch["attention_mask"],
-            token_type_ids=batch["token_type_ids"], deterministic=deterministic, rngs={"dropout": rng},
-        )
-        key = f"{self.objective}_logits"
-        if "mlm_logits" not in out or key not in out:
-            raise ValueError(f"task {self.name} needs a model with MLM and {self.objective.upper()} heads; "
-                             f"this one gives {sorted(out)}")
-        mlm = cross_entropy_sums(out["mlm_logits"], batch["mlm_labels"], batch["mlm_weights"])
-        pair = cross_entropy_sums(out[key], batch["pair_labels"], batch["pair_weights"])
-        sums = {"mlm_nll": mlm["nll"], "mlm_weight": mlm["weight"], "mlm_correct": mlm["correct"],
-                "pair_nll": pair["nll"], "pair_weight": pair["weight"], "pair_correct": pair["correct"]}
-        loss = mlm["nll"] / jnp.maximum(mlm["weight"], 1.0) + pair["nll"] / jnp.maximum(pair["weight"], 1.0)
-        return loss, sums
+        return pair_pretraining_loss(module, params, batch, rng, deterministic, self.objective)
 
     def summarize(self, sums) -> dict:
         s = jax.tree.map(float, sums)
