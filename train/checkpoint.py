@@ -161,7 +161,7 @@ def load_params(workdir, step: int | None = None, **model_overrides):
     For evaluation and generation: no optimizer is rebuilt. ``model_overrides`` may change how
     the model computes (e.g. ``dtype``), not the layout of its parameters.
     """
-    workdir = Path(workdir)
+    workdir = Path(workdir).absolute()  # orbax needs absolute paths
     run_file = workdir / "run.json"
     if not run_file.exists():
         raise CheckpointError(f"{workdir} is not a run folder: no run.json in it")
