@@ -1,0 +1,97 @@
+"""Benchmark the train step: ``python scripts/benchmark.py --model gpt2 --seq-len 256 --batch-size 2``.
+
+Prints one JSON object: median step time after compilation, tokens/s, compile time, peak memory,
+model FLOPs per token and MFU (see ``train/benchmark.py`` for what each number counts).
+``--compare-reference`` adds transformers' Flax GPT-2 (transformers 4.57.6, in its own virtual
+environment, created on first use under ``.cache/bench-venv``) and PyTorch GPT-2 train steps,
+measured in the same invocation, and the ratios of their step times to ours.
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: import the repository's packages, not scripts/
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from train.benchmark import BenchSpec, benchmark_train_step, compare_reference
+from train.sharing_benchmark import SharingSpec, compare_sharing
+
+
+def parse_overrides(items):
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=["train-step", "sharing"], default="train-step",
+                        help="sharing: BERT vs ALBERT with and without cross-layer sharing (train/sharing_benchmark.py)")
+    parser.add_argument("--model", default="gpt2", help="a preset of models.PRESETS")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a model config field (repeatable), e.g. --set scan_layers=false")
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--steps", type=int, default=5, help="timed steps (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps after compilation")
+    parser.add_argument("--dropout", choices=["off", "on"], default="off",
+                        help="off: every dropout rate 0 (in all contenders); on: the preset's rates")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="peak FLOP/s for MFU; default: measured with a large matmul in this process")
+    parser.add_argument("--compare-reference", action="store_true",
+                        help="also time transformers' Flax and PyTorch GPT-2 train steps")
+    parser.add_argument("--references", default="flax,torch", help="which references to compare against")
+    parser.add_argument("--reference-python", default=None,
+                        help="venv folder or interpreter for the Flax reference (default .cache/bench-venv)")
+    parser.add_argument("--torch-adamw", choices=["fused", "foreach", "for-loop"], default="fused",
+                        help="torch.optim.AdamW implementation of the PyTorch reference")
+    parser.add_argument("--output", default=None, help="also write the JSON to this file")
+    sharing = parser.add_argument_group("--mode sharing: the encoders' common shape")
+    sharing.add_argument("--layers", type=int, default=SharingSpec.num_hidden_layers)
+    sharing.add_argument("--hidden-size", type=int, default=SharingSpec.hidden_size)
+    sharing.add_argument("--heads", type=int, default=SharingSpec.num_attention_heads)
+    sharing.add_argument("--intermediate-size", type=int, default=SharingSpec.intermediate_size)
+    sharing.add_argument("--embedding-size", type=int, default=SharingSpec.factorised_embedding_size,
+                         help="E of the factorised ALBERT row")
+    sharing.add_argument("--vocab-size", type=int, default=SharingSpec.vocab_size)
+    args = parser.parse_args(argv)
+
+    if args.mode == "sharing":
+        result = compare_sharing(SharingSpec(
+            num_hidden_layers=args.layers, hidden_size=args.hidden_size, num_attention_heads=args.heads,
+            intermediate_size=args.intermediate_size, factorised_embedding_size=args.embedding_size,
+            vocab_size=args.vocab_size, seq_len=args.seq_len, batch_size=args.batch_size, steps=args.steps,
+            warmup=args.warmup,
+        ))
+        print(json.dumps(result, indent=2))
+        return result
+    spec = BenchSpec(
+        model=args.model, seq_len=args.seq_len, batch_size=args.batch_size, dtype=args.dtype, steps=args.steps,
+        warmup=args.warmup, dropout=args.dropout, model_overrides=parse_overrides(args.set),
+    )
+    if args.compare_reference:
+        refs = tuple(r for r in args.references.split(",") if r)
+        result = compare_reference(spec, args.peak_tflops, args.reference_python, refs, args.torch_adamw)
+    else:
+        result = benchmark_train_step(spec, args.peak_tflops)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    main()
