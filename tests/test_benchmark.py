@@ -34,23 +34,27 @@ def test_flops_per_token_of_gpt2_small():
     assert flops["flops_per_token"] == 770_231_808
 
 
-def test_train_step_mode_prints_json(tmp_path):
-    """The command line, as a user runs it: one JSON object on stdout."""
+def test_command_line_compares_with_the_torch_reference(tmp_path):
+    """The command line as a user runs it: one JSON object on stdout (and in --output)."""
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), *TINY, "--peak-tflops", "1", "--output", str(out)],
-        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=300,
+        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), *TINY, "--peak-tflops", "1", "--output", str(out),
+         "--compare-reference", "--references", "torch"],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert result == json.loads(out.read_text())
-    assert result["mode"] == "train-step"
+    assert result["mode"] == "compare-reference"
     assert result["peak_source"] == "--peak-tflops" and result["peak_flops_per_s"] == 1e12
     assert result["dropout_rates"] == {"embd_dropout": 0.0, "attn_dropout": 0.0, "resid_dropout": 0.0}
     assert result["flops"]["formula"] == "6*N + 12*n_layer*d_model*seq_len"
-    ours = result["ours"]
-    _check_contender(ours)
-    assert ours["compile_s"] > 0 and ours["scan_layers"] is True
+    assert result["reference_config"]["n_embd"] == 32 and result["reference_config"]["attn_pdrop"] == 0.0
+    _check_contender(result["ours"])
+    assert result["ours"]["compile_s"] > 0 and result["ours"]["scan_layers"] is True
+    _check_contender(result["torch_reference"])
+    assert set(result["ratios"]) == {"torch_reference_over_ours_step_time"}
+    assert isinstance(result["ours_fastest"], bool)
 
 
 def test_overrides_dropout_and_measured_peak():
@@ -66,22 +70,14 @@ def test_overrides_dropout_and_measured_peak():
     _check_contender(result["ours"])
 
 
-def test_compare_with_the_torch_reference():
-    spec = benchmark.BenchSpec(model="gpt2-tiny", seq_len=16, batch_size=2, steps=2, warmup=1)
-    result = benchmark.compare_reference(spec, peak_tflops=1.0, references=("torch",))
-    assert result["mode"] == "compare-reference"
-    assert result["reference_config"]["n_embd"] == 32 and result["reference_config"]["attn_pdrop"] == 0.0
-    _check_contender(result["ours"])
-    _check_contender(result["torch_reference"])
-    assert set(result["ratios"]) == {"torch_reference_over_ours_step_time"}
-    assert isinstance(result["ours_fastest"], bool)
-
-
-def test_compare_rejects_post_ln_models():
-    spec = benchmark.BenchSpec(model="openai-gpt-tiny", seq_len=16, steps=1)
-    _, config = benchmark.our_config(spec)
+def test_rejects_what_it_cannot_time_fairly():
+    _, config = benchmark.our_config(benchmark.BenchSpec(model="openai-gpt-tiny", seq_len=16))
     with pytest.raises(ValueError, match="GPT-2 presets"):
         benchmark.hf_gpt2_config(config, "off")
+    with pytest.raises(ValueError, match="GPT family"):
+        benchmark.our_config(benchmark.BenchSpec(model="bert-tiny", seq_len=16))
+    with pytest.raises(ValueError, match="float32"):
+        benchmark.compare_reference(benchmark.BenchSpec(model="gpt2-tiny", seq_len=16, dtype="bfloat16"))
 
 
 @pytest.mark.skipif(

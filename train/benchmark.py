@@ -8,7 +8,11 @@ What is timed
     The step is lowered and compiled ahead of time (``compile_s``: trace + XLA compile), run
     ``warmup`` times untimed, then ``steps`` times, each call timed on its own up to
     ``block_until_ready`` of the new state. ``step_s`` is the median of those; ``tokens_per_s`` is
-    ``batch * seq / step_s``.
+    ``batch * seq / step_s``. ``step_cpu_user_s`` / ``step_cpu_system_s`` are this process's CPU
+    seconds per step (system time is mostly page faults on freshly mapped temporaries), and
+    ``other_processes_cpu_cores`` is how many cores other processes used meanwhile: on a shared
+    machine anything above ~0.1 makes the wall times, and ratios between contenders timed one
+    after another, suspect.
 
 Model FLOPs per token (``flops_per_token``; the same count for every contender)
     ``6 * N + 12 * n_layer * d_model * seq``, where
@@ -29,11 +33,12 @@ Model FLOPs per token (``flops_per_token``; the same count for every contender)
 Peak memory
     On accelerators, the device's ``memory_stats()["peak_bytes_in_use"]``. On CPU (no device
     statistics), the process's resident-set high-water mark (``VmHWM``, reset through
-    ``/proc/self/clear_refs`` right before the contender starts, so earlier work does not count)
-    minus the resident set at that moment: ``peak_rss_delta_bytes`` covers init + compile + steps,
-    ``steps_peak_rss_delta_bytes`` the high-water mark of the timed steps alone (reset after the
-    warmup) over the same baseline, i.e. the steady training footprint (state, gradients,
-    activations, plus whatever the allocator kept from compilation).
+    ``/proc/self/clear_refs`` right before the contender starts, after ``malloc_trim``, so earlier
+    work does not count) minus the resident set at that moment: ``peak_rss_delta_bytes`` covers
+    init + compile + steps, ``steps_peak_rss_delta_bytes`` the high-water mark of the timed steps
+    alone (heap trimmed and mark reset after the warmup) over the same baseline, i.e. the steady
+    training footprint (state, gradients, activations). ``xla_memory`` adds XLA's own buffer
+    accounting of the compiled step (arguments, outputs, aliased, temporaries).
 
 References (``compare``)
     Same config (random init), shape, fp32, AdamW hyper-parameters (b1, b2, eps, weight decay on
