@@ -7,6 +7,7 @@ a set of axis rules decide the sharding; the modules never mention devices.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -117,6 +118,36 @@ def check_length(length: int, n_positions: int) -> None:
         )
 
 
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm(x: Array, scale: Array, bias: Array, epsilon: float) -> Array:
+    """(x - mean) / sqrt(var + eps) * scale + bias over the last axis, with the two-pass variance.
+
+    The backward pass is written out (dx = rstd * (g - mean(g) - x_hat * mean(g * x_hat)) with
+    g = dy * scale) rather than left to autodiff, which keeps several intermediates of the
+    forward pass alive and costs about a tenth of a GPT-2 train step on a CPU. Reverse mode only.
+    """
+    return _layer_norm_fwd(x, scale, bias, epsilon)[0]
+
+
+def _layer_norm_fwd(x, scale, bias, epsilon):
+    mean = x.mean(-1, keepdims=True)
+    centred = x - mean
+    rstd = jax.lax.rsqrt(jnp.square(centred).mean(-1, keepdims=True) + epsilon)
+    x_hat = centred * rstd
+    return x_hat * scale + bias, (x_hat, rstd, scale)
+
+
+def _layer_norm_bwd(epsilon, residuals, dy):
+    x_hat, rstd, scale = residuals
+    g = dy * scale
+    dx = rstd * (g - g.mean(-1, keepdims=True) - x_hat * (g * x_hat).mean(-1, keepdims=True))
+    batch_axes = tuple(range(dy.ndim - 1))
+    return dx, (dy * x_hat).sum(batch_axes), dy.sum(batch_axes)
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
 class LayerNorm(nn.Module):
     """LayerNorm with the references' two-pass variance; statistics always in fp32."""
 
@@ -130,11 +161,8 @@ class LayerNorm(nn.Module):
         features = x.shape[-1]
         scale = self.param("scale", ones(self.axes), (features,), self.param_dtype)
         bias = self.param("bias", zeros(self.axes), (features,), self.param_dtype)
-        x = x.astype(jnp.float32)
-        mean = x.mean(-1, keepdims=True)
-        var = jnp.square(x - mean).mean(-1, keepdims=True)
-        y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
-        return (y * jnp.asarray(scale, jnp.float32) + jnp.asarray(bias, jnp.float32)).astype(self.dtype)
+        f32 = partial(jnp.asarray, dtype=jnp.float32)
+        return layer_norm(f32(x), f32(scale), f32(bias), self.epsilon).astype(self.dtype)
 
 
 class Embed(nn.Module):
@@ -164,18 +192,38 @@ class Embed(nn.Module):
         return jnp.einsum("...d,vd->...v", x, jnp.asarray(self.embedding, self.dtype))
 
 
-def dense(features, *, axes, std, name, dtype, param_dtype, axis=-1) -> nn.DenseGeneral:
-    """A biased linear layer over ``axis`` with N(0, std^2) weights and logical axis names."""
+class Dense(nn.Module):
+    """A biased linear map from the last ``contract`` axes of the input to ``features``.
+
+    The kernel keeps its multi-axis shape (``[embed, heads, kv]`` for a query projection) so each
+    axis has a logical name, but the product is one 2-D matrix multiply ([tokens, in] x [in, out]),
+    which XLA's CPU backend runs faster than a dot_general with several batch or contracting axes
+    (about 12% on GPT-2's MLP, forward and backward).
+    """
+
+    features: tuple[int, ...]
+    contract: int
+    axes: tuple[str, ...]
+    std: float
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        batch, inner = x.shape[: x.ndim - self.contract], x.shape[x.ndim - self.contract:]
+        kernel = self.param("kernel", normal(self.std, self.axes), (*inner, *self.features), self.param_dtype)
+        bias = self.param("bias", zeros(self.axes[self.contract:]), self.features, self.param_dtype)
+        n_in, n_out = int(np.prod(inner)), int(np.prod(self.features))
+        kernel = jnp.asarray(kernel, self.dtype).reshape(n_in, n_out)
+        y = jnp.asarray(x, self.dtype).reshape(-1, n_in) @ kernel + jnp.asarray(bias, self.dtype).reshape(n_out)
+        return y.reshape(*batch, *self.features)
+
+
+def dense(features, *, axes, std, name, dtype, param_dtype, contract: int = 1) -> Dense:
+    """A :class:`Dense` layer with N(0, std^2) weights and logical axis names ``axes`` (input axes
+    first, then output axes)."""
     features = tuple(features) if isinstance(features, (tuple, list)) else (features,)
-    return nn.DenseGeneral(
-        features,
-        axis=axis,
-        kernel_init=normal(std, axes),
-        bias_init=zeros(axes[-len(features):]),
-        dtype=dtype,
-        param_dtype=param_dtype,
-        name=name,
-    )
+    return Dense(features, contract, tuple(axes), std, dtype=dtype, param_dtype=param_dtype, name=name)
 
 
 def padding_mask(attention_mask: Array | None) -> Array | None:
@@ -216,7 +264,7 @@ class SelfAttention(nn.Module):
             y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=self.causal)
         return dense(
             self.features,
-            axis=(-2, -1),
+            contract=2,
             axes=("heads", "kv", "embed"),
             std=self.out_init_std,
             dtype=self.dtype,

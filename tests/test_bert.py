@@ -26,7 +26,7 @@ REFERENCE_COUNTS = {
 
 # Test shapes: small vocabularies and contexts, head counts that are not powers of two.
 TINY_BERT = dict(vocab_size=64, max_position_embeddings=24, hidden_size=30, num_attention_heads=5,
-                 intermediate_size=44, num_hidden_layers=2)
+                 intermediate_size=44, num_hidden_layers=2, scan_layers=True)
 # Three depths over two groups of two layers: group 0 serves depths 0 and 1, group 1 depth 2.
 TINY_ALBERT = dict(TINY_BERT, embedding_size=12, num_hidden_layers=3, num_hidden_groups=2, inner_group_num=2)
 

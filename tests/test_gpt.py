@@ -52,7 +52,7 @@ def _std(tree_leaf):
 def test_gpt2_scales_residual_projections_and_gpt_does_not():
     n_layer = 8
     for name, scaled in (("gpt2-tiny", True), ("openai-gpt-tiny", False)):
-        module, c = models.create(name, n_layer=n_layer, d_model=128, n_head=4, d_ff=512)
+        module, c = models.create(name, n_layer=n_layer, d_model=128, n_head=4, d_ff=512, scan_layers=True)
         p = models.init_params(module, jax.random.key(0))["blocks"]
         expected = 0.02 / np.sqrt(2 * n_layer) if scaled else 0.02
         for out in (p["attn"]["out"]["kernel"], p["mlp"]["proj"]["kernel"]):
@@ -72,7 +72,7 @@ def _forward(config, params, ids, deterministic=True, **kw):
 
 @pytest.mark.parametrize("name", ["gpt2-tiny", "openai-gpt-tiny"])
 def test_scanned_and_unrolled_stacks_agree(name, rng):
-    module, c = models.create(name)
+    module, c = models.create(name, scan_layers=True)
     params = models.init_params(module, jax.random.key(1))
     unrolled = dataclasses.replace(c, scan_layers=False)
     blocks = [jax.tree.map(lambda x: x[i], params["blocks"]) for i in range(c.n_layer)]

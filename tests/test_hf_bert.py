@@ -169,7 +169,7 @@ def test_head_override_picks_among_the_heads_present(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**config, "architectures": ["BertForMaskedLM"]}))
     with pytest.warns(UserWarning, match="ignoring 4 tensors .*pooler.dense"):
         _, c, params = hf.load_pretrained(tmp_path)
-    assert c.head == "mlm" and set(params) == {"embeddings", "blocks", "mlm"}
+    assert c.head == "mlm" and {k for k in params if not k.startswith("blocks")} == {"embeddings", "mlm"}
     _, c, params = hf.load_pretrained(tmp_path, head="pretraining", dtype="bfloat16")
     assert c.head == "pretraining" and {"pooler", "nsp"} <= set(params)
 
