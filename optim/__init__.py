@@ -4,7 +4,7 @@ Pure functions of pytrees; nothing here knows about models or the training loop.
 """
 
 from optim.groups import path_mask, param_paths
-from optim.optimizers import adamw, decay_mask
+from optim.optimizers import adamw, clip_by_global_norm, decay_mask
 from optim.schedules import warmup_cosine, warmup_linear, SCHEDULES
 
-__all__ = ["adamw", "decay_mask", "param_paths", "path_mask", "warmup_cosine", "warmup_linear", "SCHEDULES"]
+__all__ = ["adamw", "clip_by_global_norm", "decay_mask", "param_paths", "path_mask", "warmup_cosine", "warmup_linear", "SCHEDULES"]

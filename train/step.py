@@ -52,25 +52,30 @@ def make_train_step(module, task, tx, base_rng, shardings, mesh, grad_accum: int
     """One optimizer update from a batch of shape [grad_accum, micro_batch, ...].
 
     Gradients are averaged over the microbatches (a ``lax.scan``, so memory holds one
-    microbatch's activations). Dropout keys are derived from the step, so a resumed run draws the
-    same dropout masks as an uninterrupted one. The state is donated.
+    microbatch's activations; no scan when there is one). Dropout keys are derived from the
+    step, so a resumed run draws the same dropout masks as an uninterrupted one. The state is
+    donated.
     """
 
     def step(state: TrainState, batch):
         rng = jax.random.fold_in(base_rng, state.step)
         grad_fn = jax.value_and_grad(task.loss, argnums=1, has_aux=True)
 
-        def micro(carry, xs):
-            grads, sums = carry
-            i, mb = xs
-            (_, s), g = grad_fn(module, state.params, mb, jax.random.fold_in(rng, i), False)
-            return (jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, sums, s)), None
+        def micro_grads(i, mb):
+            (_, sums), grads = grad_fn(module, state.params, mb, jax.random.fold_in(rng, i), False)
+            return grads, sums
 
-        zero_grads = jax.tree.map(jnp.zeros_like, state.params)
-        first = jax.tree.map(lambda x: x[0], batch)
-        zero_sums = jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda: task.loss(module, state.params, first, rng, True)[1]))
-        (grads, sums), _ = jax.lax.scan(micro, (zero_grads, zero_sums), (jnp.arange(grad_accum), batch))
-        grads = jax.tree.map(lambda g: g / grad_accum, grads)
+        if grad_accum == 1:  # no scan: XLA may then fuse the backward pass with the update
+            grads, sums = micro_grads(0, jax.tree.map(lambda x: x[0], batch))
+        else:
+            def micro(carry, xs):
+                g, s = micro_grads(*xs)
+                return jax.tree.map(jnp.add, carry, (g, s)), None
+
+            first = jax.tree.map(lambda x: x[0], batch)
+            zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(micro_grads, 0, first))
+            (grads, sums), _ = jax.lax.scan(micro, zeros, (jnp.arange(grad_accum), batch))
+            grads = jax.tree.map(lambda g: g / grad_accum, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         sums["grad_norm"] = optax.tree.norm(grads)
