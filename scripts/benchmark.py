@@ -16,7 +16,12 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: import the repository's packages, not scripts/
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train.benchmark import BenchSpec, benchmark_train_step, compare_reference
+from train.malloc import retain_freed_memory
+
+# Before numpy and JAX start their threads (see train/malloc.py); JAXLM_MALLOC=default turns it off.
+ALLOCATOR = retain_freed_memory() if __name__ == "__main__" else "default"
+
+from train.benchmark import BenchSpec, benchmark_train_step, compare_reference  # noqa: E402
 from train.sharing_benchmark import SharingSpec, compare_sharing
 
 
@@ -39,7 +44,7 @@ def main(argv=None) -> dict:
                         help="sharing: BERT vs ALBERT with and without cross-layer sharing (train/sharing_benchmark.py)")
     parser.add_argument("--model", default="gpt2", help="a preset of models.PRESETS")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a model config field (repeatable), e.g. --set scan_layers=false")
+                        help="override a model config field (repeatable), e.g. --set scan_layers=true")
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -56,6 +61,8 @@ def main(argv=None) -> dict:
                         help="venv folder or interpreter for the Flax reference (default .cache/bench-venv)")
     parser.add_argument("--torch-adamw", choices=["fused", "foreach", "for-loop"], default="fused",
                         help="torch.optim.AdamW implementation of the PyTorch reference")
+    parser.add_argument("--reference-allocator", choices=["default", "retained"], default="default",
+                        help="the references' malloc: their libraries' default, or ours")
     parser.add_argument("--output", default=None, help="also write the JSON to this file")
     sharing = parser.add_argument_group("--mode sharing: the encoders' common shape")
     sharing.add_argument("--layers", type=int, default=SharingSpec.num_hidden_layers)
@@ -82,9 +89,10 @@ def main(argv=None) -> dict:
     )
     if args.compare_reference:
         refs = tuple(r for r in args.references.split(",") if r)
-        result = compare_reference(spec, args.peak_tflops, args.reference_python, refs, args.torch_adamw)
+        result = compare_reference(spec, args.peak_tflops, args.reference_python, refs, args.torch_adamw,
+                                   allocator=ALLOCATOR, reference_allocator=args.reference_allocator)
     else:
-        result = benchmark_train_step(spec, args.peak_tflops)
+        result = benchmark_train_step(spec, args.peak_tflops, allocator=ALLOCATOR)
     text = json.dumps(result, indent=2)
     print(text)
     if args.output:

@@ -1,6 +1,7 @@
 """Train (or resume) a model: ``python scripts/train.py --config gpt2-mini-sotu --set steps=100``.
 
-Rerunning the same command resumes from the run folder's latest checkpoint.
+Rerunning the same command resumes from the run folder's latest checkpoint. On a CPU the process
+keeps freed memory for reuse (``train/malloc.py``; ``JAXLM_MALLOC=default`` turns that off).
 """
 
 import argparse
@@ -11,8 +12,13 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: import the repository's packages, not scripts/train.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train.config import CONFIGS, apply_overrides, load_config
-from train.loop import train
+from train.malloc import retain_freed_memory
+
+if __name__ == "__main__":
+    retain_freed_memory()  # before numpy and JAX start their threads: see train/malloc.py
+
+from train.config import CONFIGS, apply_overrides, load_config  # noqa: E402
+from train.loop import train  # noqa: E402
 
 
 def main(argv=None) -> dict:

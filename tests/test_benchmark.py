@@ -51,7 +51,7 @@ def test_command_line_compares_with_the_torch_reference(tmp_path):
     assert result["flops"]["formula"] == "6*N + 12*n_layer*d_model*seq_len"
     assert result["reference_config"]["n_embd"] == 32 and result["reference_config"]["attn_pdrop"] == 0.0
     _check_contender(result["ours"])
-    assert result["ours"]["compile_s"] > 0 and result["ours"]["scan_layers"] is True
+    assert result["ours"]["compile_s"] > 0 and result["ours"]["scan_layers"] is False
     _check_contender(result["torch_reference"])
     assert set(result["ratios"]) == {"torch_reference_over_ours_step_time"}
     assert isinstance(result["ours_fastest"], bool)
@@ -63,10 +63,10 @@ def test_overrides_dropout_and_measured_peak():
         import benchmark as cli
     finally:
         sys.path.pop(0)
-    result = cli.main([*TINY, "--dropout", "on", "--set", "scan_layers=false"])
+    result = cli.main([*TINY, "--dropout", "on", "--set", "scan_layers=true"])
     assert result["peak_source"].startswith("measured")
     assert result["dropout_rates"]["attn_dropout"] == 0.1
-    assert result["ours"]["scan_layers"] is False
+    assert result["ours"]["scan_layers"] is True
     _check_contender(result["ours"])
 
 

@@ -10,9 +10,8 @@ What is timed
     ``block_until_ready`` of the new state. ``step_s`` is the median of those; ``tokens_per_s`` is
     ``batch * seq / step_s``. ``step_cpu_user_s`` / ``step_cpu_system_s`` are this process's CPU
     seconds per step (system time is mostly page faults on freshly mapped temporaries), and
-    ``other_processes_cpu_cores`` is how many cores other processes used meanwhile: on a shared
-    machine anything above ~0.1 makes the wall times, and ratios between contenders timed one
-    after another, suspect.
+    ``other_processes_cpu_cores`` is how many cores other processes used during its steps, on
+    average: on a shared machine anything above ~0.1 makes the wall times suspect.
 
 Model FLOPs per token (``flops_per_token``; the same count for every contender)
     ``6 * N + 12 * n_layer * d_model * seq``, where
@@ -54,11 +53,26 @@ References (``compare``)
       main environment's torch, ``torch.optim.AdamW``, ``clip_grad_norm_``, ``model.train()``,
       ``torch.set_num_threads(<cores>)``; in a subprocess of the main environment, so its memory is
       measured alone.
-    Each contender runs in a fresh process (ours in the calling one) one after the other, never
-    concurrently; ``ratios`` are their median step time over ours (> 1: ours is faster).
+    Each contender has its own process (ours the calling one). All three are compiled and warmed
+    up first; then each round times one step of every contender in turn (the lead rotating), never
+    two at once, so a change in the machine's speed during the run hits them alike. ``ratios``
+    are their median step time over ours, ``paired_ratios`` the median over rounds of the
+    per-round ratio (> 1: ours is faster).
+
+Memory allocator
+    ``scripts/benchmark.py`` (like ``scripts/train.py``) first calls
+    :func:`train.malloc.retain_freed_memory`, which keeps freed memory in the process instead of
+    page-faulting XLA's temporaries in at every step; ``allocator`` in each contender's result
+    says what its process used. The references keep their default allocator unless
+    ``--reference-allocator retained``.
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__":  # a reference worker (see Worker): malloc before numpy and JAX start threads
+    from train.malloc import retain_freed_memory
+
+    WORKER_ALLOCATOR = retain_freed_memory()
 
 import dataclasses
 import json
@@ -68,6 +82,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -160,7 +175,7 @@ def _leaves(tree):
     return jax.tree.leaves(tree)
 
 
-def matmul_peak_flops(dtype: str = "float32", n: int | None = None, repeats: int = 5) -> dict:
+def matmul_peak_flops(dtype: str = "float32", n: int | None = None, repeats: int = 10) -> dict:
     """The best FLOP/s of an ``n x n @ n x n`` matmul under ``jax.jit`` on the default device."""
     import jax
     import jax.numpy as jnp
@@ -305,30 +320,27 @@ def _cpu_times() -> tuple[float, float]:
     return r.ru_utime, r.ru_stime
 
 
-def time_calls(call: Callable[[], Any], steps: int) -> dict:
-    """Time ``steps`` calls (``call`` must block on its result): wall times, this process's CPU
-    time per call (user, system), and the other processes' CPU use meanwhile."""
+def time_call(call: Callable[[], Any]) -> dict:
+    """One call (which must block on its result): wall time, this process's CPU seconds (user,
+    system) and the other processes' CPU use meanwhile, in cores."""
     contention = CpuContention()
     contention.start()
-    times, user, system = [], [], []
-    for _ in range(steps):
-        u0, s0 = _cpu_times()
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-        u1, s1 = _cpu_times()
-        user.append(u1 - u0)
-        system.append(s1 - s0)
-    return {"times": times, "user": user, "system": system, "other_cores": contention.stop()}
+    u0, s0 = _cpu_times()
+    t0 = time.perf_counter()
+    call()
+    wall = time.perf_counter() - t0
+    u1, s1 = _cpu_times()
+    return {"time": wall, "user": u1 - u0, "system": s1 - s0, "other_cores": contention.stop()}
 
 
-def summarize_times(timed: dict, tokens_per_step: int) -> dict:
-    times = timed["times"]
+def summarize_times(samples: list[dict], tokens_per_step: int) -> dict:
+    times = [x["time"] for x in samples]
+    others = [x["other_cores"] for x in samples if x["other_cores"] is not None]
     median = statistics.median(times)
     return {
-        "other_processes_cpu_cores": timed["other_cores"],
-        "step_cpu_user_s": statistics.median(timed["user"]),
-        "step_cpu_system_s": statistics.median(timed["system"]),
+        "other_processes_cpu_cores": statistics.fmean(others) if others else None,
+        "step_cpu_user_s": statistics.median(x["user"] for x in samples),
+        "step_cpu_system_s": statistics.median(x["system"] for x in samples),
         "step_s": median,
         "step_s_mean": statistics.fmean(times),
         "step_s_min": min(times),
@@ -336,6 +348,34 @@ def summarize_times(timed: dict, tokens_per_step: int) -> dict:
         "step_times_s": times,
         "tokens_per_s": tokens_per_step / median,
     }
+
+
+class Contender:
+    """A compiled train step ready to time. ``call()`` runs one step and blocks on it;
+    ``describe()`` returns what the result reports besides the times (set-up costs, last loss).
+    Creating one runs the untimed warm-up steps."""
+
+    def __init__(self, call: Callable[[], None], describe: Callable[[], dict], memory: HostMemory, warmup: int):
+        self.call, self.describe, self.memory = call, describe, memory
+        for _ in range(warmup):
+            call()
+        self.setup_peak = memory.checkpoint()
+        self.samples: list[dict] = []
+
+    def step(self) -> dict:
+        sample = time_call(self.call)
+        self.samples.append(sample)
+        return sample
+
+    def result(self, spec: BenchSpec, flops: dict, peak_flops_per_s: float | None) -> dict:
+        steps_peak = self.memory.checkpoint()
+        out = {
+            **self.describe(),
+            **summarize_times(self.samples, spec.tokens_per_step),
+            "peak_rss_delta_bytes": max(self.setup_peak, steps_peak),
+            "steps_peak_rss_delta_bytes": steps_peak,
+        }
+        return add_mfu(out, flops, peak_flops_per_s)
 
 
 def add_mfu(result: dict, flops: dict, peak_flops_per_s: float | None) -> dict:
@@ -396,8 +436,8 @@ def one_device_mesh():
     return Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
 
 
-def bench_ours(spec: BenchSpec, peak_flops_per_s: float | None = None) -> dict:
-    """Time our train step, built as ``train.loop.train`` builds it."""
+def prepare_ours(spec: BenchSpec) -> Contender:
+    """Our train step, built as ``train.loop.train`` builds it."""
     import jax
 
     import optim
@@ -436,29 +476,27 @@ def bench_ours(spec: BenchSpec, peak_flops_per_s: float | None = None) -> dict:
         holder["state"] = new_state
         holder["sums"] = sums
 
-    for _ in range(spec.warmup):
-        call()
-    setup_peak = memory.checkpoint()
-    timed = time_calls(call, spec.steps)
-    steps_peak = memory.checkpoint()
-    loss = float(holder["sums"]["nll"] / holder["sums"]["weight"])
+    def describe():
+        return {
+            "implementation": "ours: models.create + optim.adamw + train.step.make_train_step (jit, donated state)",
+            "scan_layers": config.scan_layers,
+            "remat": config.remat,
+            "init_s": init_s,
+            "trace_s": trace_s,
+            "compile_s": compile_s,
+            "last_loss": float(holder["sums"]["nll"] / holder["sums"]["weight"]),
+            "peak_rss_resettable": memory.resettable,
+            "device_peak_bytes": device_peak_bytes(),
+            "xla_memory": xla_memory(compiled),
+        }
 
-    result = {
-        "implementation": "ours: models.create + optim.adamw + train.step.make_train_step (jit, donated state)",
-        "scan_layers": config.scan_layers,
-        "remat": config.remat,
-        "init_s": init_s,
-        "trace_s": trace_s,
-        "compile_s": compile_s,
-        **summarize_times(timed, spec.tokens_per_step),
-        "last_loss": loss,
-        "peak_rss_delta_bytes": max(setup_peak, steps_peak),
-        "steps_peak_rss_delta_bytes": steps_peak,
-        "peak_rss_resettable": memory.resettable,
-        "device_peak_bytes": device_peak_bytes(),
-        "xla_memory": xla_memory(compiled),
-    }
-    return add_mfu(result, model_flops(config, spec.seq_len), peak_flops_per_s)
+    return Contender(call, describe, memory, spec.warmup)
+
+
+def run_alone(contender: Contender, spec: BenchSpec, flops: dict, peak_flops_per_s: float | None) -> dict:
+    for _ in range(spec.steps):
+        contender.step()
+    return contender.result(spec, flops, peak_flops_per_s)
 
 
 # --------------------------------------------------------------------------------------------
@@ -500,7 +538,7 @@ def _versions(*names) -> dict:
     return out
 
 
-def flax_reference_step(spec: BenchSpec, hf_config: dict, peak_flops_per_s: float | None, flops: dict) -> dict:
+def flax_reference_step(spec: BenchSpec, hf_config: dict) -> Contender:
     """transformers' ``FlaxGPT2LMHeadModel`` trained with ``jax.value_and_grad`` + optax AdamW."""
     import jax
     import jax.numpy as jnp
@@ -555,31 +593,25 @@ def flax_reference_step(spec: BenchSpec, hf_config: dict, peak_flops_per_s: floa
         jax.block_until_ready((p, o))
         holder.update(params=p, opt_state=o, loss=loss)
 
-    for _ in range(spec.warmup):
-        call()
-    setup_peak = memory.checkpoint()
-    timed = time_calls(call, spec.steps)
-    steps_peak = memory.checkpoint()
-    result = {
-        "implementation": f"transformers {transformers.__version__} FlaxGPT2LMHeadModel, jax.value_and_grad + "
-                          "optax.adamw, jit with params and opt_state donated",
-        "versions": _versions("jax", "jaxlib", "flax", "optax", "transformers", "numpy"),
-        "python_executable": sys.executable,
-        "init_s": init_s,
-        "trace_s": trace_s,
-        "compile_s": compile_s,
-        **summarize_times(timed, spec.tokens_per_step),
-        "last_loss": float(holder["loss"]),
-        "peak_rss_delta_bytes": max(setup_peak, steps_peak),
-        "steps_peak_rss_delta_bytes": steps_peak,
-        "device_peak_bytes": device_peak_bytes(),
-        "xla_memory": xla_memory(compiled),
-    }
-    return add_mfu(result, flops, peak_flops_per_s)
+    def describe():
+        return {
+            "implementation": f"transformers {transformers.__version__} FlaxGPT2LMHeadModel, jax.value_and_grad + "
+                              "optax.adamw, jit with params and opt_state donated",
+            "versions": _versions("jax", "jaxlib", "flax", "optax", "transformers", "numpy"),
+            "python_executable": sys.executable,
+            "init_s": init_s,
+            "trace_s": trace_s,
+            "compile_s": compile_s,
+            "last_loss": float(holder["loss"]),
+            "device_peak_bytes": device_peak_bytes(),
+            "xla_memory": xla_memory(compiled),
+        }
+
+    return Contender(call, describe, memory, spec.warmup)
 
 
-def torch_reference_step(spec: BenchSpec, hf_config: dict, peak_flops_per_s: float | None, flops: dict,
-                         threads: int | None = None, adamw_impl: str = "fused") -> dict:
+def torch_reference_step(spec: BenchSpec, hf_config: dict, threads: int | None = None,
+                         adamw_impl: str = "fused") -> Contender:
     """transformers' PyTorch ``GPT2LMHeadModel`` with ``torch.optim.AdamW`` (eager, CPU)."""
     import torch
     import torch.nn.functional as F
@@ -625,27 +657,22 @@ def torch_reference_step(spec: BenchSpec, hf_config: dict, peak_flops_per_s: flo
     t0 = time.perf_counter()
     call()  # eager: the first step allocates optimizer state and warms the kernels
     first_step_s = time.perf_counter() - t0
-    for _ in range(max(spec.warmup - 1, 0)):
-        call()
-    setup_peak = memory.checkpoint()
-    timed = time_calls(call, spec.steps)
-    steps_peak = memory.checkpoint()
-    result = {
-        "implementation": f"transformers {transformers.__version__} GPT2LMHeadModel "
-                          f"(attn_implementation={model.config._attn_implementation}), eager, "
-                          f"torch.optim.AdamW({adamw_impl}), clip_grad_norm_",
-        "versions": _versions("torch", "transformers", "numpy"),
-        "threads": torch.get_num_threads(),
-        "init_s": init_s,
-        "compile_s": None,
-        "first_step_s": first_step_s,
-        **summarize_times(timed, spec.tokens_per_step),
-        "last_loss": float(holder["loss"]),
-        "peak_rss_delta_bytes": max(setup_peak, steps_peak),
-        "steps_peak_rss_delta_bytes": steps_peak,
-        "torch_matmul_flops_per_s": torch_matmul_flops(),
-    }
-    return add_mfu(result, flops, peak_flops_per_s)
+
+    def describe():
+        return {
+            "implementation": f"transformers {transformers.__version__} GPT2LMHeadModel "
+                              f"(attn_implementation={model.config._attn_implementation}), eager, "
+                              f"torch.optim.AdamW({adamw_impl}), clip_grad_norm_",
+            "versions": _versions("torch", "transformers", "numpy"),
+            "threads": torch.get_num_threads(),
+            "init_s": init_s,
+            "compile_s": None,
+            "first_step_s": first_step_s,
+            "last_loss": float(holder["loss"]),
+            "torch_matmul_flops_per_s": torch_matmul_flops(),
+        }
+
+    return Contender(call, describe, memory, max(spec.warmup - 1, 0))
 
 
 def cpu_count() -> int:
@@ -702,35 +729,69 @@ def reference_python(path: str | os.PathLike | None = None, create: bool = True,
     return python
 
 
-def run_worker(python: str | os.PathLike, kind: str, payload: dict, timeout: float = 1800) -> dict:
-    """Run ``python -m train.benchmark <kind>`` from the repository root; return its JSON result."""
-    env = dict(os.environ)
-    env.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env["PYTHONPATH"] = str(REPO_ROOT)  # only our repository: nothing from the calling environment
-    proc = subprocess.run(
-        [str(python), "-m", "train.benchmark", kind], input=json.dumps(payload), cwd=REPO_ROOT, env=env,
-        capture_output=True, text=True, timeout=timeout,
-    )
-    for line in proc.stdout.splitlines()[::-1]:
-        if line.startswith(RESULT_TAG):
-            return json.loads(line[len(RESULT_TAG):])
-    raise RuntimeError(f"{kind} worker ({python}) failed with exit code {proc.returncode}:\n"
-                       f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+class Worker:
+    """A reference contender in its own process (``python -m train.benchmark <kind>``, run from the
+    repository root), stepped on command: one JSON line each way per message."""
+
+    def __init__(self, python: str | os.PathLike, kind: str, payload: dict, timeout: float = 1800):
+        env = dict(os.environ)
+        env.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        env["PYTHONPATH"] = str(REPO_ROOT)  # only our repository: nothing from the calling environment
+        env["JAXLM_MALLOC"] = "retained" if payload.get("retain_freed_memory") else "default"
+        self.kind, self.python, self.timeout = kind, python, timeout
+        self.stderr = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(
+            [str(python), "-m", "train.benchmark", kind], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self.stderr, cwd=REPO_ROOT, env=env, text=True,
+        )
+        self.request(payload)  # the worker answers once its step is compiled and warmed up
+
+    def request(self, message) -> Any:
+        self.proc.stdin.write(json.dumps(message) + "\n")
+        self.proc.stdin.flush()
+        for line in self.proc.stdout:
+            if line.startswith(RESULT_TAG):
+                return json.loads(line[len(RESULT_TAG):])
+        self.proc.wait(self.timeout)
+        self.stderr.seek(0)
+        raise RuntimeError(f"{self.kind} worker ({self.python}) failed with exit code {self.proc.returncode}:\n"
+                           f"{self.stderr.read()[-5000:]}")
+
+    def step(self) -> dict:
+        return self.request("step")
+
+    def finish(self) -> dict:
+        result = self.request("finish")
+        self.proc.stdin.close()
+        self.proc.wait(self.timeout)
+        self.stderr.close()
+        return result
 
 
 def _worker_main(kind: str) -> None:
-    payload = json.load(sys.stdin)
+    """The worker side of :class:`Worker`: a payload, then ``"step"`` commands, then ``"finish"``."""
+    def reply(obj):
+        print(RESULT_TAG + json.dumps(obj), flush=True)
+
+    payload = json.loads(sys.stdin.readline())
     spec = BenchSpec(**payload["spec"])
-    args = (spec, payload["hf_config"], payload["peak_flops_per_s"], payload["flops"])
     if kind == "flax-reference":
-        result = flax_reference_step(*args)
+        contender = flax_reference_step(spec, payload["hf_config"])
     elif kind == "torch-reference":
-        result = torch_reference_step(*args, threads=payload.get("threads"),
-                                      adamw_impl=payload.get("torch_adamw", "fused"))
+        contender = torch_reference_step(spec, payload["hf_config"], threads=payload.get("threads"),
+                                         adamw_impl=payload.get("torch_adamw", "fused"))
     else:
         raise SystemExit(f"unknown worker {kind!r}")
-    print(RESULT_TAG + json.dumps(result), flush=True)
+    reply("ready")
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command == "step":
+            reply(contender.step())
+        elif command == "finish":
+            result = contender.result(spec, payload["flops"], payload["peak_flops_per_s"])
+            reply({**result, "allocator": WORKER_ALLOCATOR})
+            return
 
 
 # --------------------------------------------------------------------------------------------
@@ -765,21 +826,25 @@ def environment() -> dict:
     }
 
 
-def benchmark_train_step(spec: BenchSpec, peak_tflops: float | None = None) -> dict:
-    """Mode ``train-step``: our step alone."""
-    peak = resolve_peak(spec, peak_tflops)
-    ours = bench_ours(spec, peak["peak_flops_per_s"])
+def _header(spec: BenchSpec, peak_tflops: float | None, mode: str) -> dict:
     _, config = our_config(spec)
     return {
-        "mode": "train-step",
+        "mode": mode,
         "spec": spec.to_dict(),
         "dropout_rates": {name: getattr(config, name) for name in DROPOUT_FIELDS},
         "tokens_per_step": spec.tokens_per_step,
         "flops": model_flops(config, spec.seq_len),
-        **peak,
+        **resolve_peak(spec, peak_tflops),
         "environment": environment(),
-        "ours": ours,
     }
+
+
+def benchmark_train_step(spec: BenchSpec, peak_tflops: float | None = None, allocator: str = "default") -> dict:
+    """Mode ``train-step``: our step alone. ``allocator`` records what
+    :func:`train.malloc.retain_freed_memory` did in this process."""
+    out = _header(spec, peak_tflops, "train-step")
+    out["ours"] = {**run_alone(prepare_ours(spec), spec, out["flops"], out["peak_flops_per_s"]), "allocator": allocator}
+    return out
 
 
 def compare_reference(
@@ -788,17 +853,26 @@ def compare_reference(
     reference: str | os.PathLike | None = None,
     references: tuple[str, ...] = ("flax", "torch"),
     torch_adamw: str = "fused",
+    allocator: str = "default",
+    reference_allocator: str = "default",
     log=sys.stderr,
 ) -> dict:
-    """Mode ``--compare-reference``: ours, then each reference in its own process, one JSON."""
+    """Mode ``--compare-reference``: ours here, each reference in its own process, all compiled and
+    warmed up first, then timed in interleaved rounds (one step of each per round, the lead
+    rotating), so a change in the machine's speed hits every contender alike.
+
+    ``reference_allocator="retained"`` gives the references this process's malloc settings
+    (:mod:`train.malloc`); ``"default"`` leaves them as their libraries ship.
+    """
     if spec.dtype != "float32":
         raise ValueError("the reference comparison runs in float32")
     unknown = set(references) - {"flax", "torch"}
     if unknown:
         raise ValueError(f"unknown references {sorted(unknown)}; choose from flax, torch")
+    if reference_allocator not in ("default", "retained"):
+        raise ValueError(f"reference_allocator={reference_allocator!r}; choose 'default' or 'retained'")
     ref_python = reference_python(reference, log=log) if "flax" in references else None
-    out = benchmark_train_step(spec, peak_tflops)
-    out["mode"] = "compare-reference"
+    out = _header(spec, peak_tflops, "compare-reference")
     _, config = our_config(spec)
     payload = {
         "spec": spec.to_dict(),
@@ -807,6 +881,7 @@ def compare_reference(
         "flops": out["flops"],
         "threads": cpu_count(),
         "torch_adamw": torch_adamw,
+        "retain_freed_memory": reference_allocator == "retained",
     }
     out["reference_config"] = payload["hf_config"]
     out["fairness"] = (
@@ -814,19 +889,36 @@ def compare_reference(
         f"{spec.dropout} in all three, AdamW(lr schedule warmup-cosine peak {spec.learning_rate}, b1={spec.b1}, "
         f"b2={spec.b2}, eps={spec.eps}, weight_decay={spec.weight_decay} on matrices only) after global-norm "
         f"clipping {spec.clip_norm}; mean token cross-entropy over integer labels; one process per contender, "
-        "run one after another"
+        f"{spec.steps} interleaved rounds of one step each, never two steps at once; malloc: ours {allocator}, "
+        f"references {reference_allocator}"
     )
-    for name in references:
-        print(f"timing the {name} reference...", file=log, flush=True)
-        if name == "flax":
-            out["flax_reference"] = run_worker(ref_python, "flax-reference", payload)
-        else:
-            out["torch_reference"] = run_worker(sys.executable, "torch-reference", payload)
+    contenders: dict[str, Any] = {"ours": prepare_ours(spec)}
+    try:
+        for name in references:
+            print(f"compiling the {name} reference...", file=log, flush=True)
+            python = ref_python if name == "flax" else sys.executable
+            contenders[name] = Worker(python, f"{name}-reference", payload)
+        names = list(contenders)
+        rounds = []
+        for r in range(spec.steps):
+            lead = r % len(names)
+            rounds.append({name: contenders[name].step()["time"] for name in names[lead:] + names[:lead]})
+        out["ours"] = {**contenders["ours"].result(spec, out["flops"], out["peak_flops_per_s"]), "allocator": allocator}
+        for name in references:
+            out[f"{name}_reference"] = contenders[name].finish()
+    finally:
+        for contender in contenders.values():
+            if isinstance(contender, Worker) and contender.proc.poll() is None:
+                contender.proc.kill()
     ours = out["ours"]["step_s"]
     out["ratios"] = {
         f"{name}_reference_over_ours_step_time": out[f"{name}_reference"]["step_s"] / ours for name in references
     }
-    out["ours_fastest"] = all(r > 1 for r in out["ratios"].values())
+    out["paired_ratios"] = {
+        f"{name}_reference_over_ours_step_time": statistics.median(r[name] / r["ours"] for r in rounds)
+        for name in references
+    }
+    out["ours_fastest"] = all(r > 1 for r in (*out["ratios"].values(), *out["paired_ratios"].values()))
     return out
 
 
