@@ -97,20 +97,28 @@ def register(name: str):
     return wrap
 
 
-@register("gpt2-mini-sotu")
-def gpt2_mini_sotu() -> TrainConfig:
-    """The main job: a 4-layer GPT-2 on the State of the Union addresses, a few minutes on a CPU."""
+def _on_sotu(**fields) -> TrainConfig:
+    """A config on the State of the Union split, its 8k-piece sentencepiece model and 16 x 128-token
+    batches at learning rate 1e-3; ``fields`` give the rest."""
     sotu = cache_dir() / "sotu"
     return TrainConfig(
-        model="gpt2-mini",
-        model_overrides={"n_positions": 128},
         train_data=str(sotu / "train.jsonl"),
         eval_data=str(sotu / "validation.jsonl"),
         tokenizer=str(sotu / "spm8k.model"),
         seq_len=128,
         batch_size=16,
-        steps=300,
         learning_rate=1e-3,
+        **fields,
+    )
+
+
+@register("gpt2-mini-sotu")
+def gpt2_mini_sotu() -> TrainConfig:
+    """The main job: a 4-layer GPT-2 on the State of the Union addresses, a few minutes on a CPU."""
+    return _on_sotu(
+        model="gpt2-mini",
+        model_overrides={"n_positions": 128},
+        steps=300,
         warmup_steps=30,
         eval_every=100,
         checkpoint_every=100,
@@ -119,18 +127,11 @@ def gpt2_mini_sotu() -> TrainConfig:
 
 
 def _encoder_on_sotu(model: str, task: str, workdir: str, **overrides) -> TrainConfig:
-    sotu = cache_dir() / "sotu"
-    return TrainConfig(
+    return _on_sotu(
         model=model,
         model_overrides={"vocab_size": 8192, "max_position_embeddings": 128},
         task=task,
-        train_data=str(sotu / "train.jsonl"),
-        eval_data=str(sotu / "validation.jsonl"),
-        tokenizer=str(sotu / "spm8k.model"),
-        seq_len=128,
-        batch_size=16,
         steps=600,
-        learning_rate=1e-3,
         warmup_steps=60,
         weight_decay=0.01,
         b2=0.999,
