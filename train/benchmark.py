@@ -733,12 +733,13 @@ class Worker:
     """A reference contender in its own process (``python -m train.benchmark <kind>``, run from the
     repository root), stepped on command: one JSON line each way per message."""
 
-    def __init__(self, python: str | os.PathLike, kind: str, payload: dict, timeout: float = 1800):
+    def __init__(self, python: str | os.PathLike, kind: str, payload: dict, allocator: str = "default",
+                 timeout: float = 1800):
         env = dict(os.environ)
         env.setdefault("TRANSFORMERS_VERBOSITY", "error")
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         env["PYTHONPATH"] = str(REPO_ROOT)  # only our repository: nothing from the calling environment
-        env["JAXLM_MALLOC"] = "retained" if payload.get("retain_freed_memory") else "default"
+        env["JAXLM_MALLOC"] = allocator  # read by train.malloc when the worker starts
         self.kind, self.python, self.timeout = kind, python, timeout
         self.stderr = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
@@ -826,9 +827,10 @@ def environment() -> dict:
     }
 
 
-def _header(spec: BenchSpec, peak_tflops: float | None, mode: str) -> dict:
+def _header(spec: BenchSpec, peak_tflops: float | None, mode: str) -> tuple[Any, dict]:
+    """Our config for ``spec`` and the result's common fields."""
     _, config = our_config(spec)
-    return {
+    return config, {
         "mode": mode,
         "spec": spec.to_dict(),
         "dropout_rates": {name: getattr(config, name) for name in DROPOUT_FIELDS},
@@ -842,7 +844,7 @@ def _header(spec: BenchSpec, peak_tflops: float | None, mode: str) -> dict:
 def benchmark_train_step(spec: BenchSpec, peak_tflops: float | None = None, allocator: str = "default") -> dict:
     """Mode ``train-step``: our step alone. ``allocator`` records what
     :func:`train.malloc.retain_freed_memory` did in this process."""
-    out = _header(spec, peak_tflops, "train-step")
+    _, out = _header(spec, peak_tflops, "train-step")
     out["ours"] = {**run_alone(prepare_ours(spec), spec, out["flops"], out["peak_flops_per_s"]), "allocator": allocator}
     return out
 
@@ -872,8 +874,7 @@ def compare_reference(
     if reference_allocator not in ("default", "retained"):
         raise ValueError(f"reference_allocator={reference_allocator!r}; choose 'default' or 'retained'")
     ref_python = reference_python(reference, log=log) if "flax" in references else None
-    out = _header(spec, peak_tflops, "compare-reference")
-    _, config = our_config(spec)
+    config, out = _header(spec, peak_tflops, "compare-reference")
     payload = {
         "spec": spec.to_dict(),
         "hf_config": hf_gpt2_config(config, spec.dropout),
@@ -881,7 +882,6 @@ def compare_reference(
         "flops": out["flops"],
         "threads": cpu_count(),
         "torch_adamw": torch_adamw,
-        "retain_freed_memory": reference_allocator == "retained",
     }
     out["reference_config"] = payload["hf_config"]
     out["fairness"] = (
@@ -897,7 +897,7 @@ def compare_reference(
         for name in references:
             print(f"compiling the {name} reference...", file=log, flush=True)
             python = ref_python if name == "flax" else sys.executable
-            contenders[name] = Worker(python, f"{name}-reference", payload)
+            contenders[name] = Worker(python, f"{name}-reference", payload, allocator=reference_allocator)
         names = list(contenders)
         rounds = []
         for r in range(spec.steps):

@@ -65,14 +65,14 @@ def make_train_step(module, task, tx, base_rng, shardings, mesh, grad_accum: int
             (_, sums), grads = grad_fn(module, state.params, mb, jax.random.fold_in(rng, i), False)
             return grads, sums
 
+        first = jax.tree.map(lambda x: x[0], batch)
         if grad_accum == 1:  # no scan: XLA may then fuse the backward pass with the update
-            grads, sums = micro_grads(0, jax.tree.map(lambda x: x[0], batch))
+            grads, sums = micro_grads(0, first)
         else:
             def micro(carry, xs):
                 g, s = micro_grads(*xs)
                 return jax.tree.map(jnp.add, carry, (g, s)), None
 
-            first = jax.tree.map(lambda x: x[0], batch)
             zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(micro_grads, 0, first))
             (grads, sums), _ = jax.lax.scan(micro, zeros, (jnp.arange(grad_accum), batch))
             grads = jax.tree.map(lambda g: g / grad_accum, grads)
