@@ -12,7 +12,7 @@ import jax
 
 from models.generation import generate
 from train.evaluation import load_for_eval
-from train.tokenizers import load_tokenizer
+from train.data.tokenizers import load_tokenizer
 
 
 def main(argv=None) -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train.corpora import SOTU_VALIDATION_FROM_YEAR, prepare_sotu
+from train.data.corpora import SOTU_VALIDATION_FROM_YEAR, prepare_sotu
 
 
 def main(argv=None) -> dict:

@@ -13,8 +13,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train.corpora import read_texts
-from train.tokenizers import SentencePieceTokenizer, train_sentencepiece, training_sentences
+from train.data.corpora import read_texts
+from train.data.tokenizers import SentencePieceTokenizer, train_sentencepiece, training_sentences
 
 
 def main(argv=None) -> dict:

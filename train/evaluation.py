@@ -9,8 +9,13 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from models import hf
 from train import sharding
+from train.checkpoint import load_params
+from train.config import TrainConfig
+from train.data.tokenizers import load_tokenizer, tokenizer_id
 from train.step import make_eval_step, params_sharding
+from train.tasks import check_fit, context_length, make_task
 
 
 def evaluate(eval_step, params, task, batches, mesh, max_batches: int | None = None) -> dict:
@@ -39,9 +44,6 @@ def unigram_baseline(train_tokens, eval_tokens, vocab_size: int) -> dict:
 def load_for_eval(checkpoint, step: int | None = None, **model_overrides):
     """A run folder of ours (has run.json) or an HF folder (has config.json)
     -> ``(module, model_config, params, run_info)``."""
-    from models import hf
-    from train.checkpoint import load_params
-
     path = Path(checkpoint)
     if (path / "run.json").exists():
         return load_params(path, step, **model_overrides)
@@ -65,11 +67,6 @@ def evaluate_checkpoint(checkpoint, data_source, *, tokenizer=None, task=None, s
     ``seq_len`` to the run's, else the model's context. ``unigram_from`` (training data) adds
     the unigram baseline on the same tokens.
     """
-    from train.config import TrainConfig
-    from train.loop import check_fit, context_length, tokenizer_id
-    from train.tasks import make_task
-    from train.tokenizers import load_tokenizer
-
     module, model_config, params, run = load_for_eval(checkpoint, step)
     tokenizer = tokenizer or run.get("tokenizer")
     if not tokenizer:

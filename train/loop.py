@@ -8,7 +8,6 @@ interrupted. SIGTERM, the preemption notice on TPU VMs, saves a checkpoint and r
 
 from __future__ import annotations
 
-import hashlib
 import math
 import signal
 import time
@@ -26,44 +25,12 @@ from train.config import TrainConfig
 from train.metrics import MetricWriter, plot_loss_curve
 from train.evaluation import evaluate
 from train.step import init_state, make_eval_step, make_train_step
-from train.tasks import make_task
-from train.tokenizers import load_tokenizer
+from train.tasks import check_fit, make_task
+from train.data.tokenizers import load_tokenizer, tokenizer_id
 
 
 class NonFiniteLoss(RuntimeError):
     """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
-
-
-def tokenizer_id(path) -> str:
-    """Identity of a tokenizer's files (name + content hash), for the token cache key."""
-    path = Path(path)
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-    digest = hashlib.sha256()
-    for f in files:
-        digest.update(f.name.encode())
-        digest.update(f.read_bytes())
-    return f"{path.name}-{digest.hexdigest()[:16]}"
-
-
-def context_length(model_config) -> int:
-    for name in ("n_positions", "max_position_embeddings"):
-        if hasattr(model_config, name):
-            return getattr(model_config, name)
-    raise TypeError(f"{type(model_config).__name__} has no context length field")
-
-
-def check_fit(tokenizer, model_config, seq_len: int) -> None:
-    """The tokenizer's ids must index the model's embeddings, and sequences must fit its context."""
-    if tokenizer.vocab_size > model_config.vocab_size:
-        raise ValueError(
-            f"the tokenizer has {tokenizer.vocab_size} tokens but the model embeds only {model_config.vocab_size}; "
-            f"set model_overrides.vocab_size={tokenizer.vocab_size} or use a matching tokenizer"
-        )
-    context = context_length(model_config)
-    if seq_len > context:
-        raise ValueError(
-            f"seq_len={seq_len} exceeds the model's context of {context} positions; lower seq_len or raise the context"
-        )
 
 
 class _Preemption:

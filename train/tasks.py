@@ -17,8 +17,30 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from train import data, pretraining
-from train.fetch import cache_dir
+from train import data
+from train.data import sentence_pairs
+from train.data.downloads import cache_dir
+
+
+def context_length(model_config) -> int:
+    for name in ("n_positions", "max_position_embeddings"):
+        if hasattr(model_config, name):
+            return getattr(model_config, name)
+    raise TypeError(f"{type(model_config).__name__} has no context length field")
+
+
+def check_fit(tokenizer, model_config, seq_len: int) -> None:
+    """The tokenizer's ids must index the model's embeddings, and sequences must fit its context."""
+    if tokenizer.vocab_size > model_config.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {tokenizer.vocab_size} tokens but the model embeds only {model_config.vocab_size}; "
+            f"set model_overrides.vocab_size={tokenizer.vocab_size} or use a matching tokenizer"
+        )
+    context = context_length(model_config)
+    if seq_len > context:
+        raise ValueError(
+            f"seq_len={seq_len} exceeds the model's context of {context} positions; lower seq_len or raise the context"
+        )
 
 
 def cross_entropy_sums(logits, targets, weights):
@@ -100,32 +122,32 @@ def pair_pretraining_loss(module, params, batch, rng, deterministic: bool, objec
 
 class MaskedLMWithPairs:
     """BERT/ALBERT pretraining: masked LM plus next-sentence (``nsp``) or sentence-order (``sop``)
-    prediction on ``[CLS] A [SEP] B [SEP]`` pairs (see ``train.pretraining``); the loss is the
+    prediction on ``[CLS] A [SEP] B [SEP]`` pairs (see ``train.data.sentence_pairs``); the loss is the
     sum of the two means, as in the papers."""
 
     def __init__(self, config, tokenizer, tokenizer_key: str, objective: str):
         self.config, self.tokenizer, self.tokenizer_key, self.objective = config, tokenizer, tokenizer_key, objective
         self.name = f"mlm_{objective}"
-        self.encoder = pretraining.PairEncoder(
-            pretraining.special_ids(tokenizer), max_len=config.seq_len, rate=config.mask_rate,
-            word_start_table=pretraining.word_start_table(tokenizer) if config.whole_word_masking else None,
+        self.encoder = sentence_pairs.PairEncoder(
+            sentence_pairs.special_ids(tokenizer), max_len=config.seq_len, rate=config.mask_rate,
+            word_start_table=sentence_pairs.word_start_table(tokenizer) if config.whole_word_masking else None,
             max_ngram=config.max_ngram,
         )
 
     def load_corpus(self, source, split: str):
-        boundaries = pretraining.SentenceBoundaries(self.tokenizer, self.encoder.specials["sep"])
+        boundaries = sentence_pairs.SentenceBoundaries(self.tokenizer, self.encoder.specials["sep"])
         corpus = data.load_corpus(source, boundaries, self.tokenizer_key + ":sentences", cache_dir() / "tokens",
                                   split=split, text_field=self.config.text_field)
-        return pretraining.document_sentences(corpus)
+        return sentence_pairs.document_sentences(corpus)
 
     def train_batches(self, docs, per_host_batch: int, process_index: int, process_count: int):
-        return pretraining.SentencePairBatches(
+        return sentence_pairs.SentencePairBatches(
             docs, self.encoder, batch_size=per_host_batch, objective=self.objective, seed=self.config.seed,
             process_index=process_index, process_count=process_count,
         )
 
     def eval_batches(self, docs, per_host_batch: int, process_index: int, process_count: int):
-        return pretraining.eval_pair_batches(
+        return sentence_pairs.eval_pair_batches(
             docs, self.encoder, batch_size=per_host_batch, objective=self.objective, seed=self.config.seed,
             process_index=process_index, process_count=process_count,
         )

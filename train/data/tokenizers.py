@@ -17,6 +17,7 @@ its special tokens as attributes that are None where the vocabulary has no such 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import unicodedata
@@ -556,3 +557,14 @@ def load_tokenizer(path: str | os.PathLike, lowercase: bool = True) -> Tokenizer
     if (path / "tokenizer.json").exists():
         return ByteLevelBPETokenizer.from_tokenizer_json(path / "tokenizer.json")
     raise FileNotFoundError(f"no tokenizer files in {path}: expected {_EXPECTED}")
+
+
+def tokenizer_id(path) -> str:
+    """Identity of a tokenizer's files (name + content hash), for the token cache key."""
+    path = Path(path)
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.name.encode())
+        digest.update(f.read_bytes())
+    return f"{path.name}-{digest.hexdigest()[:16]}"

