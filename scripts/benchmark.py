@@ -1,7 +1,7 @@
 """Benchmark the train step: ``python scripts/benchmark.py --model gpt2 --seq-len 256 --batch-size 2``.
 
 Prints one JSON object: median step time after compilation, tokens/s, compile time, peak memory,
-model FLOPs per token and MFU (see ``train/benchmark.py`` for what each number counts).
+model FLOPs per token and MFU (see ``bench/train_step.py`` for what each number counts).
 ``--compare-reference`` adds transformers' Flax GPT-2 (transformers 4.57.6, in its own virtual
 environment, created on first use under ``.cache/bench-venv``) and PyTorch GPT-2 train steps,
 measured in the same invocation, and the ratios of their step times to ours.
@@ -21,8 +21,9 @@ from train.malloc import retain_freed_memory
 # Before numpy and JAX start their threads (see train/malloc.py); JAXLM_MALLOC=default turns it off.
 ALLOCATOR = retain_freed_memory() if __name__ == "__main__" else "default"
 
-from train.benchmark import BenchSpec, benchmark_train_step, compare_reference  # noqa: E402
-from train.sharing_benchmark import SharingSpec, compare_sharing
+from bench.sharing import SharingSpec, compare_sharing  # noqa: E402
+from bench.spec import BenchSpec  # noqa: E402
+from bench.train_step import benchmark_train_step, compare_reference  # noqa: E402
 
 
 def parse_overrides(items):
@@ -41,7 +42,7 @@ def parse_overrides(items):
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=["train-step", "sharing"], default="train-step",
-                        help="sharing: BERT vs ALBERT with and without cross-layer sharing (train/sharing_benchmark.py)")
+                        help="sharing: BERT vs ALBERT with and without cross-layer sharing (bench/sharing.py)")
     parser.add_argument("--model", default="gpt2", help="a preset of models.PRESETS")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a model config field (repeatable), e.g. --set scan_layers=true")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from train import benchmark
+from bench import train_step, workers
+from bench.spec import BenchSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model", "gpt2-tiny", "--seq-len", "16", "--batch-size", "2", "--steps", "2", "--warmup", "1"]
@@ -27,7 +28,7 @@ def test_flops_per_token_of_gpt2_small():
     import models
 
     _, config = models.create("gpt2")
-    flops = benchmark.model_flops(config, 256)
+    flops = train_step.model_flops(config, 256)
     assert flops["non_embedding_params"] == 85_056_000
     assert flops["N"] == 85_056_000 + 768 * 50257
     assert flops["attention_flops_per_token"] == 12 * 12 * 768 * 256
@@ -71,22 +72,22 @@ def test_overrides_dropout_and_measured_peak():
 
 
 def test_rejects_what_it_cannot_time_fairly():
-    _, config = benchmark.our_config(benchmark.BenchSpec(model="openai-gpt-tiny", seq_len=16))
+    _, config = train_step.our_config(BenchSpec(model="openai-gpt-tiny", seq_len=16))
     with pytest.raises(ValueError, match="GPT-2 presets"):
-        benchmark.hf_gpt2_config(config, "off")
+        train_step.hf_gpt2_config(config, "off")
     with pytest.raises(ValueError, match="GPT family"):
-        benchmark.our_config(benchmark.BenchSpec(model="bert-tiny", seq_len=16))
+        train_step.our_config(BenchSpec(model="bert-tiny", seq_len=16))
     with pytest.raises(ValueError, match="float32"):
-        benchmark.compare_reference(benchmark.BenchSpec(model="gpt2-tiny", seq_len=16, dtype="bfloat16"))
+        train_step.compare_reference(BenchSpec(model="gpt2-tiny", seq_len=16, dtype="bfloat16"))
 
 
 @pytest.mark.skipif(
-    not (benchmark.DEFAULT_REFERENCE_VENV / "bench-requirements.txt").exists(),
+    not (workers.DEFAULT_REFERENCE_VENV / "bench-requirements.txt").exists(),
     reason="no Flax reference environment (scripts/benchmark.py --compare-reference creates it)",
 )
 def test_compare_with_the_flax_reference():
-    spec = benchmark.BenchSpec(model="gpt2-tiny", seq_len=16, batch_size=2, steps=2, warmup=1)
-    result = benchmark.compare_reference(spec, peak_tflops=1.0, references=("flax",))
+    spec = BenchSpec(model="gpt2-tiny", seq_len=16, batch_size=2, steps=2, warmup=1)
+    result = train_step.compare_reference(spec, peak_tflops=1.0, references=("flax",))
     ref = result["flax_reference"]
     _check_contender(ref)
-    assert ref["versions"]["transformers"] == benchmark.REFERENCE_TRANSFORMERS
+    assert ref["versions"]["transformers"] == workers.REFERENCE_TRANSFORMERS

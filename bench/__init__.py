@@ -1,0 +1,11 @@
+"""Benchmarks: what is timed and how, the reference contenders and their worker processes.
+
+- ``spec``: the train-step measurement's settings and batch (shared with the reference workers).
+- ``measure``: timing, CPU contention, peak memory and peak FLOP/s.
+- ``train_step``: our train step, alone or side by side with the references (``compare_reference``).
+- ``flax_reference`` / ``torch_reference``: transformers' Flax and PyTorch GPT-2 train steps.
+- ``workers``: the references' processes and the Flax reference's virtual environment.
+- ``sharing``: BERT vs ALBERT with and without cross-layer sharing.
+
+Run through ``scripts/benchmark.py``; the library (``models``, ``optim``, ``train``) never imports it.
+"""

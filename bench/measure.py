@@ -1,0 +1,272 @@
+"""How a contender is timed: wall and CPU time per call, other processes' CPU use, peak memory, peak FLOP/s.
+
+jax and torch are imported inside the functions that use them: the PyTorch worker imports this
+module and must not load JAX (its memory is measured).
+
+Peak memory
+    On accelerators, the device's ``memory_stats()["peak_bytes_in_use"]``. On CPU (no device
+    statistics), the process's resident-set high-water mark (``VmHWM``, reset through
+    ``/proc/self/clear_refs`` right before the contender starts, after ``malloc_trim``, so earlier
+    work does not count) minus the resident set at that moment: ``peak_rss_delta_bytes`` covers
+    init + compile + steps, ``steps_peak_rss_delta_bytes`` the high-water mark of the timed steps
+    alone (heap trimmed and mark reset after the warmup) over the same baseline, i.e. the steady
+    training footprint (state, gradients, activations). ``xla_memory`` adds XLA's own buffer
+    accounting of the compiled step (arguments, outputs, aliased, temporaries).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from bench.spec import BenchSpec
+
+
+def matmul_peak_flops(dtype: str = "float32", n: int | None = None, repeats: int = 10) -> dict:
+    """The best FLOP/s of an ``n x n @ n x n`` matmul under ``jax.jit`` on the default device."""
+    import jax
+    import jax.numpy as jnp
+
+    if n is None:
+        n = 2048 if jax.default_backend() == "cpu" else 8192
+    ka, kb = jax.random.split(jax.random.key(0))
+    a = jax.random.normal(ka, (n, n), jnp.dtype(dtype))
+    b = jax.random.normal(kb, (n, n), jnp.dtype(dtype))
+    f = jax.jit(jnp.matmul)
+    f(a, b).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a, b).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return {"flops_per_s": 2 * n**3 / min(times), "n": n, "dtype": dtype, "repeats": repeats}
+
+
+def torch_matmul_flops(n: int = 2048, repeats: int = 5) -> float:
+    """The same measurement with torch (fp32), for comparing the libraries' matmuls."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / min(times)
+
+
+def _proc_status(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+class HostMemory:
+    """Peak resident-set growth of this process over a stretch of work (Linux ``/proc``)."""
+
+    def __init__(self):
+        self.baseline = None
+        self.resettable = False
+
+    def _reset_peak(self) -> bool:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current RSS
+            return True
+        except OSError:
+            return False
+
+    def _peak(self) -> int:
+        peak = _proc_status("VmHWM")
+        if peak is None:  # no /proc: ru_maxrss (kilobytes on Linux, bytes on macOS)
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            peak *= 1 if sys.platform == "darwin" else 1024
+        return peak
+
+    def start(self) -> None:
+        release_free_memory()
+        self.resettable = self._reset_peak()
+        self.baseline = _proc_status("VmRSS") or self._peak()
+
+    def checkpoint(self) -> int:
+        """Peak growth over the baseline since the last reset; then trim the heap and reset."""
+        delta = self._peak() - self.baseline
+        release_free_memory()
+        self._reset_peak()
+        return delta
+
+
+def release_free_memory() -> None:
+    """Return freed heap pages to the OS (glibc ``malloc_trim``), so the resident set tracks live
+    memory rather than what the allocator kept from earlier work (compilation, the first step)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class CpuContention:
+    """CPU time that other processes used while this one was measured (from ``/proc/stat``), in
+    cores: the machine is shared, and anything above ~0.1 core makes the wall times suspect."""
+
+    def _busy_s(self) -> float | None:
+        try:
+            fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+    def _own_s(self) -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    def start(self) -> None:
+        self.t0, self.busy0, self.own0 = time.perf_counter(), self._busy_s(), self._own_s()
+
+    def stop(self) -> float | None:
+        busy, wall = self._busy_s(), time.perf_counter() - self.t0
+        if busy is None or self.busy0 is None or wall <= 0:
+            return None
+        return max(busy - self.busy0 - (self._own_s() - self.own0), 0.0) / wall
+
+
+def xla_memory(compiled) -> dict | None:
+    """XLA's own buffer accounting of a compiled step (bytes)."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001  (not every backend implements it)
+        return None
+    if m is None:
+        return None
+    fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
+              "generated_code_size_in_bytes")
+    out = {f: int(getattr(m, f)) for f in fields if hasattr(m, f)}
+    if {"argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes"} <= set(out):
+        out["total_live_bytes"] = (out["argument_size_in_bytes"] + out["output_size_in_bytes"]
+                                   - out["alias_size_in_bytes"] + out["temp_size_in_bytes"])
+    return out
+
+
+def device_peak_bytes() -> int | None:
+    import jax
+
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
+
+
+def _cpu_times() -> tuple[float, float]:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime, r.ru_stime
+
+
+def time_call(call: Callable[[], Any]) -> dict:
+    """One call (which must block on its result): wall time, this process's CPU seconds (user,
+    system) and the other processes' CPU use meanwhile, in cores."""
+    contention = CpuContention()
+    contention.start()
+    u0, s0 = _cpu_times()
+    t0 = time.perf_counter()
+    call()
+    wall = time.perf_counter() - t0
+    u1, s1 = _cpu_times()
+    return {"time": wall, "user": u1 - u0, "system": s1 - s0, "other_cores": contention.stop()}
+
+
+def summarize_times(samples: list[dict], tokens_per_step: int) -> dict:
+    times = [x["time"] for x in samples]
+    others = [x["other_cores"] for x in samples if x["other_cores"] is not None]
+    median = statistics.median(times)
+    return {
+        "other_processes_cpu_cores": statistics.fmean(others) if others else None,
+        "step_cpu_user_s": statistics.median(x["user"] for x in samples),
+        "step_cpu_system_s": statistics.median(x["system"] for x in samples),
+        "step_s": median,
+        "step_s_mean": statistics.fmean(times),
+        "step_s_min": min(times),
+        "step_s_max": max(times),
+        "step_times_s": times,
+        "tokens_per_s": tokens_per_step / median,
+    }
+
+
+class Contender:
+    """A compiled train step ready to time. ``call()`` runs one step and blocks on it;
+    ``describe()`` returns what the result reports besides the times (set-up costs, last loss).
+    Creating one runs the untimed warm-up steps."""
+
+    def __init__(self, call: Callable[[], None], describe: Callable[[], dict], memory: HostMemory, warmup: int):
+        self.call, self.describe, self.memory = call, describe, memory
+        for _ in range(warmup):
+            call()
+        self.setup_peak = memory.checkpoint()
+        self.samples: list[dict] = []
+
+    def step(self) -> dict:
+        sample = time_call(self.call)
+        self.samples.append(sample)
+        return sample
+
+    def result(self, spec: BenchSpec, flops: dict, peak_flops_per_s: float | None) -> dict:
+        steps_peak = self.memory.checkpoint()
+        out = {
+            **self.describe(),
+            **summarize_times(self.samples, spec.tokens_per_step),
+            "peak_rss_delta_bytes": max(self.setup_peak, steps_peak),
+            "steps_peak_rss_delta_bytes": steps_peak,
+        }
+        return add_mfu(out, flops, peak_flops_per_s)
+
+
+def add_mfu(result: dict, flops: dict, peak_flops_per_s: float | None) -> dict:
+    achieved = flops["flops_per_token"] * result["tokens_per_s"]
+    result["model_flops_per_s"] = achieved
+    result["mfu"] = achieved / peak_flops_per_s if peak_flops_per_s else None
+    return result
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def versions(*names) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def environment() -> dict:
+    import jax
+
+    dev = jax.local_devices()[0]
+    return {
+        "backend": jax.default_backend(),
+        "device": getattr(dev, "device_kind", str(dev)),
+        "device_count": jax.device_count(),
+        "cpu_count": cpu_count(),
+        "platform": platform.platform(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "versions": versions("jax", "jaxlib", "flax", "optax", "numpy"),
+    }
