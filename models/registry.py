@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from typing import Any
 
 PRESETS: dict[str, Any] = {}
@@ -30,4 +32,24 @@ def get_config(name_or_config, **overrides):
         raise ValueError(
             f"{type(config).__name__} has no field(s) {unknown}; valid fields: {', '.join(sorted(fields))}"
         )
-    return dataclasses.replace(config, **overrides)
+    hints = typing.get_type_hints(type(config))
+    checked = {name: check_type(value, hints[name], f"{type(config).__name__}.{name}") for name, value in overrides.items()}
+    return dataclasses.replace(config, **checked)
+
+
+def check_type(value, annotation, what: str):
+    """``value`` as the dataclass field type ``annotation`` expects (an int is accepted for a float
+    field), or a ValueError that names the field and the type."""
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    for option in options:
+        if option is type(None) and value is None:
+            return None
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if option is int and isinstance(value, bool):
+            continue
+        origin = typing.get_origin(option) or option
+        if origin is not type(None) and isinstance(origin, type) and isinstance(value, origin):
+            return value
+    expected = " or ".join("null" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
+    raise ValueError(f"{what} must be {expected}, got {value!r} ({type(value).__name__})")

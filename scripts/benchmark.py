@@ -16,6 +16,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: import the repository's packages, not scripts/
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from train import cli  # noqa: E402
 from train.malloc import retain_freed_memory
 
 # Before numpy and JAX start their threads (see train/malloc.py); JAXLM_MALLOC=default turns it off.
@@ -103,4 +104,4 @@ def main(argv=None) -> dict:
 
 if __name__ == "__main__":
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    main()
+    cli.run(main)

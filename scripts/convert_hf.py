@@ -18,6 +18,7 @@ if __package__ in (None, ""):  # run as a file: make the repository's packages i
 
 import models
 from models import hf
+from train import cli  # noqa: E402
 from train.checkpoint import load_params, save_params
 
 
@@ -48,4 +49,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -11,8 +11,9 @@ if __package__ in (None, ""):  # run as a file: make the repository's packages i
 import jax
 
 from models.generation import generate
-from train.evaluation import load_for_eval
+from train import cli  # noqa: E402
 from train.data.tokenizers import load_tokenizer
+from train.evaluation import load_for_eval
 
 
 def main(argv=None) -> dict:
@@ -35,4 +36,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

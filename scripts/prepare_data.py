@@ -11,6 +11,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from train import cli  # noqa: E402
 from train.data.corpora import SOTU_VALIDATION_FROM_YEAR, prepare_sotu
 
 
@@ -36,4 +37,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

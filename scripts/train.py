@@ -12,6 +12,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: import the repository's packages, not scripts/train.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from train import cli  # noqa: E402
 from train.malloc import retain_freed_memory
 
 if __name__ == "__main__":
@@ -39,4 +40,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -13,6 +13,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from train import cli  # noqa: E402
 from train.data.corpora import read_texts
 from train.data.tokenizers import SentencePieceTokenizer, train_sentencepiece, training_sentences
 
@@ -77,4 +78,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import typing
 from pathlib import Path
 from typing import Callable
 
+from models.registry import check_type, get_config
 from train.data.downloads import cache_dir
 
 
@@ -77,6 +79,11 @@ class TrainConfig:
             raise ValueError(f"warmup_steps={self.warmup_steps} must lie in [0, steps={self.steps}]")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size={self.batch_size} is not divisible by grad_accum={self.grad_accum}")
+        self.model_config()  # an unknown preset or a bad model override fails here, before any work
+
+    def model_config(self):
+        """The model's config: the preset ``model`` with ``model_overrides``, type-checked."""
+        return get_config(self.model, **self.model_overrides)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -174,24 +181,30 @@ def load_config(name_or_path: str) -> TrainConfig:
 
 
 def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
-    """Apply ``key=value`` strings; ``a.b=value`` sets a key inside a dict field."""
+    """Apply ``key=value`` strings; ``a.b=value`` sets a key inside a dict field.
+
+    Values parse as JSON where they can (text fields take the text as it is) and must have the
+    field's type: ``--set steps=abc`` names the field and the type it expects.
+    """
     values = config.to_dict()
-    fields = {f.name for f in dataclasses.fields(config)}
+    hints = typing.get_type_hints(TrainConfig)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
             raise ValueError(f"override {item!r} is not of the form key=value")
+        head, _, sub = key.partition(".")
+        if head not in hints:
+            raise ValueError(f"unknown config field {head!r}; valid fields: {', '.join(sorted(hints))}")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
-        head, _, sub = key.partition(".")
-        if head not in fields:
-            raise ValueError(f"unknown config field {head!r}; valid fields: {', '.join(sorted(fields))}")
         if sub:
             if not isinstance(values[head], dict):
                 raise ValueError(f"{head} is not a dict field; use {head}=value")
             values[head] = {**values[head], sub: value}
+        elif hints[head] in (str, str | None) and raw != "null":
+            values[head] = raw
         else:
-            values[head] = value
+            values[head] = check_type(value, hints[head], f"--set {head}")
     return TrainConfig(**values)

@@ -1,0 +1,53 @@
+"""What every command-line script shares: expected errors as one line, exit status 2.
+
+An expected error is bad input the user can fix: a bad config or ``--set`` value, a missing or
+refused folder, a corrupt checkpoint, a failed download. ``run`` prints its message (which says
+how to fix it) without a traceback and exits with status 2; ``--debug`` on any script shows the
+traceback instead. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from typing import Callable
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """ValueError: bad values and files; OSError: missing, refused or unreadable files and
+    downloads; the checkpoints' and the loop's own errors."""
+    from train.checkpoint import CheckpointError
+    from train.loop import NonFiniteLoss
+
+    return (ValueError, OSError, CheckpointError, NonFiniteLoss)
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter (orbax's and absl's logging, asyncio tracebacks of aborted saves,
+    deprecation warnings) off the terminal, so a user sees our messages."""
+    for name in ("absl", "orbax", "asyncio", "jax._src.xla_bridge", "datasets"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.ERROR)
+    except ImportError:
+        pass
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def run(main: Callable[[list[str]], object], argv: list[str] | None = None) -> object:
+    """Call ``main(argv)``; an expected error becomes one line on stderr and exit status 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    quiet_libraries()
+    try:
+        return main(argv)
+    except expected_errors() as e:
+        if debug:
+            raise
+        message = str(e) or type(e).__name__
+        print(f"error: {message}\n(run with --debug for the traceback)", file=sys.stderr)
+        sys.exit(2)
