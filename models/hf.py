@@ -25,11 +25,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import safetensors.numpy
-
-import jax.numpy as jnp
 
 import models
 from models.albert import AlbertConfig

@@ -6,11 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
-. .venv/bin/activate
-pip install --quiet --upgrade pip
-pip install --quiet -e .
+. scripts/env.sh
 
 CACHE=${JAXLM_CACHE:-$HOME/.cache/jaxlm}
 RUN=${RUN:-runs/gpt2-mini-sotu}

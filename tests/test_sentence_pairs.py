@@ -136,6 +136,7 @@ def test_eval_pass_covers_every_pair_once():
 @pytest.mark.parametrize("model,task", [("bert-tiny", "mlm_nsp"), ("albert-tiny", "mlm_sop")])
 def test_encoders_pretrain_and_evaluate_in_the_main_loop(corpus, tmp_path, model, task):
     from test_train import tiny_config
+
     from train.evaluation import evaluate_checkpoint
     from train.loop import train
 

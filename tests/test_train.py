@@ -3,12 +3,14 @@
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -153,13 +155,39 @@ def test_other_config_never_overwrites_a_run(corpus, tmp_path):
         train(tiny_config(corpus, foreign))
 
 
-def test_corrupt_checkpoint_gives_clear_error(corpus, tmp_path):
-    train(tiny_config(corpus, tmp_path / "run", steps=4, eval_data=None))
-    for f in (tmp_path / "run" / "checkpoints" / "4" / "params").rglob("*"):
+def _damage(step_dir):
+    for f in (step_dir / "params").rglob("*"):
         if f.is_file():
             f.write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="checkpoint step 4 .* cannot be restored"):
-        train(tiny_config(corpus, tmp_path / "run", steps=8, eval_data=None))
+
+
+def test_corrupt_newest_checkpoint_is_moved_aside_and_the_run_resumes_from_the_previous(corpus, tmp_path, caplog):
+    run = tmp_path / "run"
+    train(tiny_config(corpus, run, steps=8, eval_data=None))
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    (copy / "run.lock").unlink()
+    _damage(run / "checkpoints" / "8")
+    with caplog.at_level("WARNING", logger="train.checkpoint"):
+        summary = train(tiny_config(corpus, run, steps=12, eval_data=None))
+    assert summary["start_step"] == 4
+    assert "checkpoint step 8" in caplog.text and "cannot be restored" in caplog.text
+    (moved,) = (run / "corrupt").iterdir()
+    assert moved.name.startswith("step-8-") and (moved / "params").is_dir()  # kept, not deleted
+    # The same as resuming a copy whose step 8 was removed by hand.
+    shutil.rmtree(copy / "checkpoints" / "8")
+    assert train(tiny_config(corpus, copy, steps=12, eval_data=None))["start_step"] == 4
+    resumed, by_hand = load_params(run)[2], load_params(copy)[2]
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(by_hand)))
+
+
+def test_no_restorable_checkpoint_is_an_error_that_keeps_the_files(corpus, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(corpus, run, steps=4, eval_data=None))
+    _damage(run / "checkpoints" / "4")
+    with pytest.raises(CheckpointError, match="no checkpoint in .* restores"):
+        train(tiny_config(corpus, run, steps=8, eval_data=None))
+    assert [p.name[:7] for p in (run / "corrupt").iterdir()] == ["step-4-"]
 
 
 def test_bad_input_is_refused_before_touching_the_workdir(corpus, tmp_path):
@@ -224,7 +252,6 @@ def test_two_processes_never_train_in_one_folder(tmp_path):
 
 
 def test_streaming_training_resumes_like_an_uninterrupted_run(corpus, tmp_path):
-    import jax
 
     full = tiny_config(corpus, tmp_path / "full", steps=6, eval_data=None, streaming=True)
     train(full)

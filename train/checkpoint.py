@@ -5,6 +5,8 @@ and orbax's step folders, each with three items: ``params``, ``opt_state`` and `
 step, data-iterator state). Orbax writes each step to a temporary folder and renames it when
 complete, so a run killed mid-save resumes from the last complete step. A folder written by a
 run of another config is never reused: resuming it is refused with the differences listed.
+A step that cannot be restored (damaged files) is moved aside to ``corrupt/`` in the run folder,
+never deleted, and the run resumes from the newest step that restores.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import json
+import logging
 import os
+import time
 from pathlib import Path
 
 import jax
@@ -23,6 +27,8 @@ from train.sharding import make_mesh
 from train.step import params_sharding
 
 ITEMS = ("params", "opt_state", "meta")
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -124,8 +130,7 @@ class Checkpoints:
             )
         except Exception as e:  # orbax raises many types for damaged files
             raise CheckpointError(
-                f"checkpoint step {step} in {self.manager.directory} cannot be restored ({type(e).__name__}: {e}). "
-                "If it is damaged, move that step folder away to resume from the previous one."
+                f"checkpoint step {step} in {self.manager.directory} cannot be restored ({type(e).__name__}: {e})."
             ) from e
         state = abstract_state.replace(
             step=jax.numpy.asarray(restored["meta"]["step"], jax.numpy.int32),
@@ -133,6 +138,34 @@ class Checkpoints:
             opt_state=restored["opt_state"],
         )
         return state, restored["meta"]["data"]
+
+    def restore_latest(self, abstract_state):
+        """``(step, state, data_state)`` of the newest step that restores, or None if there is no
+        step. Each newer step that fails is moved to ``corrupt/`` (and logged) before the next
+        older one is tried; if none restores, the error says so and names where they went."""
+        moved = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                return (step, *self.restore(step, abstract_state))
+            except CheckpointError as e:
+                moved.append(self._move_aside(step))
+                log.warning("%s\nMoved it to %s; trying the previous step.", e, moved[-1])
+        if moved:
+            raise CheckpointError(
+                f"no checkpoint in {self.manager.directory} restores; moved {len(moved)} step(s) to "
+                f"{moved[0].parent}. Rerunning starts this run over from step 0; choose another workdir to keep "
+                "this folder as it is."
+            )
+        return None
+
+    def _move_aside(self, step: int) -> Path:
+        """Move a step folder out of orbax's sight, into ``corrupt/`` of the run folder."""
+        corrupt = self.workdir / "corrupt"
+        corrupt.mkdir(exist_ok=True)
+        dest = corrupt / f"step-{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(self.manager.directory / str(step), dest)
+        self.manager.reload()
+        return dest
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -43,6 +43,7 @@ def run(main: Callable[[list[str]], object], argv: list[str] | None = None) -> o
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     quiet_libraries()
+    logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.INFO, force=True)
     try:
         return main(argv)
     except expected_errors() as e:

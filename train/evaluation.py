@@ -50,6 +50,8 @@ def load_for_eval(checkpoint, step: int | None = None, **model_overrides):
     if (path / "config.json").exists():
         module, config, params = hf.load_pretrained(path, **model_overrides)
         return module, config, params, {"source": "huggingface"}
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: give a run folder of ours (run.json) or a Hugging Face folder")
     raise FileNotFoundError(f"{path} is neither a run folder (run.json) nor a Hugging Face folder (config.json)")
 
 

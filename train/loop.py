@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import signal
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -19,14 +18,14 @@ from tqdm import tqdm
 
 import models
 import optim
-from train import data, sharding
+from train import sharding
 from train.checkpoint import Checkpoints
 from train.config import TrainConfig
-from train.metrics import MetricWriter, plot_loss_curve
+from train.data.tokenizers import load_tokenizer, tokenizer_id
 from train.evaluation import evaluate
+from train.metrics import MetricWriter, plot_loss_curve
 from train.step import init_state, make_eval_step, make_train_step
 from train.tasks import check_fit, make_task
-from train.data.tokenizers import load_tokenizer, tokenizer_id
 
 
 class NonFiniteLoss(RuntimeError):
@@ -80,9 +79,9 @@ def train(config: TrainConfig) -> dict:
     )
     init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     state, shardings = init_state(module, tx, init_rng, mesh)
-    start = checkpoints.latest_step() or 0
-    if start:
-        state, data_state = checkpoints.restore(start, state)
+    start, restored = 0, checkpoints.restore_latest(state)
+    if restored:
+        start, state, data_state = restored
         batches.restore(data_state)
     train_step = make_train_step(module, task, tx, dropout_rng, shardings, mesh, config.grad_accum)
     eval_step = make_eval_step(module, task, shardings.params, mesh)

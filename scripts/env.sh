@@ -1,0 +1,8 @@
+# The environment set-up that scripts/main.sh and scripts/test.sh share: `.venv` with this
+# project installed (editable) and the pip extras named in JAXLM_EXTRAS (e.g. "test").
+# Sourced, not run: it activates the venv in the calling shell.
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
+. .venv/bin/activate
+pip install --quiet --upgrade pip
+pip install --quiet -e ".${JAXLM_EXTRAS:+[$JAXLM_EXTRAS]}"
