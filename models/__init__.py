@@ -38,13 +38,9 @@ def create(name_or_config, **overrides):
     return config.module(), config
 
 
-def _dummy_inputs(config):
-    return (jnp.zeros((1, 1), jnp.int32),)
-
-
 def init_params(module, rng) -> dict:
     """Randomly initialised parameters, as plain arrays (logical-axis boxes removed)."""
-    variables = jax.jit(module.init)(rng, *_dummy_inputs(module.config))
+    variables = jax.jit(module.init)(rng, jnp.zeros((1, 1), jnp.int32))
     return nn.unbox(variables["params"])
 
 

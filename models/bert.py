@@ -60,7 +60,7 @@ class BertConfig:
     head: str = "pretraining"  # one of HEADS
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
-    scan_layers: bool = False  # True: one nn.scan over the layers (faster compiles, slower steps)
+    scan_layers: bool = False  # True: one nn.scan over the layers (one compiled layer)
     remat: str = "none"  # one of models.layers.REMAT_POLICIES
 
     family = "bert"

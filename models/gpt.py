@@ -50,7 +50,7 @@ class GPTConfig:
     scale_residual_init: bool = True  # GPT-2's 1/sqrt(2 * n_layer) on residual output projections
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
-    scan_layers: bool = False  # True: one nn.scan over the layers (faster compiles, slower steps)
+    scan_layers: bool = False  # True: one nn.scan over the layers (one compiled layer)
     remat: str = "none"  # one of models.layers.REMAT_POLICIES
 
     family = "gpt"

@@ -3,8 +3,8 @@
 Pure functions of pytrees; nothing here knows about models or the training loop.
 """
 
-from optim.groups import param_paths, path_mask
+from optim.groups import path_mask
 from optim.optimizers import adamw, clip_by_global_norm, decay_mask
 from optim.schedules import SCHEDULES, warmup_cosine, warmup_linear
 
-__all__ = ["adamw", "clip_by_global_norm", "decay_mask", "param_paths", "path_mask", "warmup_cosine", "warmup_linear", "SCHEDULES"]
+__all__ = ["adamw", "clip_by_global_norm", "decay_mask", "path_mask", "warmup_cosine", "warmup_linear", "SCHEDULES"]

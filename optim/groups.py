@@ -7,11 +7,6 @@ import re
 import jax
 
 
-def param_paths(params) -> list[str]:
-    """The ``/``-joined path of every leaf, in ``jax.tree`` order."""
-    return [_path_str(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-
-
 def _path_str(path) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 

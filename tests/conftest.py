@@ -1,4 +1,4 @@
-"""Shared test fixtures: tiny reference models from transformers, saved as HF folders."""
+"""Shared test fixtures and tiny configs: a small corpus with its sentencepiece model, a tiny training run."""
 
 import os
 
@@ -43,3 +43,19 @@ def corpus(tmp_path_factory):
 
     model = train_sentencepiece([str(root / "train.jsonl")], root / "spm", vocab_size=120, model_type="bpe")
     return root, model
+
+
+def tiny_config(corpus, workdir, **kw):
+    """A TrainConfig that trains ``gpt2-tiny`` (32-token context) for 12 steps on the ``corpus``
+    fixture in a few seconds; ``kw`` overrides any field."""
+    from train.config import TrainConfig
+
+    root, model = corpus
+    values = dict(
+        model="gpt2-tiny", model_overrides={"n_positions": 32}, train_data=str(root / "train.jsonl"),
+        eval_data=str(root / "validation.jsonl"), tokenizer=str(model), seq_len=32, batch_size=4, steps=12,
+        warmup_steps=2, learning_rate=3e-3, log_every=2, eval_every=6, checkpoint_every=4, workdir=str(workdir),
+        progress_bar=False,
+    )
+    values.update(kw)
+    return TrainConfig(**values)

@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 import pytest
-from test_train import tiny_config
+from conftest import tiny_config
 
 import models
 from models import hf

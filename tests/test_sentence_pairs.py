@@ -135,7 +135,7 @@ def test_eval_pass_covers_every_pair_once():
 
 @pytest.mark.parametrize("model,task", [("bert-tiny", "mlm_nsp"), ("albert-tiny", "mlm_sop")])
 def test_encoders_pretrain_and_evaluate_in_the_main_loop(corpus, tmp_path, model, task):
-    from test_train import tiny_config
+    from conftest import tiny_config
 
     from train.evaluation import evaluate_checkpoint
     from train.loop import train
@@ -150,23 +150,3 @@ def test_encoders_pretrain_and_evaluate_in_the_main_loop(corpus, tmp_path, model
     result = evaluate_checkpoint(tmp_path / "run", str(root / "validation.jsonl"))
     assert result["pairs"] > 0 and result["tokens"] > 0
     assert result[f"{objective}_loss"] == pytest.approx(summary["validation"][f"{objective}_loss"], rel=1e-5)
-
-
-def test_sharing_benchmark_script_reports_every_variant():
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
-    done = subprocess.run(
-        [sys.executable, str(script), "--mode", "sharing", "--layers", "2", "--hidden-size", "32", "--heads", "2",
-         "--intermediate-size", "64", "--embedding-size", "8", "--vocab-size", "200", "--seq-len", "16",
-         "--batch-size", "2", "--steps", "1", "--warmup", "0"],
-        capture_output=True, text=True,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    rows = {r["variant"]: r for r in json.loads(done.stdout)["rows"]}
-    assert set(rows) == {"bert", "albert-unshared", "albert-shared", "albert-shared-factorised"}
-    assert rows["albert-shared"]["params"] < rows["albert-unshared"]["params"]
-    assert rows["albert-shared"]["layer_groups"] == 1 and rows["albert-unshared"]["layer_groups"] == 2

@@ -13,24 +13,13 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import tiny_config
 
 from train.checkpoint import CheckpointError, load_params
 from train.config import TrainConfig, apply_overrides, load_config
 from train.loop import NonFiniteLoss, train
 
 REPO = Path(__file__).resolve().parents[1]
-def tiny_config(corpus, workdir, **kw) -> TrainConfig:
-    root, model = corpus
-    values = dict(
-        model="gpt2-tiny", model_overrides={"n_positions": 32}, train_data=str(root / "train.jsonl"),
-        eval_data=str(root / "validation.jsonl"), tokenizer=str(model), seq_len=32, batch_size=4, steps=12,
-        warmup_steps=2, learning_rate=3e-3, log_every=2, eval_every=6, checkpoint_every=4, workdir=str(workdir),
-        progress_bar=False,
-    )
-    values.update(kw)
-    return TrainConfig(**values)
-
-
 def test_run_writes_metrics_checkpoints_and_curve(corpus, tmp_path):
     summary = train(tiny_config(corpus, tmp_path / "run", grad_accum=2))
     run = tmp_path / "run"
@@ -225,7 +214,7 @@ def test_data_and_model_parallel_meshes_match_one_device(corpus, tmp_path):
     script = (
         "import sys; sys.path.insert(0, 'tests'); from pathlib import Path\n"
         "import jax; assert jax.device_count() == 2\n"
-        "from test_train import tiny_config; from train.loop import train\n"
+        "from conftest import tiny_config; from train.loop import train\n"
         f"corpus = (Path({str(corpus[0])!r}), Path({str(corpus[1])!r}))\n"
         "for name, mesh in (('data', {'data': 2}), ('model', {'data': 1, 'model': 2})):\n"
         f"    train(tiny_config(corpus, Path({str(tmp_path)!r}) / name, steps=3, eval_data=None, mesh=mesh))\n"
