@@ -1,9 +1,9 @@
 """Hugging Face checkpoints in and out: ``load_pretrained``, ``to_hf_state_dict``, ``save_pretrained``.
 
 A checkpoint folder holds ``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin``,
-either possibly sharded with an ``.index.json``). Safetensors files are parsed directly (no
-torch needed); ``.bin`` files are read by an unpickler that accepts only tensors, storages and
-ordered dicts, so a checkpoint can never run code on load.
+either possibly sharded with an ``.index.json``). Both are read without torch: safetensors files
+by the ``safetensors`` library, ``.bin`` files by an unpickler that accepts only tensors, storages
+and ordered dicts, so a checkpoint can never run code on load.
 
 Each family's converter lists every parameter once, as an entry (our path and shape, the
 transformers name and shape); that one table drives both directions.
@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+import safetensors
 import safetensors.numpy
 
 import models
@@ -41,31 +42,22 @@ from models.registry import get_config
 # Reading tensors
 
 
-_SAFETENSORS_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
-}
-
-
 def read_safetensors(path) -> dict[str, np.ndarray]:
-    """Parse a .safetensors file: 8-byte header length, JSON header, raw little-endian data."""
-    data = Path(path).read_bytes()
-    if len(data) < 8:
-        raise ValueError(f"{path} is not a safetensors file (only {len(data)} bytes)")
-    n = int.from_bytes(data[:8], "little")
-    try:
-        header = json.loads(data[8 : 8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not a safetensors file (bad header: {e})") from None
-    header.pop("__metadata__", None)
-    body = memoryview(data)[8 + n :]
+    """A .safetensors file's tensors as numpy arrays; bf16 ones as ``ml_dtypes.bfloat16``, a
+    dtype numpy knows by name once ml_dtypes is imported."""
     out = {}
-    for name, info in header.items():
-        if info["dtype"] not in _SAFETENSORS_DTYPES:
-            raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-        start, end = info["data_offsets"]
-        array = np.frombuffer(body[start:end], dtype=_SAFETENSORS_DTYPES[info["dtype"]])
-        out[name] = array.reshape(info["shape"]).copy()
+    try:
+        with safetensors.safe_open(path, framework="np") as f:
+            for name in f.keys():
+                try:
+                    out[name] = f.get_tensor(name)
+                except (TypeError, AttributeError):  # a dtype numpy has no name for, e.g. F8_E4M3
+                    raise ValueError(
+                        f"{path}: tensor {name} has dtype {f.get_slice(name).get_dtype()}, which cannot be "
+                        "read into numpy; convert the checkpoint to float32, float16 or bfloat16"
+                    ) from None
+    except safetensors.SafetensorError as e:
+        raise ValueError(f"{path} is not a valid safetensors file ({e})") from None
     return out
 
 

@@ -4,14 +4,16 @@ import json
 import pickle
 import zipfile
 
+import ml_dtypes
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 import transformers
+from conftest import torch_logits
 
 import models
 from models import hf
-from conftest import torch_logits
 
 # Shapes unlike the presets: head counts that are not powers of two, d_ff != 4 d, other epsilons.
 CASES = {
@@ -98,6 +100,27 @@ def test_pytorch_bin_checkpoints_read_without_torch_unpickling(tmp_path, rng):
     module, config, params = hf.load_pretrained(folder)
     ids, _ = batch(config, rng)
     np.testing.assert_allclose(np.asarray(module.apply({"params": params}, ids)), torch_logits(ref, ids), atol=1e-4)
+
+
+def test_bf16_safetensors_load(tmp_path, rng):
+    """Checkpoints are often saved in bf16: read as ml_dtypes.bfloat16, widened exactly to fp32."""
+    ref, folder = make_reference("gpt2-3heads", tmp_path)
+    ref.to(torch.bfloat16).save_pretrained(folder)
+    assert hf.read_state_dict(folder)["transformer.wte.weight"].dtype == ml_dtypes.bfloat16
+    module, config, params = hf.load_pretrained(folder)
+    ids, _ = batch(config, rng)
+    np.testing.assert_allclose(np.asarray(module.apply({"params": params}, ids)), torch_logits(ref.float(), ids),
+                               atol=1e-4, rtol=0)
+
+
+def test_unreadable_safetensors_are_named(tmp_path):
+    path = tmp_path / "model.safetensors"
+    safetensors.torch.save_file({"w": torch.zeros(2, dtype=torch.float8_e4m3fn)}, str(path))
+    with pytest.raises(ValueError, match="tensor w has dtype F8_E4M3, which cannot be read into numpy"):
+        hf.read_safetensors(path)
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(ValueError, match="is not a valid safetensors file"):
+        hf.read_safetensors(path)
 
 
 def test_bin_with_code_is_refused(tmp_path):
