@@ -24,6 +24,7 @@ import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -619,10 +620,36 @@ def config_from_hf(path, **overrides):
     return _BY_MODEL_TYPE[hf["model_type"]].config_from_hf(hf, **overrides)
 
 
+def _shapes(config) -> dict[str, tuple[int, ...]]:
+    """Parameter path -> shape, in the stacked layout (``scan_layers`` only moves parameters)."""
+    tree = models.param_shapes(dataclasses.replace(config, scan_layers=True).module())
+    return {"/".join(path): leaf.shape for path, leaf in flax.traverse_util.flatten_dict(tree).items()}
+
+
+def _check_overrides(stored, overrides: dict, choosable: tuple[str, ...]) -> None:
+    """Refuse overrides that change the parameter shapes, which the checkpoint fixes: an ``n_head``
+    override keeps the parameter count but would split the attention into other heads."""
+    reference = get_config(stored, **{k: v for k, v in overrides.items() if k in choosable})
+    expected = _shapes(reference)
+    if _shapes(get_config(reference, **overrides)) == expected:
+        return
+    for key, value in overrides.items():
+        shapes = _shapes(get_config(reference, **{key: value}))
+        if shapes != expected:
+            path = next(p for p in sorted(set(shapes) | set(expected)) if shapes.get(p) != expected.get(p))
+            raise ValueError(
+                f"override {key}={value!r} changes the parameter shapes the checkpoint fixes "
+                f"({path}: {expected.get(path)} in the checkpoint, {shapes.get(path)} with the override); "
+                f"leave {key} out: the checkpoint's config.json sets it ({key}={getattr(stored, key)!r})"
+            )
+    raise ValueError(f"overrides {sorted(overrides)} together change the parameter shapes the checkpoint fixes; "
+                     "leave out those that describe the architecture")
+
+
 def load_pretrained(path, **overrides):
     """An HF folder -> ``(module, config, params)``.
 
-    ``overrides`` replace config fields that do not change the parameters (``dtype``,
+    ``overrides`` replace config fields that do not change the parameter shapes (``dtype``,
     ``scan_layers``, ``remat``, dropout rates); for BERT and ALBERT also ``head``, which may name
     any heads whose tensors the checkpoint holds (by default: those of its ``architectures``).
     """
@@ -632,10 +659,8 @@ def load_pretrained(path, **overrides):
     state = read_state_dict(path)
     stored = converter.config_from_checkpoint(hf, state)
     config = get_config(stored, **overrides)
-    chosen = {k: v for k, v in overrides.items() if k in converter.choosable_fields}
-    if overrides and models.count_params(config.module()) != models.count_params(get_config(stored, **chosen).module()):
-        fixed = sorted(set(overrides) - set(chosen))
-        raise ValueError(f"overrides {fixed} change the parameter shapes; the checkpoint fixes those")
+    if overrides:
+        _check_overrides(stored, overrides, converter.choosable_fields)
     params = converter.from_hf(config, state, where=str(path))
     params = jax.tree.map(lambda x: np.asarray(x, jnp.dtype(config.param_dtype)), params)
     return config.module(), config, params

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from test_bert import IDS, MASK, SEGMENTS, forward, init, tiny
 
 from models import hf
-from test_bert import IDS, MASK, SEGMENTS, forward, init, tiny
 from train.data.tokenizers import WordPieceTokenizer
 
 # Shapes unlike the presets: head counts that are not powers of two, intermediate != 4H, three
@@ -158,7 +158,7 @@ def test_heads_the_checkpoint_lacks_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"no tensors for the pooler/sop head\(s\).*load with head='mlm'"):
         hf.load_pretrained(tmp_path / "albert", head="pretraining")
     # Other overrides still may not change the parameters, whatever the head.
-    with pytest.raises(ValueError, match=r"overrides \['num_hidden_layers'\] change the parameter shapes"):
+    with pytest.raises(ValueError, match=r"override num_hidden_layers=1 changes the parameter shapes"):
         hf.load_pretrained(tmp_path / "bert", head="none", num_hidden_layers=1)
 
 
@@ -172,6 +172,19 @@ def test_head_override_picks_among_the_heads_present(tmp_path):
     assert c.head == "mlm" and {k for k in params if not k.startswith("blocks")} == {"embeddings", "mlm"}
     _, c, params = hf.load_pretrained(tmp_path, head="pretraining", dtype="bfloat16")
     assert c.head == "pretraining" and {"pooler", "nsp"} <= set(params)
+
+
+def test_overrides_that_reshape_parameters_are_refused(tmp_path, rng):
+    """Width 30 splits into 5 heads of 6 (the checkpoint's) or 3 of 10: the same count, another model."""
+    cls, config = CASES["bert-5heads"]
+    ref = make_reference(cls, config, tmp_path)
+    with pytest.raises(ValueError, match=r"override num_attention_heads=3 changes the parameter shapes .*"
+                                         r"leave num_attention_heads out.*\(num_attention_heads=5\)"):
+        hf.load_pretrained(tmp_path, num_attention_heads=3, head="mlm")
+    _, c, params = hf.load_pretrained(tmp_path, scan_layers=True, remat="dots",
+                                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    inputs = batch(config, rng)
+    assert_same(forward(c, params, *inputs), reference_outputs(ref, *inputs))
 
 
 def test_unsupported_configs_are_refused(tmp_path):
