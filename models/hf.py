@@ -676,9 +676,10 @@ def to_hf_config(config) -> dict:
     return _converter(config).config_to_hf(config)
 
 
-def save_pretrained(folder, config, params, overwrite: bool = False) -> Path:
+def save_pretrained(folder, config, params, overwrite: bool = False, files: dict | None = None) -> Path:
     """Write ``config.json`` + ``model.safetensors`` that transformers' ``from_pretrained`` loads.
 
+    ``files`` adds more files by name (e.g. a tokenizer's): a path to copy, or the bytes to write.
     The folder is assembled next to its destination and renamed into place, so a failure leaves
     nothing half-written; an existing non-empty folder is kept unless ``overwrite``.
     """
@@ -692,6 +693,11 @@ def save_pretrained(folder, config, params, overwrite: bool = False) -> Path:
     try:
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
         safetensors.numpy.save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        for name, source in (files or {}).items():
+            if isinstance(source, bytes):
+                (tmp / name).write_bytes(source)
+            else:
+                shutil.copyfile(source, tmp / name)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)

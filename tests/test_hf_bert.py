@@ -10,9 +10,11 @@ import pytest
 import torch
 import transformers
 from test_bert import IDS, MASK, SEGMENTS, forward, init, tiny
+from test_hf_gpt import convert_hf
 
 from models import hf
-from train.data.tokenizers import WordPieceTokenizer
+from train.checkpoint import save_params
+from train.data.tokenizers import SentencePieceTokenizer, WordPieceTokenizer, load_tokenizer, train_sentencepiece
 
 # Shapes unlike the presets: head counts that are not powers of two, intermediate != 4H, three
 # segment types, both GELUs, ALBERT with several groups of several layers and uneven groups.
@@ -237,3 +239,34 @@ def test_real_weights_minilm_sentence_embeddings(tmp_path):
     pooled /= np.linalg.norm(pooled, axis=-1, keepdims=True)
     paraphrase, unrelated = pooled[0] @ pooled[1], pooled[0] @ pooled[2]
     assert paraphrase > unrelated + 0.2, (paraphrase, unrelated)
+
+
+def test_to_hf_writes_a_wordpiece_tokenizer_that_transformers_reads_as_we_do(tmp_path):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join("[PAD] [UNK] [CLS] [SEP] [MASK] the union of nation , ! ##s etat x 1 ##2".split()) + "\n")
+    _, c = tiny("bert")
+    save_params(tmp_path / "run", c, init(c), {"tokenizer": str(vocab)})
+    assert convert_hf("to-hf", tmp_path / "run", tmp_path / "out")["tokenizer_files"] == [
+        "tokenizer_config.json", "vocab.txt"]
+    text = "The Union of the nations, États! x12 [MASK]"
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "out").encode(text, add_special_tokens=False)
+    assert theirs == WordPieceTokenizer(vocab).encode(text)
+
+
+@pytest.mark.parametrize("model_type", ["unigram", "bpe"])
+def test_to_hf_writes_albert_sentencepiece_model(model_type, tmp_path, corpus):
+    """A unigram model, as ALBERT's own, is written for transformers' AlbertTokenizer, which reads it
+    as we do; a BPE one (which AlbertTokenizer would read as unigram) only for our loader."""
+    root, _ = corpus
+    spm_model = train_sentencepiece([str(root / "train.jsonl")], tmp_path / "spm", vocab_size=60, model_type=model_type)
+    _, c = tiny("albert")
+    save_params(tmp_path / "run", c, init(c), {"tokenizer": str(spm_model)})
+    files = convert_hf("to-hf", tmp_path / "run", tmp_path / "out")["tokenizer_files"]
+    text = "the Union  state, nation people"
+    ours = SentencePieceTokenizer(spm_model).encode(text)
+    assert load_tokenizer(tmp_path / "out").encode(text) == ours
+    if model_type == "unigram":
+        assert files == ["spiece.model", "tokenizer_config.json"]
+        assert transformers.AutoTokenizer.from_pretrained(tmp_path / "out").encode(text, add_special_tokens=False) == ours
+    else:
+        assert files == ["sentencepiece.model"]
