@@ -1,12 +1,12 @@
 """Hugging Face checkpoints in and out: ``load_pretrained``, ``to_hf_state_dict``, ``save_pretrained``.
 
 A checkpoint folder holds ``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin``,
-either possibly sharded with an ``.index.json``). Safetensors files are parsed directly (no
-torch needed); ``.bin`` files are read by an unpickler that accepts only tensors, storages and
-ordered dicts, so a checkpoint can never run code on load.
+either possibly sharded with an ``.index.json``). Both are read without torch: safetensors files
+by the ``safetensors`` library, ``.bin`` files by an unpickler that accepts only tensors, storages
+and ordered dicts, so a checkpoint can never run code on load.
 
-Each family's converter maps between the transformers names and our parameter tree; the
-mapping of one layer is written out once and used in both directions.
+Each family's converter lists every parameter once, as an entry (our path and shape, the
+transformers name and shape); that one table drives both directions.
 """
 
 from __future__ import annotations
@@ -24,10 +24,12 @@ import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+import safetensors
 import safetensors.numpy
 
 import models
@@ -41,31 +43,22 @@ from models.registry import get_config
 # Reading tensors
 
 
-_SAFETENSORS_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
-}
-
-
 def read_safetensors(path) -> dict[str, np.ndarray]:
-    """Parse a .safetensors file: 8-byte header length, JSON header, raw little-endian data."""
-    data = Path(path).read_bytes()
-    if len(data) < 8:
-        raise ValueError(f"{path} is not a safetensors file (only {len(data)} bytes)")
-    n = int.from_bytes(data[:8], "little")
-    try:
-        header = json.loads(data[8 : 8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not a safetensors file (bad header: {e})") from None
-    header.pop("__metadata__", None)
-    body = memoryview(data)[8 + n :]
+    """A .safetensors file's tensors as numpy arrays; bf16 ones as ``ml_dtypes.bfloat16``, a
+    dtype numpy knows by name once ml_dtypes is imported."""
     out = {}
-    for name, info in header.items():
-        if info["dtype"] not in _SAFETENSORS_DTYPES:
-            raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-        start, end = info["data_offsets"]
-        array = np.frombuffer(body[start:end], dtype=_SAFETENSORS_DTYPES[info["dtype"]])
-        out[name] = array.reshape(info["shape"]).copy()
+    try:
+        with safetensors.safe_open(path, framework="np") as f:
+            for name in f.keys():
+                try:
+                    out[name] = f.get_tensor(name)
+                except (TypeError, AttributeError):  # a dtype numpy has no name for, e.g. F8_E4M3
+                    raise ValueError(
+                        f"{path}: tensor {name} has dtype {f.get_slice(name).get_dtype()}, which cannot be "
+                        "read into numpy; convert the checkpoint to float32, float16 or bfloat16"
+                    ) from None
+    except safetensors.SafetensorError as e:
+        raise ValueError(f"{path} is not a valid safetensors file ({e})") from None
     return out
 
 
@@ -170,25 +163,125 @@ class _Tensors:
                     break
             self.state[key] = value
         self.used: set[str] = set()
-        self.problems: list[str] = []
+        self.problems: dict[str, str] = {}  # by name: a fused tensor is read once per slice
 
     def __call__(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         self.used.add(name)
         if name not in self.state:
-            self.problems.append(f"missing {name} (expected shape {shape})")
+            self.problems[name] = f"missing {name} (expected shape {shape})"
             return np.zeros(shape, np.float32)
         value = self.state[name]
         if tuple(value.shape) != tuple(shape):
-            self.problems.append(f"{name} has shape {tuple(value.shape)}, expected {shape}")
+            self.problems[name] = f"{name} has shape {tuple(value.shape)}, expected {shape}"
             return np.zeros(shape, np.float32)
         return np.asarray(value, np.float32)
 
     def finish(self, where: str, ignorable: tuple[str, ...] = ()):
         if self.problems:
-            raise ValueError(f"{where} does not fit the model its config.json describes:\n  " + "\n  ".join(self.problems))
+            raise ValueError(
+                f"{where} does not fit the model its config.json describes:\n  " + "\n  ".join(self.problems.values())
+            )
         unused = [k for k in self.state if k not in self.used and not any(s in k for s in ignorable)]
         if unused:
             warnings.warn(f"{where}: ignoring {len(unused)} tensors the model does not use: {unused[:6]}")
+
+
+class _Entry(NamedTuple):
+    """One parameter in both layouts: its path and shape in our tree, its transformers name and shape.
+
+    A transformers ``Linear`` weight is [out, in]; our kernels are [in..., out...] (``transpose``).
+    ``part=(i, n)``: ours is the i-th of n equal slices of the transformers tensor along its
+    output axis (the last one, once transposed), as GPT's query, key and value in one ``c_attn``.
+    """
+
+    path: tuple[str, ...]
+    name: str
+    shape: tuple[int, ...]
+    hf_shape: tuple[int, ...]
+    transpose: bool = False
+    part: tuple[int, int] = (0, 1)
+
+    def to_ours(self, value: np.ndarray) -> np.ndarray:
+        """The transformers tensor -> our parameter."""
+        value = value.T if self.transpose else value
+        index, count = self.part
+        return np.split(value, count, axis=-1)[index].reshape(self.shape)
+
+    def hf_slice(self, value) -> np.ndarray:
+        """Our parameter -> its slice of the transformers tensor, output axis last."""
+        *rest, n_out = self.hf_shape[::-1] if self.transpose else self.hf_shape
+        return np.reshape(value, (*rest, n_out // self.part[1]))
+
+
+def _join(entries: list[_Entry], tree: dict) -> np.ndarray:
+    """The transformers tensor that ``entries`` (one, or every slice of a fused one) fill."""
+    slices = [e.hf_slice(_get(tree, e.path)) for e in sorted(entries, key=lambda e: e.part)]
+    value = np.concatenate(slices, axis=-1)
+    return value.T if entries[0].transpose else value
+
+
+def _linear(path, name, in_shape, out_shape, conv1d: bool = False, part=(0, 1)) -> list[_Entry]:
+    """A transformers ``Linear`` (weight [out, in]), or GPT's ``Conv1D`` (weight [in, out]), as our
+    kernel [in..., out...] and bias [out...]; ``part`` as in ``_Entry``, for a fused projection."""
+    n_in, n_out = math.prod(in_shape), math.prod(out_shape) * part[1]
+    return [
+        _Entry((*path, "kernel"), f"{name}.weight", (*in_shape, *out_shape),
+               (n_in, n_out) if conv1d else (n_out, n_in), transpose=not conv1d, part=part),
+        _Entry((*path, "bias"), f"{name}.bias", tuple(out_shape), (n_out,), part=part),
+    ]
+
+
+def _layer_norm(path, name, n) -> list[_Entry]:
+    return [_Entry((*path, "scale"), f"{name}.weight", (n,), (n,)), _Entry((*path, "bias"), f"{name}.bias", (n,), (n,))]
+
+
+def _table(path, name, shape) -> list[_Entry]:
+    return [_Entry((*path, "embedding"), f"{name}.weight", shape, shape)]
+
+
+def _block(path, prefix: str, names: dict[str, str], width: int, heads: int, d_ff: int,
+           conv1d: bool = False) -> list[_Entry]:
+    """One ``models.layers.TransformerBlock``. ``names`` gives transformers' module names for the
+    attention's query/key/value (or ``qkv``: one projection fused in that order) and out, ln_1,
+    the MLP's fc and proj, and ln_2; ``conv1d`` for GPT's [in, out] weights."""
+    per_head = (heads, width // heads)
+    qkv = names.get("qkv")
+    entries = []
+    for i, n in enumerate(("query", "key", "value")):
+        entries += _linear((*path, "attn", n), prefix + (qkv or names[n]), (width,), per_head, conv1d,
+                           part=(i, 3) if qkv else (0, 1))
+    return [
+        *entries,
+        *_linear((*path, "attn", "out"), prefix + names["out"], per_head, (width,), conv1d),
+        *_layer_norm((*path, "ln_1"), prefix + names["ln_1"], width),
+        *_linear((*path, "mlp", "fc"), prefix + names["fc"], (width,), (d_ff,), conv1d),
+        *_linear((*path, "mlp", "proj"), prefix + names["proj"], (d_ff,), (width,), conv1d),
+        *_layer_norm((*path, "ln_2"), prefix + names["ln_2"], width),
+    ]
+
+
+def _restack(tree: dict, n: int, scanned: bool) -> dict:
+    """A tree with unrolled ``blocks_0..n-1`` -> the layout of a config with ``scan_layers=scanned``."""
+    rest = {k: v for k, v in tree.items() if not k.startswith("blocks_")}
+    return {**rest, **stack_layers([tree[f"blocks_{i}"] for i in range(n)], scanned, "blocks")}
+
+
+def _unroll(tree: dict, n: int, scanned: bool) -> dict:
+    """Inverse of :func:`_restack`."""
+    rest = {k: v for k, v in tree.items() if k != "blocks" and not k.startswith("blocks_")}
+    return {**rest, **stack_layers(unstack_layers(tree, n, scanned, "blocks"), False, "blocks")}
+
+
+def _get(tree, path):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _put(tree, path, value):
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
 
 
 # Our activation names -> transformers' (the inverse of models.layers.HF_ACTIVATIONS).
@@ -197,27 +290,68 @@ HF_ACTIVATION_NAMES = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", 
 
 class Converter:
     """How one family maps to transformers: ``config_from_hf``/``config_to_hf`` for config.json,
-    ``from_hf``/``to_hf`` for the tensors."""
+    and one table of entries for the tensors.
+
+    Subclasses give ``entries(c)``, every parameter of a model with config ``c`` (blocks unrolled
+    as ``blocks_0``, ..., transformers names without ``prefix``), which drives ``from_hf`` and
+    ``to_hf``; ``layout`` moves a tree between unrolled blocks and the config's layout.
+    """
 
     model_types: tuple[str, ...] = ()
     # Fields that ``load_pretrained`` lets an override change although they change the parameters,
     # because they pick among tensors the checkpoint holds (``from_hf`` names any that are missing).
     choosable_fields: tuple[str, ...] = ()
+    prefix: str  # of the model's tensors in transformers' classes with a head
+    depth: str  # the config field counting the blocks
+    ignorable: tuple[str, ...] = ()  # tensors that are buffers, or tied to ones we read
 
     @classmethod
     def config_from_checkpoint(cls, hf: dict, state: dict):
         """The checkpoint's own config: its config.json, which the tensors refine in some families."""
         return cls.config_from_hf(hf)
 
+    @classmethod
+    def layout(cls, c, tree: dict, unrolled: bool) -> dict:
+        """Between unrolled blocks (the entries' paths) and the config's layout."""
+        return (_unroll if unrolled else _restack)(tree, getattr(c, cls.depth), c.scan_layers)
+
+    @classmethod
+    def hf_name(cls, c, e: _Entry) -> str:
+        """The name ``to_hf`` saves an entry under."""
+        return cls.prefix + e.name
+
+    @classmethod
+    def from_hf(cls, c, state: dict, where: str = "checkpoint") -> dict:
+        t = _Tensors(state, prefixes=(cls.prefix,))
+        tree = {}
+        for e in cls.entries(c):
+            _put(tree, e.path, e.to_ours(t(e.name, e.hf_shape)))
+        t.finish(where, ignorable=cls.ignorable)
+        return cls.layout(c, tree, unrolled=False)
+
+    @classmethod
+    def to_hf(cls, c, params: dict) -> dict[str, np.ndarray]:
+        tree = cls.layout(c, params, unrolled=True)
+        by_name: dict[str, list[_Entry]] = {}
+        for e in cls.entries(c):
+            by_name.setdefault(cls.hf_name(c, e), []).append(e)
+        return {name: _join(entries, tree) for name, entries in by_name.items()}
+
 
 class GPTConverter(Converter):
     """transformers ``GPT2LMHeadModel``/``GPT2Model`` and ``OpenAIGPTLMHeadModel``/``OpenAIGPTModel``.
 
-    HF stores the attention's query/key/value as one Conv1D (``c_attn``, [d, 3d]) and every
-    projection as [in, out]; ours are per-head ``[d, heads, head_dim]`` kernels.
+    Every projection is a ``Conv1D`` ([in, out]); the attention's query, key and value are one
+    (``c_attn``, [d, 3d]); OpenAI GPT names its embeddings ``tokens_embed``/``positions_embed``.
     """
 
     model_types = ("gpt2", "openai-gpt")
+    prefix = "transformer."
+    depth = "n_layer"
+    # lm_head.weight is tied to the token embedding; the attention masks are buffers.
+    ignorable = ("lm_head.weight", "attn.bias", "attn.masked_bias", "position_ids")
+    layer_names = {"qkv": "attn.c_attn", "out": "attn.c_proj", "ln_1": "ln_1",
+                   "fc": "mlp.c_fc", "proj": "mlp.c_proj", "ln_2": "ln_2"}
 
     @staticmethod
     def config_from_hf(hf: dict, **overrides) -> GPTConfig:
@@ -272,170 +406,33 @@ class GPTConverter(Converter):
         afn = {"gelu_tanh": "gelu", "relu": "relu", "silu": "silu"}[c.activation]
         return dict(model_type="openai-gpt", architectures=["OpenAIGPTLMHeadModel"], afn=afn, **common)
 
-    @staticmethod
-    def _layer_names(c: GPTConfig) -> dict[str, str]:
-        return {"wte": "wte" if c.pre_ln else "tokens_embed", "wpe": "wpe" if c.pre_ln else "positions_embed"}
-
     @classmethod
-    def from_hf(cls, c: GPTConfig, state: dict, where: str = "checkpoint") -> dict:
-        t = _Tensors(state, prefixes=("transformer.",))
-        d, f, h, hd = c.d_model, c.d_ff, c.n_head, c.head_dim
-        names = cls._layer_names(c)
-        params = {
-            "wte": {"embedding": t(f"{names['wte']}.weight", (c.vocab_size, d))},
-            "wpe": {"embedding": t(f"{names['wpe']}.weight", (c.n_positions, d))},
-        }
-        blocks = []
-        for i in range(c.n_layer):
-            p = f"h.{i}."
-            qkv_w = t(p + "attn.c_attn.weight", (d, 3 * d))
-            qkv_b = t(p + "attn.c_attn.bias", (3 * d,))
-            attn = {
-                name: {"kernel": w.reshape(d, h, hd), "bias": b.reshape(h, hd)}
-                for name, w, b in zip(("query", "key", "value"), np.split(qkv_w, 3, axis=1), np.split(qkv_b, 3))
-            }
-            attn["out"] = {"kernel": t(p + "attn.c_proj.weight", (d, d)).reshape(h, hd, d),
-                           "bias": t(p + "attn.c_proj.bias", (d,))}
-            blocks.append({
-                "ln_1": {"scale": t(p + "ln_1.weight", (d,)), "bias": t(p + "ln_1.bias", (d,))},
-                "attn": attn,
-                "ln_2": {"scale": t(p + "ln_2.weight", (d,)), "bias": t(p + "ln_2.bias", (d,))},
-                "mlp": {
-                    "fc": {"kernel": t(p + "mlp.c_fc.weight", (d, f)), "bias": t(p + "mlp.c_fc.bias", (f,))},
-                    "proj": {"kernel": t(p + "mlp.c_proj.weight", (f, d)), "bias": t(p + "mlp.c_proj.bias", (d,))},
-                },
-            })
-        params.update(stack_layers(blocks, c.scan_layers, "blocks"))
-        if c.pre_ln:
-            params["ln_f"] = {"scale": t("ln_f.weight", (d,)), "bias": t("ln_f.bias", (d,))}
-        # lm_head.weight is tied to the token embedding; the attention masks are buffers.
-        t.finish(where, ignorable=("lm_head.weight", "attn.bias", "attn.masked_bias", "position_ids"))
-        return params
-
-    @classmethod
-    def to_hf(cls, c: GPTConfig, params: dict) -> dict[str, np.ndarray]:
-        names = cls._layer_names(c)
-        out = {
-            f"transformer.{names['wte']}.weight": params["wte"]["embedding"],
-            f"transformer.{names['wpe']}.weight": params["wpe"]["embedding"],
-        }
+    def entries(cls, c: GPTConfig) -> list[_Entry]:
         d = c.d_model
-        for i, b in enumerate(unstack_layers(params, c.n_layer, c.scan_layers, "blocks")):
-            p = f"transformer.h.{i}."
-            a = b["attn"]
-            out[p + "attn.c_attn.weight"] = np.concatenate(
-                [np.reshape(a[n]["kernel"], (d, d)) for n in ("query", "key", "value")], axis=1
-            )
-            out[p + "attn.c_attn.bias"] = np.concatenate([np.reshape(a[n]["bias"], (d,)) for n in ("query", "key", "value")])
-            out[p + "attn.c_proj.weight"] = np.reshape(a["out"]["kernel"], (d, d))
-            out[p + "attn.c_proj.bias"] = a["out"]["bias"]
-            for ln in ("ln_1", "ln_2"):
-                out[p + f"{ln}.weight"] = b[ln]["scale"]
-                out[p + f"{ln}.bias"] = b[ln]["bias"]
-            for name in ("fc", "proj"):
-                out[p + f"mlp.c_{name}.weight"] = b["mlp"][name]["kernel"]
-                out[p + f"mlp.c_{name}.bias"] = b["mlp"][name]["bias"]
+        wte, wpe = ("wte", "wpe") if c.pre_ln else ("tokens_embed", "positions_embed")
+        entries = [*_table(("wte",), wte, (c.vocab_size, d)), *_table(("wpe",), wpe, (c.n_positions, d))]
+        for i in range(c.n_layer):
+            entries += _block((f"blocks_{i}",), f"h.{i}.", cls.layer_names, d, c.n_head, c.d_ff, conv1d=True)
         if c.pre_ln:
-            out["transformer.ln_f.weight"] = params["ln_f"]["scale"]
-            out["transformer.ln_f.bias"] = params["ln_f"]["bias"]
-        return out
-
-
-class _Entry(NamedTuple):
-    """One parameter in both layouts: its path in our tree and its transformers name and shape.
-    A transformers ``Linear`` weight is [out, in]; our kernels are [in..., out...] (``transpose``)."""
-
-    path: tuple[str, ...]
-    name: str
-    shape: tuple[int, ...]
-    hf_shape: tuple[int, ...]
-    transpose: bool = False
-
-    def to_ours(self, value: np.ndarray) -> np.ndarray:
-        return (value.T if self.transpose else value).reshape(self.shape)
-
-    def to_hf(self, value) -> np.ndarray:
-        value = np.asarray(value)
-        return value.reshape(self.hf_shape[::-1]).T if self.transpose else value.reshape(self.hf_shape)
-
-
-def _linear(path, name, in_shape, out_shape) -> list[_Entry]:
-    n_in, n_out = math.prod(in_shape), math.prod(out_shape)
-    return [
-        _Entry((*path, "kernel"), f"{name}.weight", (*in_shape, *out_shape), (n_out, n_in), transpose=True),
-        _Entry((*path, "bias"), f"{name}.bias", tuple(out_shape), (n_out,)),
-    ]
-
-
-def _layer_norm(path, name, n) -> list[_Entry]:
-    return [_Entry((*path, "scale"), f"{name}.weight", (n,), (n,)), _Entry((*path, "bias"), f"{name}.bias", (n,), (n,))]
-
-
-def _table(path, name, shape) -> list[_Entry]:
-    return [_Entry((*path, "embedding"), f"{name}.weight", shape, shape)]
-
-
-def _block(path, prefix: str, names: dict[str, str], c) -> list[_Entry]:
-    """One post-LN encoder layer (``models.layers.TransformerBlock``); ``names`` gives
-    transformers' module names for attention query/key/value/out, ln_1, mlp fc/proj, ln_2."""
-    h, heads, ff = c.hidden_size, c.num_attention_heads, c.intermediate_size
-    per_head = (heads, h // heads)
-    return [
-        *(e for n in ("query", "key", "value") for e in _linear((*path, "attn", n), prefix + names[n], (h,), per_head)),
-        *_linear((*path, "attn", "out"), prefix + names["out"], per_head, (h,)),
-        *_layer_norm((*path, "ln_1"), prefix + names["ln_1"], h),
-        *_linear((*path, "mlp", "fc"), prefix + names["fc"], (h,), (ff,)),
-        *_linear((*path, "mlp", "proj"), prefix + names["proj"], (ff,), (h,)),
-        *_layer_norm((*path, "ln_2"), prefix + names["ln_2"], h),
-    ]
-
-
-def _restack(tree: dict, n: int, scanned: bool) -> dict:
-    """A tree with unrolled ``blocks_0..n-1`` -> the layout of a config with ``scan_layers=scanned``."""
-    rest = {k: v for k, v in tree.items() if not k.startswith("blocks_")}
-    return {**rest, **stack_layers([tree[f"blocks_{i}"] for i in range(n)], scanned, "blocks")}
-
-
-def _unroll(tree: dict, n: int, scanned: bool) -> dict:
-    """Inverse of :func:`_restack`."""
-    rest = {k: v for k, v in tree.items() if k != "blocks" and not k.startswith("blocks_")}
-    return {**rest, **stack_layers(unstack_layers(tree, n, scanned, "blocks"), False, "blocks")}
-
-
-def _get(tree, path):
-    for key in path:
-        tree = tree[key]
-    return tree
-
-
-def _put(tree, path, value):
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
+            entries += _layer_norm(("ln_f",), "ln_f", d)
+        return entries
 
 
 class EncoderConverter(Converter):
     """transformers' ``{Bert,Albert}Model``, ``...ForMaskedLM`` and ``...ForPreTraining``.
 
-    One table of entries (our path, transformers name, shapes) drives both directions and the
-    check that a checkpoint holds the heads asked for. The head classes save the encoder under
-    ``bert.``/``albert.`` and their heads outside it; a bare ``...Model`` saves no prefix.
-    The head is read from ``architectures``; a ``...Model`` without pooler tensors gets ``none``.
-
-    Subclasses give ``entries(c)``, every parameter of a model with config ``c`` (blocks unrolled,
-    transformers names without the encoder prefix), and ``layout(c, tree, unrolled)``, which moves
-    a tree between unrolled blocks and the config's layout.
+    The entries also check that a checkpoint holds the heads asked for. The head classes save the
+    encoder under ``bert.``/``albert.`` and their heads outside it; a bare ``...Model`` saves no
+    prefix. The head is read from ``architectures``; a ``...Model`` without pooler tensors gets ``none``.
     """
 
     choosable_fields = ("head",)
     config_cls: type
-    prefix: str  # of the encoder's tensors in the head classes
     class_prefix: str  # of transformers' class names
     class_suffixes = {"pretraining": "ForPreTraining", "mlm": "ForMaskedLM", "pooler": "Model", "none": "Model"}
     # config.json keys with no default we could trust (transformers' defaults are not ours for ALBERT).
     required = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
     ours_only = ("hidden_act", "head", "dtype", "param_dtype", "scan_layers", "remat")
-    # Tensors that are not parameters (buffers) or are tied to ones we read.
     ignorable = ("position_ids", "token_type_ids", "predictions.decoder.")
 
     @classmethod
@@ -510,22 +507,12 @@ class EncoderConverter(Converter):
                 f"{where} has no tensors for the {'/'.join(missing)} head(s) that head={c.head!r} needs; "
                 f"the heads it holds load with head={cls._held_head(c, state)!r}"
             )
-        t = _Tensors(state, prefixes=(cls.prefix,))
-        tree = {}
-        for e in cls.entries(c):
-            _put(tree, e.path, e.to_ours(t(e.name, e.hf_shape)))
-        t.finish(where, ignorable=cls.ignorable)
-        return cls.layout(c, tree, unrolled=False)
+        return super().from_hf(c, state, where)
 
     @classmethod
-    def to_hf(cls, c, params: dict) -> dict[str, np.ndarray]:
-        tree = cls.layout(c, params, unrolled=True)
-        encoder_prefix = cls.prefix if c.head in ("pretraining", "mlm") else ""
-        outside = ("mlm", c.sentence_task)  # the head classes keep these outside the encoder
-        return {
-            (e.name if e.path[0] in outside else encoder_prefix + e.name): e.to_hf(_get(tree, e.path))
-            for e in cls.entries(c)
-        }
+    def hf_name(cls, c, e: _Entry) -> str:
+        in_encoder = c.head in ("pretraining", "mlm") and e.path[0] not in ("mlm", c.sentence_task)
+        return cls.prefix + e.name if in_encoder else e.name
 
     @classmethod
     def _head_entries(cls, c, mlm_names: tuple[str, str, str], pooler: str, sentence: str, width: int) -> list[_Entry]:
@@ -549,6 +536,7 @@ class BertConverter(EncoderConverter):
     model_types = ("bert",)
     config_cls = BertConfig
     prefix = "bert."
+    depth = "num_hidden_layers"
     class_prefix = "Bert"
     layer_names = {
         "query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
@@ -560,14 +548,10 @@ class BertConverter(EncoderConverter):
     def entries(cls, c: BertConfig) -> list[_Entry]:
         entries = cls._embedding_entries(c, c.hidden_size)
         for i in range(c.num_hidden_layers):
-            entries += _block((f"blocks_{i}",), f"encoder.layer.{i}.", cls.layer_names, c)
+            entries += _block((f"blocks_{i}",), f"encoder.layer.{i}.", cls.layer_names,
+                              c.hidden_size, c.num_attention_heads, c.intermediate_size)
         mlm = ("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm", "cls.predictions.bias")
         return entries + cls._head_entries(c, mlm, "pooler.dense", "cls.seq_relationship", c.hidden_size)
-
-    @staticmethod
-    def layout(c: BertConfig, tree: dict, unrolled: bool) -> dict:
-        """Between unrolled blocks (the entries' paths) and the config's layout."""
-        return (_unroll if unrolled else _restack)(tree, c.num_hidden_layers, c.scan_layers)
 
 
 class AlbertConverter(EncoderConverter):
@@ -589,12 +573,13 @@ class AlbertConverter(EncoderConverter):
         for g in range(c.num_hidden_groups):
             for k in range(c.inner_group_num):
                 prefix = f"encoder.albert_layer_groups.{g}.albert_layers.{k}."
-                entries += _block((f"group_{g}", f"blocks_{k}"), prefix, cls.layer_names, c)
+                entries += _block((f"group_{g}", f"blocks_{k}"), prefix, cls.layer_names,
+                                  c.hidden_size, c.num_attention_heads, c.intermediate_size)
         mlm = ("predictions.dense", "predictions.LayerNorm", "predictions.bias")
         return entries + cls._head_entries(c, mlm, "pooler", "sop_classifier.classifier", c.embedding_size)
 
-    @staticmethod
-    def layout(c: AlbertConfig, tree: dict, unrolled: bool) -> dict:
+    @classmethod
+    def layout(cls, c: AlbertConfig, tree: dict, unrolled: bool) -> dict:
         move = _unroll if unrolled else _restack
         groups = {f"group_{g}": move(tree[f"group_{g}"], c.inner_group_num, c.scan_layers)
                   for g in range(c.num_hidden_groups)}
@@ -635,10 +620,36 @@ def config_from_hf(path, **overrides):
     return _BY_MODEL_TYPE[hf["model_type"]].config_from_hf(hf, **overrides)
 
 
+def _shapes(config) -> dict[str, tuple[int, ...]]:
+    """Parameter path -> shape, in the stacked layout (``scan_layers`` only moves parameters)."""
+    tree = models.param_shapes(dataclasses.replace(config, scan_layers=True).module())
+    return {"/".join(path): leaf.shape for path, leaf in flax.traverse_util.flatten_dict(tree).items()}
+
+
+def _check_overrides(stored, overrides: dict, choosable: tuple[str, ...]) -> None:
+    """Refuse overrides that change the parameter shapes, which the checkpoint fixes: an ``n_head``
+    override keeps the parameter count but would split the attention into other heads."""
+    reference = get_config(stored, **{k: v for k, v in overrides.items() if k in choosable})
+    expected = _shapes(reference)
+    if _shapes(get_config(reference, **overrides)) == expected:
+        return
+    for key, value in overrides.items():
+        shapes = _shapes(get_config(reference, **{key: value}))
+        if shapes != expected:
+            path = next(p for p in sorted(set(shapes) | set(expected)) if shapes.get(p) != expected.get(p))
+            raise ValueError(
+                f"override {key}={value!r} changes the parameter shapes the checkpoint fixes "
+                f"({path}: {expected.get(path)} in the checkpoint, {shapes.get(path)} with the override); "
+                f"leave {key} out: the checkpoint's config.json sets it ({key}={getattr(stored, key)!r})"
+            )
+    raise ValueError(f"overrides {sorted(overrides)} together change the parameter shapes the checkpoint fixes; "
+                     "leave out those that describe the architecture")
+
+
 def load_pretrained(path, **overrides):
     """An HF folder -> ``(module, config, params)``.
 
-    ``overrides`` replace config fields that do not change the parameters (``dtype``,
+    ``overrides`` replace config fields that do not change the parameter shapes (``dtype``,
     ``scan_layers``, ``remat``, dropout rates); for BERT and ALBERT also ``head``, which may name
     any heads whose tensors the checkpoint holds (by default: those of its ``architectures``).
     """
@@ -648,10 +659,8 @@ def load_pretrained(path, **overrides):
     state = read_state_dict(path)
     stored = converter.config_from_checkpoint(hf, state)
     config = get_config(stored, **overrides)
-    chosen = {k: v for k, v in overrides.items() if k in converter.choosable_fields}
-    if overrides and models.count_params(config.module()) != models.count_params(get_config(stored, **chosen).module()):
-        fixed = sorted(set(overrides) - set(chosen))
-        raise ValueError(f"overrides {fixed} change the parameter shapes; the checkpoint fixes those")
+    if overrides:
+        _check_overrides(stored, overrides, converter.choosable_fields)
     params = converter.from_hf(config, state, where=str(path))
     params = jax.tree.map(lambda x: np.asarray(x, jnp.dtype(config.param_dtype)), params)
     return config.module(), config, params
@@ -667,9 +676,10 @@ def to_hf_config(config) -> dict:
     return _converter(config).config_to_hf(config)
 
 
-def save_pretrained(folder, config, params, overwrite: bool = False) -> Path:
+def save_pretrained(folder, config, params, overwrite: bool = False, files: dict | None = None) -> Path:
     """Write ``config.json`` + ``model.safetensors`` that transformers' ``from_pretrained`` loads.
 
+    ``files`` adds more files by name (e.g. a tokenizer's): a path to copy, or the bytes to write.
     The folder is assembled next to its destination and renamed into place, so a failure leaves
     nothing half-written; an existing non-empty folder is kept unless ``overwrite``.
     """
@@ -683,6 +693,11 @@ def save_pretrained(folder, config, params, overwrite: bool = False) -> Path:
     try:
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
         safetensors.numpy.save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        for name, source in (files or {}).items():
+            if isinstance(source, bytes):
+                (tmp / name).write_bytes(source)
+            else:
+                shutil.copyfile(source, tmp / name)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)

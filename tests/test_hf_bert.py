@@ -10,9 +10,11 @@ import pytest
 import torch
 import transformers
 from test_bert import IDS, MASK, SEGMENTS, forward, init, tiny
+from test_hf_gpt import convert_hf
 
 from models import hf
-from train.data.tokenizers import WordPieceTokenizer
+from train.checkpoint import save_params
+from train.data.tokenizers import SentencePieceTokenizer, WordPieceTokenizer, load_tokenizer, train_sentencepiece
 
 # Shapes unlike the presets: head counts that are not powers of two, intermediate != 4H, three
 # segment types, both GELUs, ALBERT with several groups of several layers and uneven groups.
@@ -158,7 +160,7 @@ def test_heads_the_checkpoint_lacks_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"no tensors for the pooler/sop head\(s\).*load with head='mlm'"):
         hf.load_pretrained(tmp_path / "albert", head="pretraining")
     # Other overrides still may not change the parameters, whatever the head.
-    with pytest.raises(ValueError, match=r"overrides \['num_hidden_layers'\] change the parameter shapes"):
+    with pytest.raises(ValueError, match=r"override num_hidden_layers=1 changes the parameter shapes"):
         hf.load_pretrained(tmp_path / "bert", head="none", num_hidden_layers=1)
 
 
@@ -172,6 +174,19 @@ def test_head_override_picks_among_the_heads_present(tmp_path):
     assert c.head == "mlm" and {k for k in params if not k.startswith("blocks")} == {"embeddings", "mlm"}
     _, c, params = hf.load_pretrained(tmp_path, head="pretraining", dtype="bfloat16")
     assert c.head == "pretraining" and {"pooler", "nsp"} <= set(params)
+
+
+def test_overrides_that_reshape_parameters_are_refused(tmp_path, rng):
+    """Width 30 splits into 5 heads of 6 (the checkpoint's) or 3 of 10: the same count, another model."""
+    cls, config = CASES["bert-5heads"]
+    ref = make_reference(cls, config, tmp_path)
+    with pytest.raises(ValueError, match=r"override num_attention_heads=3 changes the parameter shapes .*"
+                                         r"leave num_attention_heads out.*\(num_attention_heads=5\)"):
+        hf.load_pretrained(tmp_path, num_attention_heads=3, head="mlm")
+    _, c, params = hf.load_pretrained(tmp_path, scan_layers=True, remat="dots",
+                                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    inputs = batch(config, rng)
+    assert_same(forward(c, params, *inputs), reference_outputs(ref, *inputs))
 
 
 def test_unsupported_configs_are_refused(tmp_path):
@@ -224,3 +239,34 @@ def test_real_weights_minilm_sentence_embeddings(tmp_path):
     pooled /= np.linalg.norm(pooled, axis=-1, keepdims=True)
     paraphrase, unrelated = pooled[0] @ pooled[1], pooled[0] @ pooled[2]
     assert paraphrase > unrelated + 0.2, (paraphrase, unrelated)
+
+
+def test_to_hf_writes_a_wordpiece_tokenizer_that_transformers_reads_as_we_do(tmp_path):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join("[PAD] [UNK] [CLS] [SEP] [MASK] the union of nation , ! ##s etat x 1 ##2".split()) + "\n")
+    _, c = tiny("bert")
+    save_params(tmp_path / "run", c, init(c), {"tokenizer": str(vocab)})
+    assert convert_hf("to-hf", tmp_path / "run", tmp_path / "out")["tokenizer_files"] == [
+        "tokenizer_config.json", "vocab.txt"]
+    text = "The Union of the nations, États! x12 [MASK]"
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "out").encode(text, add_special_tokens=False)
+    assert theirs == WordPieceTokenizer(vocab).encode(text)
+
+
+@pytest.mark.parametrize("model_type", ["unigram", "bpe"])
+def test_to_hf_writes_albert_sentencepiece_model(model_type, tmp_path, corpus):
+    """A unigram model, as ALBERT's own, is written for transformers' AlbertTokenizer, which reads it
+    as we do; a BPE one (which AlbertTokenizer would read as unigram) only for our loader."""
+    root, _ = corpus
+    spm_model = train_sentencepiece([str(root / "train.jsonl")], tmp_path / "spm", vocab_size=60, model_type=model_type)
+    _, c = tiny("albert")
+    save_params(tmp_path / "run", c, init(c), {"tokenizer": str(spm_model)})
+    files = convert_hf("to-hf", tmp_path / "run", tmp_path / "out")["tokenizer_files"]
+    text = "the Union  state, nation people"
+    ours = SentencePieceTokenizer(spm_model).encode(text)
+    assert load_tokenizer(tmp_path / "out").encode(text) == ours
+    if model_type == "unigram":
+        assert files == ["spiece.model", "tokenizer_config.json"]
+        assert transformers.AutoTokenizer.from_pretrained(tmp_path / "out").encode(text, add_special_tokens=False) == ours
+    else:
+        assert files == ["sentencepiece.model"]

@@ -1,17 +1,29 @@
 """GPT / GPT-2 against transformers' PyTorch implementation, both directions."""
 
+import importlib.util
 import json
 import pickle
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
+import jax
+import ml_dtypes
 import numpy as np
 import pytest
+import safetensors.numpy
+import safetensors.torch
 import torch
 import transformers
 from conftest import torch_logits
 
 import models
 from models import hf
+from train.checkpoint import load_params, save_params
+from train.data.tokenizers import bytes_to_unicode, load_tokenizer
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "convert_hf.py"
 
 # Shapes unlike the presets: head counts that are not powers of two, d_ff != 4 d, other epsilons.
 CASES = {
@@ -79,8 +91,6 @@ def test_export_loads_in_transformers_with_same_logits(case, tmp_path, rng):
 
 def test_randomly_initialised_export_round_trip(tmp_path, rng):
     """Our own initialisation exported to transformers gives our logits."""
-    import jax
-
     module, config = models.create("gpt2-tiny", n_head=2, d_ff=80)
     params = models.init_params(module, jax.random.key(5))
     back = transformers.GPT2LMHeadModel.from_pretrained(hf.save_pretrained(tmp_path / "ours", config, params)).eval()
@@ -98,6 +108,27 @@ def test_pytorch_bin_checkpoints_read_without_torch_unpickling(tmp_path, rng):
     module, config, params = hf.load_pretrained(folder)
     ids, _ = batch(config, rng)
     np.testing.assert_allclose(np.asarray(module.apply({"params": params}, ids)), torch_logits(ref, ids), atol=1e-4)
+
+
+def test_bf16_safetensors_load(tmp_path, rng):
+    """Checkpoints are often saved in bf16: read as ml_dtypes.bfloat16, widened exactly to fp32."""
+    ref, folder = make_reference("gpt2-3heads", tmp_path)
+    ref.to(torch.bfloat16).save_pretrained(folder)
+    assert hf.read_state_dict(folder)["transformer.wte.weight"].dtype == ml_dtypes.bfloat16
+    module, config, params = hf.load_pretrained(folder)
+    ids, _ = batch(config, rng)
+    np.testing.assert_allclose(np.asarray(module.apply({"params": params}, ids)), torch_logits(ref.float(), ids),
+                               atol=1e-4, rtol=0)
+
+
+def test_unreadable_safetensors_are_named(tmp_path):
+    path = tmp_path / "model.safetensors"
+    safetensors.torch.save_file({"w": torch.zeros(2, dtype=torch.float8_e4m3fn)}, str(path))
+    with pytest.raises(ValueError, match="tensor w has dtype F8_E4M3, which cannot be read into numpy"):
+        hf.read_safetensors(path)
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(ValueError, match="is not a valid safetensors file"):
+        hf.read_safetensors(path)
 
 
 def test_bin_with_code_is_refused(tmp_path):
@@ -127,8 +158,6 @@ def test_missing_and_misshaped_tensors_are_named(tmp_path):
     state = {k: v.numpy() for k, v in ref.state_dict().items()}
     del state["transformer.h.1.mlp.c_fc.bias"]
     state["transformer.ln_f.weight"] = np.zeros(5, np.float32)
-    import safetensors.numpy
-
     safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(folder / "model.safetensors"))
     with pytest.raises(ValueError) as err:
         hf.load_pretrained(folder)
@@ -136,9 +165,25 @@ def test_missing_and_misshaped_tensors_are_named(tmp_path):
     assert "ln_f.weight has shape (5,), expected (48,)" in str(err.value)
 
 
-def test_save_refuses_to_overwrite(tmp_path):
-    import jax
+def test_overrides_that_reshape_parameters_are_refused(tmp_path, rng):
+    """4 heads of 12 hold as many parameters as the checkpoint's 3 heads of 16, but are another model."""
+    ref, folder = make_reference("gpt2-3heads", tmp_path)
+    with pytest.raises(ValueError, match=r"override n_head=4 changes the parameter shapes the checkpoint fixes "
+                                         r"\(blocks/attn/key/bias: \(3, 3, 16\) in the checkpoint, \(3, 4, 12\) "
+                                         r"with the override\); leave n_head out.*\(n_head=3\)"):
+        hf.load_pretrained(folder, n_head=4, dtype="bfloat16")
+    ids, _ = batch(CASES["gpt2-3heads"][1], rng)
+    for overrides in ({"scan_layers": True, "remat": "full"},
+                      {"embd_dropout": 0.0, "attn_dropout": 0.0, "resid_dropout": 0.0},
+                      {"dtype": "bfloat16", "param_dtype": "bfloat16"}):
+        module, config, params = hf.load_pretrained(folder, **overrides)
+        assert {k: getattr(config, k) for k in overrides} == overrides
+        logits = np.asarray(module.apply({"params": params}, ids), np.float32)
+        atol = 0.1 if config.dtype == "bfloat16" else 1e-4
+        np.testing.assert_allclose(logits, torch_logits(ref, ids), atol=atol, rtol=0, err_msg=str(overrides))
 
+
+def test_save_refuses_to_overwrite(tmp_path):
     module, config = models.create("gpt2-tiny")
     params = models.init_params(module, jax.random.key(0))
     folder = hf.save_pretrained(tmp_path / "out", config, params)
@@ -148,23 +193,62 @@ def test_save_refuses_to_overwrite(tmp_path):
     assert (folder / "model.safetensors").read_bytes() == before
 
 
+def byte_level_bpe(folder: Path) -> None:
+    """A tiny GPT-2 byte-level BPE: the 256 byte symbols, three merges, <|endoftext|>."""
+    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
+    merges = [("t", "h"), ("th", "e"), ("Ġ", "u")]
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+
+
+def convert_hf(*args) -> dict:
+    """scripts/convert_hf.py's main, in this process."""
+    spec = importlib.util.spec_from_file_location("convert_hf", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script.main(list(map(str, args)))
+
+
+TEXT = "the union, unthe 12 états!  x"
+
+
 def test_convert_script_both_directions(tmp_path, rng):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from train.checkpoint import load_params
-
     ref, folder = make_reference("gpt2-5heads-relu", tmp_path)
-    script = Path(__file__).resolve().parents[1] / "scripts" / "convert_hf.py"
+    byte_level_bpe(folder)  # an HF GPT-2 folder holds its tokenizer
     for args in (["to-ours", folder, tmp_path / "ours"], ["to-hf", tmp_path / "ours", tmp_path / "back"]):
-        done = subprocess.run([sys.executable, script, *map(str, args)], capture_output=True, text=True)
+        done = subprocess.run([sys.executable, SCRIPT, *map(str, args)], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-2000:]
     module, config, params, run = load_params(tmp_path / "ours")
+    assert run["tokenizer"] == str(folder.absolute())
     ids, mask = batch(config, rng)
     np.testing.assert_allclose(np.asarray(module.apply({"params": params}, ids)), torch_logits(ref, ids), atol=1e-4)
     back = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "back").eval()
     np.testing.assert_array_equal(torch_logits(back, ids), torch_logits(ref, ids))
-    again = subprocess.run([sys.executable, script, "to-ours", str(folder), str(tmp_path / "ours")],
+    # The tokenizer travelled with the weights, and transformers reads it as we do.
+    ours = load_tokenizer(folder).encode(TEXT)
+    assert transformers.AutoTokenizer.from_pretrained(tmp_path / "back").encode(TEXT) == ours
+    assert load_tokenizer(tmp_path / "back").encode(TEXT) == ours
+    again = subprocess.run([sys.executable, SCRIPT, "to-ours", str(folder), str(tmp_path / "ours")],
                            capture_output=True, text=True)
-    assert again.returncode != 0 and "not empty" in again.stderr
+    assert again.returncode == 2 and "not empty" in again.stderr
+
+
+def test_to_hf_writes_the_runs_tokenizer(tmp_path, corpus):
+    """A sentencepiece model travels for our loader only (no transformers class reads it for GPT-2);
+    a tokenizer that is not where run.json says is named, with the ways out."""
+    _, spm_model = corpus
+    module, config = models.create("gpt2-tiny")
+    params = models.init_params(module, jax.random.key(0))
+    save_params(tmp_path / "run", config, params, {"tokenizer": str(spm_model)})
+    result = convert_hf("to-hf", tmp_path / "run", tmp_path / "out")
+    assert result["tokenizer_files"] == ["sentencepiece.model"]
+    assert load_tokenizer(tmp_path / "out").encode(TEXT) == load_tokenizer(spm_model).encode(TEXT)
+    save_params(tmp_path / "moved", config, params, {"tokenizer": str(tmp_path / "gone.model")})
+    with pytest.raises(ValueError, match=r"cannot write the tokenizer .*gone.model.*--tokenizer PATH.*--no-tokenizer"):
+        convert_hf("to-hf", tmp_path / "moved", tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
+    assert convert_hf("to-hf", tmp_path / "moved", tmp_path / "out2", "--no-tokenizer")["tokenizer_files"] == []
+    assert sorted(p.name for p in (tmp_path / "out2").iterdir()) == ["config.json", "model.safetensors"]
