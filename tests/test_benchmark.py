@@ -35,6 +35,7 @@ def test_flops_per_token_of_gpt2_small():
     assert flops["flops_per_token"] == 770_231_808
 
 
+@pytest.mark.slow
 def test_command_line_compares_with_the_torch_reference(tmp_path):
     """The command line as a user runs it: one JSON object on stdout (and in --output)."""
     out = tmp_path / "bench.json"
@@ -56,6 +57,7 @@ def test_command_line_compares_with_the_torch_reference(tmp_path):
     assert set(result["ratios"]) == {"torch_reference_over_ours_step_time"}
 
 
+@pytest.mark.slow
 def test_overrides_dropout_and_measured_peak():
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
@@ -91,6 +93,7 @@ def test_compare_with_the_flax_reference():
     assert ref["versions"]["transformers"] == workers.REFERENCE_TRANSFORMERS
 
 
+@pytest.mark.slow
 def test_sharing_benchmark_script_reports_every_variant():
     script = ROOT / "scripts" / "benchmark.py"
     done = subprocess.run(

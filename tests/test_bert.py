@@ -227,6 +227,7 @@ def test_scanned_and_unrolled_stacks_agree(family):
         np.testing.assert_allclose(remat["hidden"], reference["hidden"], atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["bert", "albert"])
 def test_bf16_compute_with_fp32_params_stays_close(family):
     _, c = tiny(family)

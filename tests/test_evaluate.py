@@ -43,6 +43,7 @@ def test_unigram_baseline_is_the_entropy_of_the_counts():
     assert smoothed["perplexity"] == pytest.approx(5.0)  # p(1) = (0 + 1) / (3 + 2)
 
 
+@pytest.mark.slow
 def test_greedy_generation_matches_step_by_step_argmax():
     module, config = models.create("gpt2-tiny")
     params = models.init_params(module, jax.random.key(0))

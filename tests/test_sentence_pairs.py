@@ -133,6 +133,7 @@ def test_eval_pass_covers_every_pair_once():
     assert len(batches) == -(-n_pairs // 8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,task", [("bert-tiny", "mlm_nsp"), ("albert-tiny", "mlm_sop")])
 def test_encoders_pretrain_and_evaluate_in_the_main_loop(corpus, tmp_path, model, task):
     from conftest import tiny_config

@@ -82,6 +82,7 @@ def _assert_bitwise_equal(a, b):
         assert np.array_equal(np.asarray(x), np.asarray(y)), path
 
 
+@pytest.mark.slow
 def test_killed_or_preempted_runs_resume_to_identical_parameters(corpus, tmp_path):
     steps = 60
     config_file = _write_config(corpus, tmp_path / "cfg.py", steps)
@@ -117,6 +118,7 @@ def test_killed_or_preempted_runs_resume_to_identical_parameters(corpus, tmp_pat
     _assert_bitwise_equal(_final_params(tmp_path / "preempted"), reference_params)
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(corpus, tmp_path):
     config = tiny_config(corpus, tmp_path / "run", learning_rate=1e30, clip_norm=0.0, warmup_steps=0,
                          checkpoint_every=1, eval_data=None)
@@ -150,6 +152,7 @@ def _damage(step_dir):
             f.write_bytes(b"garbage")
 
 
+@pytest.mark.slow
 def test_corrupt_newest_checkpoint_is_moved_aside_and_the_run_resumes_from_the_previous(corpus, tmp_path, caplog):
     run = tmp_path / "run"
     train(tiny_config(corpus, run, steps=8, eval_data=None))
@@ -206,6 +209,7 @@ def test_config_names_files_and_overrides(tmp_path):
         TrainConfig(steps=5, warmup_steps=10)
 
 
+@pytest.mark.slow
 def test_data_and_model_parallel_meshes_match_one_device(corpus, tmp_path):
     """Two (virtual) CPU devices, sharded by batch or by the model's wide axes, train like one."""
     import jax
@@ -240,6 +244,7 @@ def test_two_processes_never_train_in_one_folder(tmp_path):
     Checkpoints(tmp_path / "run", {"seed": 0}, model_config, keep=1).close()
 
 
+@pytest.mark.slow
 def test_streaming_training_resumes_like_an_uninterrupted_run(corpus, tmp_path):
 
     full = tiny_config(corpus, tmp_path / "full", steps=6, eval_data=None, streaming=True)
