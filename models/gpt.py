@@ -7,7 +7,8 @@ The two generations differ in where LayerNorm sits and how residual branches are
   block, and the output projections of both residual branches drawn with std
   ``0.02 / sqrt(2 * n_layer)`` (two residual layers per block).
 
-Both use learned positions, tied input/output embeddings, dropout on embeddings, attention
+``pre_ln``, ``final_ln`` and ``scale_residual_init`` switch the three changes on and off one by
+one, for ablations. Both use learned positions, tied input/output embeddings, dropout on embeddings, attention
 probabilities and residual branches, the tanh GELU and LayerNorm epsilon 1e-5.
 """
 
@@ -40,7 +41,8 @@ class GPTConfig:
     n_layer: int = 12
     n_head: int = 12
     d_ff: int = 3072
-    pre_ln: bool = True  # GPT-2; False gives GPT's post-LN blocks and no final LayerNorm
+    pre_ln: bool = True  # GPT-2's LayerNorm at each sub-block's input; False: GPT's post-LN blocks
+    final_ln: bool = True  # GPT-2's LayerNorm after the last block (GPT has none)
     activation: str = "gelu_tanh"
     layer_norm_eps: float = 1e-5
     embd_dropout: float = 0.1
@@ -114,7 +116,7 @@ class GPT(nn.Module):
             **c.block_kwargs()
         )
         x = blocks(x, padding_mask(attention_mask), deterministic)
-        if c.pre_ln:
+        if c.final_ln:
             x = LayerNorm(c.layer_norm_eps, name="ln_f", **kw)(x)
         if return_hidden:
             return x
@@ -123,7 +125,7 @@ class GPT(nn.Module):
 
 _GPT2 = GPTConfig()
 register("openai-gpt", dataclasses.replace(
-    _GPT2, vocab_size=40478, n_positions=512, pre_ln=False, scale_residual_init=False,
+    _GPT2, vocab_size=40478, n_positions=512, pre_ln=False, final_ln=False, scale_residual_init=False,
 ))
 register("gpt2", _GPT2)
 register("gpt2-medium", dataclasses.replace(_GPT2, d_model=1024, n_layer=24, n_head=16, d_ff=4096))
@@ -132,7 +134,7 @@ register("gpt2-xl", dataclasses.replace(_GPT2, d_model=1600, n_layer=48, n_head=
 # Tiny shapes for tests and quick CPU runs.
 register("gpt2-tiny", dataclasses.replace(_GPT2, vocab_size=256, n_positions=64, d_model=32, n_layer=2, n_head=4, d_ff=128))
 register("openai-gpt-tiny", dataclasses.replace(
-    _GPT2, vocab_size=256, n_positions=64, d_model=32, n_layer=2, n_head=4, d_ff=128, pre_ln=False,
+    _GPT2, vocab_size=256, n_positions=64, d_model=32, n_layer=2, n_head=4, d_ff=128, pre_ln=False, final_ln=False,
     scale_residual_init=False,
 ))
 # A small GPT-2 that trains to a useful perplexity in minutes on a laptop CPU (the main job).

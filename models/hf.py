@@ -376,6 +376,7 @@ class GPTConverter(Converter):
             n_head=hf["n_head"],
             d_ff=(hf.get("n_inner") or 4 * d) if gpt2 else 4 * d,
             pre_ln=gpt2,
+            final_ln=gpt2,
             activation=HF_ACTIVATIONS[act],
             layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
             embd_dropout=hf.get("embd_pdrop", 0.1),
@@ -395,6 +396,11 @@ class GPTConverter(Converter):
             attn_pdrop=c.attn_dropout, resid_pdrop=c.resid_dropout, initializer_range=c.initializer_range,
             tie_word_embeddings=True,
         )
+        if c.final_ln != c.pre_ln:
+            raise ValueError(
+                f"transformers has a final LayerNorm exactly in its pre-LN GPT-2 (pre_ln={c.pre_ln}, "
+                f"final_ln={c.final_ln}): this ablation of GPT/GPT-2 has no Hugging Face class"
+            )
         if c.pre_ln:
             return dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], n_inner=c.d_ff,
                         activation_function=act, **common)
@@ -413,7 +419,7 @@ class GPTConverter(Converter):
         entries = [*_table(("wte",), wte, (c.vocab_size, d)), *_table(("wpe",), wpe, (c.n_positions, d))]
         for i in range(c.n_layer):
             entries += _block((f"blocks_{i}",), f"h.{i}.", cls.layer_names, d, c.n_head, c.d_ff, conv1d=True)
-        if c.pre_ln:
+        if c.final_ln:
             entries += _layer_norm(("ln_f",), "ln_f", d)
         return entries
 
