@@ -1,0 +1,124 @@
+"""What every experiment shares: the SOTU data, short training runs, JSON results, tables, plots.
+
+Each question's module has ``run(scale: bool) -> dict`` (the JSON it writes) and
+``tables(result) -> dict[str, str]`` (markdown, generated from that JSON). ``write_report``
+puts the tables into ``REPORT.md`` between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->``
+markers, so the figures in the report are the JSON's, never typed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "experiments" / "results"
+REPORT = REPO / "REPORT.md"
+SOTU_VOCAB = 8192
+
+
+def sotu_files() -> dict:
+    """The SOTU train/validation split and its 8,192-piece sentencepiece model (the main job's),
+    prepared on first use."""
+    from train.data.corpora import prepare_sotu, read_texts
+    from train.data.downloads import cache_dir
+    from train.data.tokenizers import train_sentencepiece, training_sentences
+
+    root = cache_dir() / "sotu"
+    train, validation = root / "train.jsonl", root / "validation.jsonl"
+    if not (train.exists() and validation.exists()):
+        prepare_sotu(root)
+    model = root / "spm8k.model"
+    if not model.exists():
+        train_sentencepiece(training_sentences(read_texts([train])), root / "spm8k", vocab_size=SOTU_VOCAB)
+    return {"train": str(train), "validation": str(validation), "tokenizer": str(model)}
+
+
+def share_compilations() -> None:
+    """Runs that differ only in seeds compile the same step: keep XLA's executables on disk
+    (``.cache/xla``) so later runs reuse them."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(REPO / ".cache" / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def train_run(config) -> dict:
+    """Train ``config`` (a TrainConfig) in a fresh temporary run folder; returns the loop's summary
+    plus ``diverged`` (a non-finite loss stopped it), the train-loss curve and the wall time."""
+    import dataclasses
+
+    from train.loop import NonFiniteLoss, train
+    from train.metrics import read_metrics
+
+    scratch = Path(tempfile.mkdtemp(prefix="experiment-", dir=RESULTS.parent))
+    config = dataclasses.replace(config, workdir=str(scratch / "run"), progress_bar=False, async_checkpoints=False)
+    t0 = time.perf_counter()
+    try:
+        summary = {**train(config), "diverged": False}
+    except NonFiniteLoss as e:
+        summary = {"diverged": True, "error": str(e), "validation": None}
+    summary["seconds"] = time.perf_counter() - t0
+    summary["train_curve"] = [(r["step"], r["loss"]) for r in read_metrics(config.workdir) if r["split"] == "train"]
+    shutil.rmtree(scratch, ignore_errors=True)
+    summary.pop("workdir", None)
+    summary.pop("loss_curve", None)
+    return summary
+
+
+def save(name: str, result: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=1, default=float) + "\n")
+    return path
+
+
+def load(name: str) -> dict:
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: run `python scripts/experiments.py {name}` first")
+    return json.loads(path.read_text())
+
+
+def mean_spread(values) -> str:
+    """``mean ± half the range`` of finite values (``n/a`` when none), 3 decimals."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.fmean(values):.3f} ± {(max(values) - min(values)) / 2:.3f}"
+
+
+def markdown_table(header: list[str], rows: list[list], caption: str | None = None) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + (f"\n\n{caption}" if caption else "")
+
+
+def write_report(tables: dict[str, str]) -> list[str]:
+    """Replace each ``<!-- table:NAME -->...<!-- /table:NAME -->`` block of REPORT.md with the
+    generated table; returns the names it filled. A name with no markers is an error."""
+    text = REPORT.read_text()
+    for name, table in tables.items():
+        pattern = re.compile(rf"(<!-- table:{re.escape(name)} -->\n).*?(<!-- /table:{re.escape(name)} -->)", re.S)
+        if not pattern.search(text):
+            raise ValueError(f"REPORT.md has no <!-- table:{name} --> ... <!-- /table:{name} --> markers")
+        text = pattern.sub(lambda m: m.group(1) + table.rstrip("\n") + "\n" + m.group(2), text)
+    REPORT.write_text(text)
+    return sorted(tables)
+
+
+def figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

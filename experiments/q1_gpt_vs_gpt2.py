@@ -1,0 +1,160 @@
+"""Question 1, GPT vs GPT-2: which of GPT-2's three architectural changes matter, alone and together?
+
+GPT-2 moved LayerNorm to the input of each sub-block (pre-LN), added a LayerNorm after the last
+block, and drew the residual output projections with std 0.02/sqrt(2 n_layer). Each change is
+switched on alone on top of GPT's post-LN block, and all three together (GPT-2), at two depths,
+with and without learning-rate warmup, over several seeds, on the SOTU corpus. Each run reports
+its final validation loss and whether it diverged; the gradient norm of every layer at
+initialisation shows the effect Xiong et al. (2020) describe: post-LN gradients grow towards the
+output layer, pre-LN gradients do not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+import optax
+
+import models
+from experiments import common
+from train.config import TrainConfig
+
+VARIANTS = {  # name -> (pre_ln, final_ln, scale_residual_init)
+    "GPT (post-LN)": (False, False, False),
+    "+ pre-LN only": (True, False, False),
+    "+ final LN only": (False, True, False),
+    "+ scaled init only": (False, False, True),
+    "GPT-2 (all three)": (True, True, True),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    d_model: int = 64
+    n_head: int = 4
+    depths: tuple[int, ...] = (3, 12)
+    seq_len: int = 64
+    batch_size: int = 16
+    steps: int = 200
+    learning_rate: float = 2e-3
+    warmup_frac: float = 0.1
+    seeds: tuple[int, ...] = (0, 1)
+    eval_batches: int | None = 8
+
+
+CPU = Scale()
+ACCELERATOR = Scale(d_model=256, n_head=8, depths=(6, 24), seq_len=128, batch_size=32, steps=2000,
+                    learning_rate=1e-3, seeds=(0, 1, 2), eval_batches=None)
+
+
+def model_overrides(scale: Scale, depth: int, variant: str) -> dict:
+    pre_ln, final_ln, scaled = VARIANTS[variant]
+    return dict(
+        vocab_size=common.SOTU_VOCAB, n_positions=scale.seq_len, d_model=scale.d_model, n_head=scale.n_head,
+        d_ff=4 * scale.d_model, n_layer=depth, pre_ln=pre_ln, final_ln=final_ln, scale_residual_init=scaled,
+        embd_dropout=0.0, attn_dropout=0.0, resid_dropout=0.0,
+    )
+
+
+def run_config(scale: Scale, files: dict, depth: int, variant: str, warmup: bool, seed: int) -> TrainConfig:
+    return TrainConfig(
+        model="gpt2-mini", model_overrides=model_overrides(scale, depth, variant),
+        train_data=files["train"], eval_data=files["validation"], tokenizer=files["tokenizer"],
+        seq_len=scale.seq_len, batch_size=scale.batch_size, steps=scale.steps, learning_rate=scale.learning_rate,
+        warmup_steps=round(scale.warmup_frac * scale.steps) if warmup else 0, seed=seed,
+        log_every=max(scale.steps // 15, 1), eval_every=scale.steps, checkpoint_every=scale.steps,
+        eval_max_batches=scale.eval_batches, keep_checkpoints=1,
+    )
+
+
+def layer_grad_norms(config: TrainConfig) -> list[float]:
+    """Global norm of each block's gradient at initialisation, on the run's first training batch."""
+    from train.data.tokenizers import load_tokenizer, tokenizer_id
+    from train.tasks import LanguageModeling, make_task
+
+    tokenizer = load_tokenizer(config.tokenizer)
+    task = make_task(config, tokenizer, tokenizer_id(config.tokenizer))
+    batch = next(task.train_batches(task.load_corpus(config.train_data, "train"), config.batch_size, 0, 1))
+    module = config.model_config().module()
+    params = models.init_params(module, jax.random.split(jax.random.PRNGKey(config.seed))[0])
+    grads = jax.jit(jax.grad(lambda p: LanguageModeling.loss(module, p, batch, jax.random.PRNGKey(0), True)[0]))(params)
+    return [float(optax.tree.norm(grads[f"blocks_{i}"])) for i in range(module.config.n_layer)]
+
+
+def run(scale: bool = False) -> dict:
+    s = ACCELERATOR if scale else CPU
+    files = common.sotu_files()
+    common.share_compilations()
+    runs, grad_norms = [], {}
+    for depth in s.depths:
+        for variant in VARIANTS:
+            grad_norms[f"{variant} @ {depth}"] = layer_grad_norms(run_config(s, files, depth, variant, True, 0))
+            for warmup in (True, False):
+                for seed in s.seeds:
+                    summary = common.train_run(run_config(s, files, depth, variant, warmup, seed))
+                    runs.append({"depth": depth, "variant": variant, "warmup": warmup, "seed": seed,
+                                 "validation_loss": (summary.get("validation") or {}).get("loss"),
+                                 "diverged": summary["diverged"], "seconds": summary["seconds"],
+                                 "train_curve": summary["train_curve"]})
+                    print(f"q1 depth {depth} {variant} warmup={warmup} seed {seed}: "
+                          f"{runs[-1]['validation_loss']} ({summary['seconds']:.0f} s)", flush=True)
+    presets = {name: {"vocab_size": c.vocab_size, "context": c.n_positions, "pre_ln": c.pre_ln,
+                      "final_ln": c.final_ln, "scale_residual_init": c.scale_residual_init}
+               for name, c in ((n, models.get_config(n)) for n in ("openai-gpt", "gpt2"))}
+    result = {"question": 1, "scale": dataclasses.asdict(s), "runs": runs, "grad_norms_at_init": grad_norms,
+              "presets": presets}
+    common.save("q1", result)
+    plot(result)
+    return result
+
+
+def plot(result: dict) -> None:
+    plt = common.figure()
+    depths = result["scale"]["depths"]
+    fig, axes = plt.subplots(1, len(depths), figsize=(5 * len(depths), 3.6))
+    for ax, depth in zip(np.atleast_1d(axes), depths):
+        for variant in VARIANTS:
+            norms = result["grad_norms_at_init"][f"{variant} @ {depth}"]
+            ax.plot(range(1, len(norms) + 1), norms, marker="o", label=variant)
+        ax.set_yscale("log")
+        ax.set_xlabel("layer")
+        ax.set_ylabel("gradient norm at init")
+        ax.set_title(f"{depth} layers")
+        ax.grid(alpha=0.3)
+    np.atleast_1d(axes)[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(common.RESULTS / "q1_grad_norms.png", dpi=100)
+    plt.close(fig)
+
+
+def tables(result: dict) -> dict[str, str]:
+    s = result["scale"]
+    rows = []
+    for depth in s["depths"]:
+        for variant in VARIANTS:
+            row = [depth, variant]
+            for warmup in (True, False):
+                runs = [r for r in result["runs"] if r["depth"] == depth and r["variant"] == variant
+                        and r["warmup"] == warmup]
+                row.append(common.mean_spread(r["validation_loss"] for r in runs))
+                row.append(f"{sum(r['diverged'] for r in runs)}/{len(runs)}")
+            norms = result["grad_norms_at_init"][f"{variant} @ {depth}"]
+            row.append(f"{norms[-1] / norms[0]:.2f}")
+            rows.append(row)
+    runs_table = common.markdown_table(
+        ["layers", "variant", "val loss, warmup", "diverged", "val loss, no warmup", "diverged",
+         "grad norm last/first layer at init"], rows,
+        f"d_model {s['d_model']}, {s['n_head']} heads, SOTU with the 8k sentencepiece vocabulary, "
+        f"{s['steps']} steps of {s['batch_size']} x {s['seq_len']} tokens, AdamW peak lr {s['learning_rate']}, "
+        f"cosine decay, warmup {int(s['warmup_frac'] * 100)}% of the steps or none, no dropout; "
+        f"mean ± half-range over seeds {list(s['seeds'])}; validation loss in nats/token on "
+        f"{'the whole validation split' if s['eval_batches'] is None else str(s['eval_batches']) + ' batches'}.",
+    )
+    presets = common.markdown_table(
+        ["preset", "vocabulary", "context", "pre-LN", "final LN", "scaled residual init"],
+        [[name, f"{p['vocab_size']:,}", p["context"], p["pre_ln"], p["final_ln"], p["scale_residual_init"]]
+         for name, p in result["presets"].items()],
+    )
+    return {"q1-runs": runs_table, "q1-presets": presets}
