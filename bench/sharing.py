@@ -7,7 +7,9 @@ depth, hidden size and embedding size:
 - ``bert``: BERT (its embedding size is the hidden size);
 - ``albert-unshared``: ALBERT with one layer group per layer (no sharing), E = H;
 - ``albert-shared``: ALBERT with one group shared by every layer, E = H;
-- ``albert-shared-factorised``: the same with ALBERT's factorised embeddings (E < H), for scale.
+- ``albert-unshared-factorised`` / ``albert-shared-factorised``: ALBERT as released, factorised
+  embeddings (E < H), with one group per layer or one group for all: the pair that differs only
+  in ``num_hidden_groups``.
 
 Sharing divides the parameter count by the depth but not the arithmetic: every layer still
 runs its matrices, so the FLOPs per token stay the same; what changes is the memory holding
@@ -47,7 +49,8 @@ class SharingSpec:
 
 
 def variants(spec: SharingSpec) -> dict:
-    """(preset, overrides) of each contender; dropout off in all (ALBERT v2 has none)."""
+    """(preset, overrides) of each contender; dropout off in all (ALBERT v2 has none). The first is
+    the baseline of the ratios."""
     shape = dict(num_hidden_layers=spec.num_hidden_layers, hidden_size=spec.hidden_size,
                  num_attention_heads=spec.num_attention_heads, intermediate_size=spec.intermediate_size,
                  vocab_size=spec.vocab_size, max_position_embeddings=max(512, spec.seq_len),
@@ -57,23 +60,11 @@ def variants(spec: SharingSpec) -> dict:
         "albert-unshared": ("albert-base-v2", dict(shape, embedding_size=spec.hidden_size,
                                                    num_hidden_groups=spec.num_hidden_layers)),
         "albert-shared": ("albert-base-v2", dict(shape, embedding_size=spec.hidden_size, num_hidden_groups=1)),
+        "albert-unshared-factorised": ("albert-base-v2", dict(shape, embedding_size=spec.factorised_embedding_size,
+                                                              num_hidden_groups=spec.num_hidden_layers)),
         "albert-shared-factorised": ("albert-base-v2", dict(shape, embedding_size=spec.factorised_embedding_size,
                                                             num_hidden_groups=1)),
     }
-
-
-def _median_time(fn, steps: int, warmup: int) -> tuple[float, float]:
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    compile_s = time.perf_counter() - t0
-    for _ in range(warmup):
-        jax.block_until_ready(fn())
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), compile_s
 
 
 def random_batch(spec: SharingSpec, rng: np.random.Generator) -> dict:
@@ -90,7 +81,9 @@ def random_batch(spec: SharingSpec, rng: np.random.Generator) -> dict:
     }
 
 
-def bench_variant(name: str, preset: str, overrides: dict, spec: SharingSpec) -> dict:
+def prepare_variant(preset: str, overrides: dict, spec: SharingSpec) -> dict:
+    """A variant's compiled train step and inference forward pass, each a call that blocks on its
+    result, and what the result reports about it."""
     module, config = models.create(preset, **overrides)
     objective = "sop" if config.family == "albert" else "nsp"
     task = types.SimpleNamespace(loss=functools.partial(pair_pretraining_loss, objective=objective))
@@ -100,32 +93,63 @@ def bench_variant(name: str, preset: str, overrides: dict, spec: SharingSpec) ->
     step = make_train_step(module, task, tx, jax.random.PRNGKey(1), shardings, mesh, grad_accum=1)
     batch = random_batch(spec, np.random.default_rng(0))
     train_batch = sharding.global_batch(jax.tree.map(lambda x: x[None], batch), sharding.batch_sharding(mesh, 1))
+    forward = jax.jit(lambda p, x: module.apply({"params": p}, x["input_ids"], attention_mask=x["attention_mask"],
+                                                token_type_ids=x["token_type_ids"])["hidden"])
     holder = {"state": state}
 
     def train_once():
         holder["state"], sums = step(holder["state"], train_batch)
-        return sums
+        jax.block_until_ready(holder["state"])
 
-    train_s, train_compile = _median_time(train_once, spec.steps, spec.warmup)
-    forward = jax.jit(lambda p, x: module.apply({"params": p}, x["input_ids"], attention_mask=x["attention_mask"],
-                                                token_type_ids=x["token_type_ids"])["hidden"])
-    infer_s, infer_compile = _median_time(lambda: forward(holder["state"].params, batch), spec.steps, spec.warmup)
-    tokens = spec.batch_size * spec.seq_len
+    def infer_once():
+        jax.block_until_ready(forward(holder["state"].params, batch))
+
+    compile_s = {}
+    for name, call in (("train", train_once), ("inference", infer_once)):
+        t0 = time.perf_counter()
+        call()
+        compile_s[name] = time.perf_counter() - t0
+        for _ in range(spec.warmup):
+            call()
     return {
-        "variant": name,
-        "params": models.count_params(holder["state"].params),
-        "embedding_size": getattr(config, "embedding_size", config.hidden_size),
-        "layer_groups": getattr(config, "num_hidden_groups", config.num_hidden_layers),
-        "train_step_s": train_s,
-        "train_tokens_per_s": tokens / train_s,
-        "inference_s": infer_s,
-        "inference_tokens_per_s": tokens / infer_s,
-        "compile_s": {"train": train_compile, "inference": infer_compile},
+        "calls": {"train": train_once, "inference": infer_once},
+        "info": {
+            "params": models.count_params(holder["state"].params),
+            "embedding_size": getattr(config, "embedding_size", config.hidden_size),
+            "layer_groups": getattr(config, "num_hidden_groups", config.num_hidden_layers),
+            "compile_s": compile_s,
+        },
     }
 
 
+def attention_flops_fraction(spec: SharingSpec) -> float:
+    """Attention's share of the model FLOPs per token in one layer: ``12 d seq`` (scores and
+    weighted sum, forward and backward) against ``6 (4 d^2 + 2 d d_ff)`` for its matrices."""
+    d = spec.hidden_size
+    attention = 12 * d * spec.seq_len
+    return attention / (attention + 6 * (4 * d * d + 2 * d * spec.intermediate_size))
+
+
 def compare_sharing(spec: SharingSpec) -> dict:
-    rows = [bench_variant(name, preset, overrides, spec) for name, (preset, overrides) in variants(spec).items()]
+    """Every variant compiled and warmed up first, then timed in ``steps`` interleaved rounds (one
+    train step and one forward pass of each per round, the lead rotating), so a change in the
+    machine's speed hits every variant alike; medians over rounds."""
+    prepared = {name: prepare_variant(preset, overrides, spec) for name, (preset, overrides) in variants(spec).items()}
+    names = list(prepared)
+    times = {name: {"train": [], "inference": []} for name in names}
+    for r in range(spec.steps):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            for kind, call in prepared[name]["calls"].items():
+                t0 = time.perf_counter()
+                call()
+                times[name][kind].append(time.perf_counter() - t0)
+    tokens = spec.batch_size * spec.seq_len
+    rows = []
+    for name in names:
+        train_s, infer_s = (statistics.median(times[name][k]) for k in ("train", "inference"))
+        rows.append({"variant": name, **prepared[name]["info"], "train_step_s": train_s,
+                     "train_tokens_per_s": tokens / train_s, "inference_s": infer_s,
+                     "inference_tokens_per_s": tokens / infer_s})
     base = rows[0]
     for row in rows:
         row["train_step_vs_bert"] = row["train_step_s"] / base["train_step_s"]
@@ -135,5 +159,6 @@ def compare_sharing(spec: SharingSpec) -> dict:
         "spec": dataclasses.asdict(spec),
         "device": str(jax.devices()[0].device_kind),
         "dropout": "off in all variants",
+        "attention_flops_fraction": attention_flops_fraction(spec),
         "rows": rows,
     }

@@ -22,7 +22,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--data", required=True, help="text/JSONL/Parquet/CSV file(s), or a dataset name")
     parser.add_argument("--tokenizer", help="default: the run's tokenizer (required for HF folders)")
     parser.add_argument("--text-field", default="text")
-    parser.add_argument("--task", choices=["lm", "mlm_nsp", "mlm_sop"],
+    parser.add_argument("--task", choices=["lm", "mlm", "mlm_nsp", "mlm_sop"],
                         help="default: the run's, else lm for GPT, mlm_nsp for BERT, mlm_sop for ALBERT")
     parser.add_argument("--seq-len", type=int, help="default: the run's, else the model's context")
     parser.add_argument("--batch-size", type=int, default=8)

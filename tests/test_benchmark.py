@@ -104,6 +104,8 @@ def test_sharing_benchmark_script_reports_every_variant():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     rows = {r["variant"]: r for r in json.loads(done.stdout)["rows"]}
-    assert set(rows) == {"bert", "albert-unshared", "albert-shared", "albert-shared-factorised"}
+    assert set(rows) == {"bert", "albert-unshared", "albert-shared", "albert-unshared-factorised",
+                         "albert-shared-factorised"}
+    assert rows["albert-shared-factorised"]["params"] < rows["albert-unshared-factorised"]["params"]
     assert rows["albert-shared"]["params"] < rows["albert-unshared"]["params"]
     assert rows["albert-shared"]["layer_groups"] == 1 and rows["albert-unshared"]["layer_groups"] == 2

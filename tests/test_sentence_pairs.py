@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 
 from train.data import sentence_pairs
 from train.data.sentence_pairs import PairEncoder, SentencePairBatches, build_pair, make_pairs, mask_tokens
@@ -151,3 +152,29 @@ def test_encoders_pretrain_and_evaluate_in_the_main_loop(corpus, tmp_path, model
     result = evaluate_checkpoint(tmp_path / "run", str(root / "validation.jsonl"))
     assert result["pairs"] > 0 and result["tokens"] > 0
     assert result[f"{objective}_loss"] == pytest.approx(summary["validation"][f"{objective}_loss"], rel=1e-5)
+
+
+def test_masked_lm_alone_is_the_mlm_part_of_the_pair_objective(corpus, tmp_path):
+    """Task ``mlm`` (the NSP ablation): the same pair batches, the loss without the NSP term."""
+    import jax
+
+    import models
+    from train.data.tokenizers import load_tokenizer
+    from train.tasks import make_task
+
+    config = tiny_config(corpus, tmp_path, model="bert-tiny", task="mlm_nsp",
+                         model_overrides={"vocab_size": 120, "max_position_embeddings": 32})
+    tokenizer = load_tokenizer(config.tokenizer)
+    pair_task = make_task(config, tokenizer, "spm")
+    mlm_task = make_task(config.__class__(**{**config.to_dict(), "task": "mlm"}), tokenizer, "spm")
+    docs = pair_task.load_corpus(config.train_data, "train")
+    batch = next(pair_task.train_batches(docs, 4, 0, 1))
+    assert all(np.array_equal(batch[k], v) for k, v in next(mlm_task.train_batches(docs, 4, 0, 1)).items())
+    module = models.create("bert-tiny", **config.model_overrides)[0]
+    params = models.init_params(module, jax.random.PRNGKey(0))
+    rng = jax.random.PRNGKey(1)
+    pair_loss, pair_sums = pair_task.loss(module, params, batch, rng, True)
+    mlm_loss, mlm_sums = mlm_task.loss(module, params, batch, rng, True)
+    nsp = pair_sums["pair_nll"] / pair_sums["pair_weight"]
+    np.testing.assert_allclose(mlm_loss, pair_loss - nsp, rtol=1e-6)
+    assert set(mlm_task.summarize(mlm_sums)) == {"loss", "mlm_loss", "mlm_accuracy", "tokens"}

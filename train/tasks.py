@@ -102,32 +102,37 @@ class LanguageModeling:
         }
 
 
-def pair_pretraining_loss(module, params, batch, rng, deterministic: bool, objective: str):
-    """Mean masked-LM loss plus mean NSP/SOP loss, and their additive statistics."""
+def pair_pretraining_loss(module, params, batch, rng, deterministic: bool, objective: str | None):
+    """Mean masked-LM loss plus mean NSP/SOP loss, and their additive statistics. With ``objective``
+    None the loss is the masked LM's alone (the sentence-pair head, if any, is not used)."""
     out = module.apply(
         {"params": params}, batch["input_ids"], attention_mask=batch["attention_mask"],
         token_type_ids=batch["token_type_ids"], deterministic=deterministic, rngs={"dropout": rng},
     )
-    key = f"{objective}_logits"
-    if "mlm_logits" not in out or key not in out:
-        raise ValueError(f"masked-LM + {objective.upper()} pretraining needs a model with MLM and "
-                         f"{objective.upper()} heads; this one gives {sorted(out)}")
+    needed = ["mlm_logits"] + ([f"{objective}_logits"] if objective else [])
+    if any(key not in out for key in needed):
+        heads = "MLM" + (f" and {objective.upper()}" if objective else "")
+        raise ValueError(f"this pretraining task needs a model with {heads} heads; this one gives {sorted(out)}")
     mlm = cross_entropy_sums(out["mlm_logits"], batch["mlm_labels"], batch["mlm_weights"])
-    pair = cross_entropy_sums(out[key], batch["pair_labels"], batch["pair_weights"])
-    sums = {"mlm_nll": mlm["nll"], "mlm_weight": mlm["weight"], "mlm_correct": mlm["correct"],
-            "pair_nll": pair["nll"], "pair_weight": pair["weight"], "pair_correct": pair["correct"]}
-    loss = mlm["nll"] / jnp.maximum(mlm["weight"], 1.0) + pair["nll"] / jnp.maximum(pair["weight"], 1.0)
+    sums = {"mlm_nll": mlm["nll"], "mlm_weight": mlm["weight"], "mlm_correct": mlm["correct"]}
+    loss = mlm["nll"] / jnp.maximum(mlm["weight"], 1.0)
+    if objective:
+        pair = cross_entropy_sums(out[f"{objective}_logits"], batch["pair_labels"], batch["pair_weights"])
+        sums.update(pair_nll=pair["nll"], pair_weight=pair["weight"], pair_correct=pair["correct"])
+        loss = loss + pair["nll"] / jnp.maximum(pair["weight"], 1.0)
     return loss, sums
 
 
 class MaskedLMWithPairs:
     """BERT/ALBERT pretraining: masked LM plus next-sentence (``nsp``) or sentence-order (``sop``)
     prediction on ``[CLS] A [SEP] B [SEP]`` pairs (see ``train.data.sentence_pairs``); the loss is the
-    sum of the two means, as in the papers."""
+    sum of the two means, as in the papers. Without ``pair_loss`` (task ``mlm``) the inputs are the
+    same pairs and the loss is the masked LM's alone: the ablation of the sentence-level objective."""
 
-    def __init__(self, config, tokenizer, tokenizer_key: str, objective: str):
+    def __init__(self, config, tokenizer, tokenizer_key: str, objective: str, pair_loss: bool = True):
         self.config, self.tokenizer, self.tokenizer_key, self.objective = config, tokenizer, tokenizer_key, objective
-        self.name = f"mlm_{objective}"
+        self.pair_loss = pair_loss
+        self.name = f"mlm_{objective}" if pair_loss else "mlm"
         self.encoder = sentence_pairs.PairEncoder(
             sentence_pairs.special_ids(tokenizer), max_len=config.seq_len, rate=config.mask_rate,
             word_start_table=sentence_pairs.word_start_table(tokenizer) if config.whole_word_masking else None,
@@ -153,27 +158,26 @@ class MaskedLMWithPairs:
         )
 
     def loss(self, module, params, batch, rng, deterministic: bool):
-        return pair_pretraining_loss(module, params, batch, rng, deterministic, self.objective)
+        return pair_pretraining_loss(module, params, batch, rng, deterministic, self.objective if self.pair_loss else None)
 
     def summarize(self, sums) -> dict:
         s = jax.tree.map(float, sums)
         mlm_loss = s["mlm_nll"] / max(s["mlm_weight"], 1.0)
-        pair_loss = s["pair_nll"] / max(s["pair_weight"], 1.0)
-        return {
-            "loss": mlm_loss + pair_loss,
-            "mlm_loss": mlm_loss,
-            "mlm_accuracy": s["mlm_correct"] / max(s["mlm_weight"], 1.0),
-            f"{self.objective}_loss": pair_loss,
-            f"{self.objective}_accuracy": s["pair_correct"] / max(s["pair_weight"], 1.0),
-            "tokens": int(s["mlm_weight"]),
-            "pairs": int(s["pair_weight"]),
-        }
+        metrics = {"loss": mlm_loss, "mlm_loss": mlm_loss, "mlm_accuracy": s["mlm_correct"] / max(s["mlm_weight"], 1.0),
+                   "tokens": int(s["mlm_weight"])}
+        if "pair_nll" in s:
+            pair_loss = s["pair_nll"] / max(s["pair_weight"], 1.0)
+            metrics.update({"loss": mlm_loss + pair_loss, f"{self.objective}_loss": pair_loss,
+                            f"{self.objective}_accuracy": s["pair_correct"] / max(s["pair_weight"], 1.0),
+                            "pairs": int(s["pair_weight"])})
+        return metrics
 
 
 TASKS = {
     "lm": LanguageModeling,
     "mlm_nsp": functools.partial(MaskedLMWithPairs, objective="nsp"),
     "mlm_sop": functools.partial(MaskedLMWithPairs, objective="sop"),
+    "mlm": functools.partial(MaskedLMWithPairs, objective="nsp", pair_loss=False),
 }
 
 

@@ -1,0 +1,130 @@
+"""Question 3, BERT vs ALBERT v2: what do factorised embeddings and cross-layer sharing save, and
+does sharing regularise?
+
+Part 1 counts, from parameter shapes alone, every released ALBERT size three ways: as released
+(E = 128, one shared group), with embeddings as wide as the hidden states (E = H), and without
+sharing (one group per layer), next to the BERT of the same width. Part 2 pretrains a small
+ALBERT (masked LM + sentence order) on SOTU with and without sharing and with and without dropout,
+and compares the validation loss and the gap between training and validation loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+
+import models
+from experiments import common
+from train.config import load_config
+
+RELEASED = ("albert-base-v2", "albert-large-v2", "albert-xlarge-v2", "albert-xxlarge-v2")
+BERT_OF_WIDTH = {768: "bert-base-uncased", 1024: "bert-large-uncased"}
+
+
+def parameter_counts() -> list[dict]:
+    rows = []
+    for name in RELEASED:
+        c = models.get_config(name)
+        count = lambda **o: models.count_params(models.get_config(name, **o).module())  # noqa: E731
+        row = {
+            "preset": name, "layers": c.num_hidden_layers, "hidden": c.hidden_size, "embedding": c.embedding_size,
+            "released": count(), "unfactorised": count(embedding_size=c.hidden_size),
+            "unshared": count(num_hidden_groups=c.num_hidden_layers),
+            "neither": count(embedding_size=c.hidden_size, num_hidden_groups=c.num_hidden_layers),
+        }
+        bert = BERT_OF_WIDTH.get(c.hidden_size)
+        row["bert"] = bert
+        row["bert_params"] = models.count_params(models.create(bert)[0]) if bert else None
+        rows.append(row)
+    return rows
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    steps: int = 300
+    seeds: tuple[int, ...] = (0, 1)
+    dropout: float = 0.1
+    eval_batches: int | None = 30
+
+
+CPU = Scale()
+ACCELERATOR = Scale(steps=5000, seeds=(0, 1, 2), eval_batches=None)
+VARIANTS = {  # name -> (shared, dropout)
+    "shared, no dropout (ALBERT v2)": (True, False),
+    "shared, dropout": (True, True),
+    "unshared, no dropout": (False, False),
+    "unshared, dropout": (False, True),
+}
+
+
+def pretrain(scale: Scale, shared: bool, dropout: bool, seed: int) -> dict:
+    base = load_config("albert-mini-sotu")
+    depth = models.get_config(base.model, **base.model_overrides).num_hidden_layers
+    rate = scale.dropout if dropout else 0.0
+    overrides = {**base.model_overrides, "num_hidden_groups": 1 if shared else depth,
+                 "hidden_dropout_prob": rate, "attention_probs_dropout_prob": rate}
+    files = common.sotu_files()
+    config = dataclasses.replace(
+        base, model_overrides=overrides, steps=scale.steps, warmup_steps=scale.steps // 10, seed=seed,
+        train_data=files["train"], eval_data=files["validation"], tokenizer=files["tokenizer"],
+        eval_every=scale.steps, checkpoint_every=scale.steps, eval_max_batches=scale.eval_batches,
+        log_every=max(scale.steps // 20, 1), keep_checkpoints=1,
+    )
+    summary = common.train_run(config)
+    curve = summary["train_curve"]
+    tail = [loss for _, loss in curve[-max(len(curve) // 5, 1):]]  # the last fifth of the logged steps
+    validation = summary.get("validation") or {}
+    return {
+        "shared": shared, "dropout": dropout, "seed": seed, "params": summary.get("params"),
+        "train_loss": statistics.fmean(tail) if tail else None, "validation_loss": validation.get("loss"),
+        "validation_mlm_loss": validation.get("mlm_loss"), "validation_sop_accuracy": validation.get("sop_accuracy"),
+        "diverged": summary["diverged"], "seconds": summary["seconds"], "train_curve": curve,
+    }
+
+
+def run(scale: bool = False) -> dict:
+    s = ACCELERATOR if scale else CPU
+    common.share_compilations()
+    runs = []
+    for name, (shared, dropout) in VARIANTS.items():
+        for seed in s.seeds:
+            runs.append({"variant": name, **pretrain(s, shared, dropout, seed)})
+            print(f"q3 {name} seed {seed}: val {runs[-1]['validation_loss']} ({runs[-1]['seconds']:.0f} s)", flush=True)
+    base = load_config("albert-mini-sotu")
+    result = {"question": 3, "counts": parameter_counts(), "scale": dataclasses.asdict(s), "runs": runs,
+              "model": {"preset": base.model, **base.model_overrides}, "task": base.task, "max_ngram": base.max_ngram}
+    common.save("q3", result)
+    return result
+
+
+def tables(result: dict) -> dict[str, str]:
+    m = lambda n: f"{n / 1e6:.1f}M"  # noqa: E731
+    counts = common.markdown_table(
+        ["preset", "L", "H", "E", "released (E, shared)", "E = H, shared", "E, unshared", "E = H, unshared",
+         "saved by factorising", "saved by sharing", "BERT of width H"],
+        [[r["preset"], r["layers"], r["hidden"], r["embedding"], m(r["released"]), m(r["unfactorised"]),
+          m(r["unshared"]), m(r["neither"]), m(r["unfactorised"] - r["released"]), m(r["unshared"] - r["released"]),
+          f"{r['bert']} {m(r['bert_params'])}" if r["bert"] else "none released"] for r in result["counts"]],
+        "Parameters counted from shapes (`models.count_params`), heads for masked LM and sentence order included. "
+        "'Saved by factorising' is E = H minus released, with sharing; 'saved by sharing' is unshared minus "
+        "released, with factorised embeddings.",
+    )
+    s, rows = result["scale"], []
+    for name in VARIANTS:
+        runs = [r for r in result["runs"] if r["variant"] == name]
+        rows.append([name, f"{runs[0]['params']:,}" if runs[0]["params"] else "n/a",
+                     common.mean_spread(r["train_loss"] for r in runs),
+                     common.mean_spread(r["validation_loss"] for r in runs),
+                     common.mean_spread(r["validation_mlm_loss"] for r in runs),
+                     common.mean_spread(r["validation_loss"] - r["train_loss"] for r in runs
+                                        if r["validation_loss"] is not None and r["train_loss"] is not None)])
+    model = result["model"]
+    training = common.markdown_table(
+        ["variant", "parameters", "train loss (last 20%)", "validation loss", "validation MLM loss",
+         "validation - train"], rows,
+        f"`{model['preset']}` shape ({model}), {result['task']} (masked LM with n-grams up to {result['max_ngram']} "
+        f"+ sentence order), SOTU with the 8k sentencepiece vocabulary, {s['steps']} steps of 16 x 128 tokens, "
+        f"dropout {s['dropout']} where on; losses are masked LM + SOP in nats; mean ± half-range over seeds "
+        f"{list(s['seeds'])}; validation on {'all' if s['eval_batches'] is None else s['eval_batches']} batches.",
+    )
+    return {"q3-counts": counts, "q3-training": training}

@@ -1,0 +1,49 @@
+"""Question 4: does ALBERT's parameter sharing leave training and inference time unchanged?
+
+The sharing benchmark (``bench.sharing``) times BERT and ALBERT encoders of the same depth and
+width, with and without cross-layer sharing, in interleaved rounds in one process: once at a
+short sequence, where the layers' matrices dominate the FLOPs, and once at a long one, where
+attention does.
+"""
+
+from __future__ import annotations
+
+from bench.sharing import SharingSpec, compare_sharing
+from experiments import common
+
+CPU = {
+    "short sequence": SharingSpec(seq_len=128, batch_size=8, steps=5),
+    "long sequence": SharingSpec(hidden_size=256, num_attention_heads=4, intermediate_size=1024, seq_len=2048,
+                                 batch_size=1, steps=5),
+}
+ACCELERATOR = {
+    "short sequence": SharingSpec(num_hidden_layers=12, hidden_size=768, num_attention_heads=12,
+                                  intermediate_size=3072, seq_len=128, batch_size=64, steps=20),
+    "long sequence": SharingSpec(num_hidden_layers=12, hidden_size=768, num_attention_heads=12,
+                                 intermediate_size=3072, seq_len=8192, batch_size=1, steps=20),
+}
+
+
+def run(scale: bool = False) -> dict:
+    settings = ACCELERATOR if scale else CPU
+    result = {"question": 4, "settings": {name: compare_sharing(spec) for name, spec in settings.items()}}
+    common.save("q4", result)
+    return result
+
+
+def tables(result: dict) -> dict[str, str]:
+    out = {}
+    for i, (name, r) in enumerate(result["settings"].items()):
+        s = SharingSpec(**r["spec"])
+        rows = [[row["variant"], row["embedding_size"], row["layer_groups"], f"{row['params']:,}",
+                 f"{row['train_step_s']:.3f}", f"{row['train_step_vs_bert']:.2f}", f"{row['inference_s'] * 1e3:.0f}",
+                 f"{row['inference_vs_bert']:.2f}"] for row in r["rows"]]
+        caption = (f"{name}: {s.num_hidden_layers} layers, hidden {s.hidden_size}, {s.num_attention_heads} heads, MLP "
+                   f"{s.intermediate_size}, vocabulary {s.vocab_size:,}, batch {s.batch_size} x {s.seq_len} tokens; "
+                   f"attention is {r['attention_flops_fraction']:.0%} of a layer's FLOPs per token. Medians of "
+                   f"{s.steps} interleaved rounds after compilation on {r['device']}, dropout off.")
+        out[f"q4-{i + 1}"] = common.markdown_table(
+            ["variant", "E", "layer groups", "parameters", "train step (s)", "vs BERT", "inference (ms)", "vs BERT"],
+            rows, caption)
+    return out
+
