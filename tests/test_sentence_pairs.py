@@ -137,8 +137,6 @@ def test_eval_pass_covers_every_pair_once():
 @pytest.mark.slow
 @pytest.mark.parametrize("model,task", [("bert-tiny", "mlm_nsp"), ("albert-tiny", "mlm_sop")])
 def test_encoders_pretrain_and_evaluate_in_the_main_loop(corpus, tmp_path, model, task):
-    from conftest import tiny_config
-
     from train.evaluation import evaluate_checkpoint
     from train.loop import train
 
