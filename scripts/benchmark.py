@@ -22,6 +22,7 @@ from train.malloc import retain_freed_memory
 # Before numpy and JAX start their threads (see train/malloc.py); JAXLM_MALLOC=default turns it off.
 ALLOCATOR = retain_freed_memory() if __name__ == "__main__" else "default"
 
+from bench.loop_idle import measure_loop_idle  # noqa: E402
 from bench.sharing import SharingSpec, compare_sharing  # noqa: E402
 from bench.spec import BenchSpec  # noqa: E402
 from bench.train_step import benchmark_train_step, compare_reference  # noqa: E402
@@ -42,8 +43,9 @@ def parse_overrides(items):
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=["train-step", "sharing"], default="train-step",
-                        help="sharing: BERT vs ALBERT with and without cross-layer sharing (bench/sharing.py)")
+    parser.add_argument("--mode", choices=["train-step", "sharing", "loop-idle"], default="train-step",
+                        help="sharing: BERT vs ALBERT with and without cross-layer sharing (bench/sharing.py); "
+                             "loop-idle: the training loop's step time against the bare step's (bench/loop_idle.py)")
     parser.add_argument("--model", default="gpt2", help="a preset of models.PRESETS")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a model config field (repeatable), e.g. --set scan_layers=true")
@@ -74,6 +76,10 @@ def main(argv=None) -> dict:
     sharing.add_argument("--embedding-size", type=int, default=SharingSpec.factorised_embedding_size,
                          help="E of the factorised ALBERT row")
     sharing.add_argument("--vocab-size", type=int, default=SharingSpec.vocab_size)
+    idle = parser.add_argument_group("--mode loop-idle: a training config, as scripts/train.py takes it")
+    idle.add_argument("--config", default="gpt2-mini-sotu", help="a registered config or a .py file")
+    idle.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a training config field (repeatable), e.g. --train-set model=gpt2-tiny")
     args = parser.parse_args(argv)
 
     if args.mode == "sharing":
@@ -83,6 +89,10 @@ def main(argv=None) -> dict:
             vocab_size=args.vocab_size, seq_len=args.seq_len, batch_size=args.batch_size, steps=args.steps,
             warmup=args.warmup,
         ))
+        print(json.dumps(result, indent=2))
+        return result
+    if args.mode == "loop-idle":
+        result = measure_loop_idle(args.config, args.train_set, bare_steps=args.steps)
         print(json.dumps(result, indent=2))
         return result
     spec = BenchSpec(
