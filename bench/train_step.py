@@ -136,12 +136,8 @@ def our_config(spec: BenchSpec):
 
 
 def one_device_mesh():
-    """A ``data`` x ``model`` mesh of one device (``make_mesh`` when there is only one)."""
-
-
-    if jax.device_count() == 1:
-        return sharding.make_mesh({"data": 1, "model": 1})
-    return Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
+    """A mesh of the first device alone, with the training loop's axes."""
+    return Mesh(np.asarray(jax.devices()[:1]).reshape((1,) * len(sharding.AXES)), sharding.AXES)
 
 
 def prepare_ours(spec: BenchSpec) -> Contender:

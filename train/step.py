@@ -20,10 +20,14 @@ class TrainState:
     opt_state: Any
 
 
+def boxed_param_shapes(module):
+    """Parameter shapes with their logical axis names (``nn.Partitioned`` leaves), from shapes alone."""
+    return jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))["params"])
+
+
 def params_sharding(module, mesh):
     """Where each parameter lives on the mesh, from the logical axis names the model gives it."""
-    boxed = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))["params"])
-    return sharding.logical_shardings(boxed, mesh)
+    return sharding.logical_shardings(boxed_param_shapes(module), mesh)
 
 
 def init_state(module, tx, rng, mesh):
@@ -45,7 +49,7 @@ def init_state(module, tx, rng, mesh):
         params = models.init_params(module, r)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
-    return jax.jit(init, out_shardings=shardings)(rng), shardings
+    return jax.jit(sharding.with_axis_rules(init, mesh), out_shardings=shardings)(rng), shardings
 
 
 def make_train_step(module, task, tx, base_rng, shardings, mesh, grad_accum: int):
@@ -54,7 +58,9 @@ def make_train_step(module, task, tx, base_rng, shardings, mesh, grad_accum: int
     Gradients are averaged over the microbatches (a ``lax.scan``, so memory holds one
     microbatch's activations; no scan when there is one). Dropout keys are derived from the
     step, so a resumed run draws the same dropout masks as an uninterrupted one. The state is
-    donated.
+    donated. The step is traced under the mesh and the axis rules, so the models' activation
+    constraints take effect. Its metrics (the task's sums and ``grad_norm``) stay on the device:
+    reading one blocks until the step is done.
     """
 
     def step(state: TrainState, batch):
@@ -82,7 +88,8 @@ def make_train_step(module, task, tx, base_rng, shardings, mesh, grad_accum: int
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), sums
 
     batch_sh = sharding.batch_sharding(mesh, leading=1)
-    return jax.jit(step, in_shardings=(shardings, batch_sh), out_shardings=(shardings, None), donate_argnums=0)
+    return jax.jit(sharding.with_axis_rules(step, mesh), in_shardings=(shardings, batch_sh),
+                   out_shardings=(shardings, None), donate_argnums=0)
 
 
 def make_eval_step(module, task, param_shardings, mesh):
@@ -91,4 +98,4 @@ def make_eval_step(module, task, param_shardings, mesh):
     def step(params, batch):
         return task.loss(module, params, batch, jax.random.PRNGKey(0), True)[1]
 
-    return jax.jit(step, in_shardings=(param_shardings, sharding.batch_sharding(mesh)))
+    return jax.jit(sharding.with_axis_rules(step, mesh), in_shardings=(param_shardings, sharding.batch_sharding(mesh)))
