@@ -169,9 +169,11 @@ def prepare_ours(spec: BenchSpec) -> Contender:
 
     holder = {"state": state}
 
-    def call():
+    def call(wait: bool = True):
+        """One step; ``wait=False`` only queues it (for timing steps back to back)."""
         new_state, sums = compiled(holder["state"], batch)
-        jax.block_until_ready(new_state)
+        if wait:
+            jax.block_until_ready(new_state)
         holder["state"] = new_state
         holder["sums"] = sums
 
