@@ -30,20 +30,22 @@ def params_sharding(module, mesh):
     return sharding.logical_shardings(boxed_param_shapes(module), mesh)
 
 
-def init_state(module, tx, rng, mesh):
-    """Initialise parameters and optimizer state directly in their sharded layout.
-
-    Returns the state and its shardings (parameters from their logical axis names; optimizer
-    statistics follow the parameters they belong to, everything else is replicated).
-    """
+def state_shardings(module, tx, mesh) -> TrainState:
+    """Where the train state lives: parameters by their logical axis names; optimizer statistics
+    follow the parameters they belong to; everything else is replicated."""
     param_shardings = params_sharding(module, mesh)
-    abstract_params = models.param_shapes(module)
-    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    abstract_opt = jax.eval_shape(tx.init, models.param_shapes(module))
     opt_shardings = optax.tree_map_params(
         tx, lambda _, s: s, abstract_opt, param_shardings,
         transform_non_params=lambda _: sharding.replicated(mesh),
     )
-    shardings = TrainState(step=sharding.replicated(mesh), params=param_shardings, opt_state=opt_shardings)
+    return TrainState(step=sharding.replicated(mesh), params=param_shardings, opt_state=opt_shardings)
+
+
+def init_state(module, tx, rng, mesh):
+    """Initialise parameters and optimizer state directly in their sharded layout; returns the
+    state and its shardings (:func:`state_shardings`)."""
+    shardings = state_shardings(module, tx, mesh)
 
     def init(r):
         params = models.init_params(module, r)
