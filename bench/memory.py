@@ -270,3 +270,20 @@ def compiled_memory(spec: MemorySpec) -> dict:
              for k in ("inputs", "targets")}
     return {"backend": jax.default_backend(), "devices": jax.device_count(),
             "xla_memory": xla_memory(step.lower(state, batch).compile())}
+
+
+def largest_batch(spec: MemorySpec) -> dict | None:
+    """The plan of the largest global batch (a multiple of the data-parallel size x grad_accum)
+    that fits, from two plans: per-device bytes grow linearly with the batch. None if one
+    step of the smallest batch does not fit."""
+    mesh_sizes = sharding.mesh_shape(spec.mesh, spec.device_count)
+    unit = sharding.batch_parallelism(mesh_sizes) * spec.grad_accum
+    one, two = (plan(dataclasses.replace(spec, batch_size=n * unit)) for n in (1, 2))
+    if not one["fits"]:
+        return None
+    usable = one["usable_gib"] * GIB
+    static, per_unit = one["bytes_per_device"]["total"], two["bytes_per_device"]["total"] - one["bytes_per_device"]["total"]
+    n = int((usable - static) // per_unit) + 1 if per_unit > 0 else 1
+    while n > 1 and not (best := plan(dataclasses.replace(spec, batch_size=n * unit)))["fits"]:
+        n -= 1
+    return best if n > 1 else one

@@ -2,7 +2,7 @@
 
 1. MFU: the bf16 train step of ``gpt2`` (124M; fp32 parameters and AdamW, bf16 compute, dropout
    off, 1024 tokens per row) at the largest batch the memory plan (``bench/memory.py``) fits on
-   this device, timed by ``bench/train_step.py``, against the device's dense bf16 peak (a table
+   this device (whole rows, not only powers of two), timed by ``bench/train_step.py``, against the device's dense bf16 peak (a table
    of known GPUs, else a measured matmul). The target is 50% on an H100.
 2. Fit: the plan's largest batch for ``gpt2-xl`` with fp32 AdamW on this device (dropout off, no
    remat, layers scanned for a short compile) is trained for two steps, and the batch above it
@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as a file: import the repository's packages
 import jax  # noqa: E402
 
 from bench.measure import device_peak_bytes, environment, matmul_peak_flops  # noqa: E402
-from bench.memory import MemorySpec, plan  # noqa: E402
+from bench.memory import MemorySpec, largest_batch  # noqa: E402
 from bench.spec import BenchSpec  # noqa: E402
 from bench.train_step import benchmark_train_step, prepare_ours  # noqa: E402
 from train import cli  # noqa: E402
@@ -41,24 +41,17 @@ def device_memory_gib() -> float:
     return stats["bytes_limit"] / (1 << 30) if "bytes_limit" in stats else None
 
 
-def largest_fitting_batch(spec_fields: dict, memory_gib: float, candidates) -> tuple[int | None, dict]:
-    """The largest batch of ``candidates`` whose plan fits in ``memory_gib`` (all of it usable:
-    ``bytes_limit`` is already what JAX may use), and that plan."""
-    best, best_plan = None, None
-    for batch in candidates:
-        result = plan(MemorySpec(batch_size=batch, device="custom", device_memory_gib=memory_gib, usable_fraction=1.0,
-                                 **spec_fields))
-        if not result["fits"]:
-            break
-        best, best_plan = batch, result
-    return best, best_plan
+def largest(fields: dict, memory_gib: float) -> dict | None:
+    """The memory plan of the largest batch that fits ``memory_gib`` (all of it: ``bytes_limit``
+    is already what JAX may use), or None."""
+    return largest_batch(MemorySpec(device="custom", device_memory_gib=memory_gib, usable_fraction=1.0, **fields))
 
 
 def mfu(model: str, memory_gib: float, seq_len: int, peak: float | None) -> dict:
-    fields = dict(model=model, seq_len=seq_len, dtype="bfloat16", model_overrides=NO_DROPOUT)
-    batch, planned = largest_fitting_batch(fields, memory_gib, [2 ** k for k in range(12)])
-    if batch is None:
+    planned = largest(dict(model=model, seq_len=seq_len, dtype="bfloat16", model_overrides=NO_DROPOUT), memory_gib)
+    if planned is None:
         raise ValueError(f"{model} at one row of {seq_len} tokens does not fit {memory_gib:.1f} GiB")
+    batch = planned["spec"]["batch_size"]
     spec = BenchSpec(model=model, seq_len=seq_len, batch_size=batch, dtype="bfloat16", steps=10, warmup=2)
     if peak is None:
         measured = matmul_peak_flops("bfloat16")
@@ -92,8 +85,8 @@ def try_steps(model: str, batch: int, seq_len: int) -> dict:
 
 
 def fit(model: str, memory_gib: float, seq_len: int) -> dict:
-    fields = dict(model=model, seq_len=seq_len, model_overrides={"scan_layers": True, **NO_DROPOUT})
-    batch, planned = largest_fitting_batch(fields, memory_gib, range(1, 65))
+    planned = largest(dict(model=model, seq_len=seq_len, model_overrides={"scan_layers": True, **NO_DROPOUT}), memory_gib)
+    batch = planned and planned["spec"]["batch_size"]
     out = {"model": model, "seq_len": seq_len, "device_memory_gib": memory_gib, "planned_largest_batch": batch}
     if batch is None:
         out["prediction"] = "does not fit at one row"

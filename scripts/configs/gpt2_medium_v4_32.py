@@ -21,7 +21,7 @@ def get_config() -> TrainConfig:
         streaming=True,
         seq_len=1024,
         batch_size=512,  # 0.5M tokens per step: 32 rows per chip
-        grad_accum=2,  # microbatches of 16 rows per chip
+        grad_accum=8,  # microbatches of 4 rows per chip: 24.5 GiB of the 32 (scripts/benchmark.py --mode memory)
         mesh={"data": 4, "fsdp": 4, "model": 1},  # fsdp within each host's 4 chips, data across hosts
         steps=100_000,
         learning_rate=3e-4,
