@@ -136,12 +136,8 @@ def our_config(spec: BenchSpec):
 
 
 def one_device_mesh():
-    """A ``data`` x ``model`` mesh of one device (``make_mesh`` when there is only one)."""
-
-
-    if jax.device_count() == 1:
-        return sharding.make_mesh({"data": 1, "model": 1})
-    return Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
+    """A mesh of the first device alone, with the training loop's axes."""
+    return Mesh(np.asarray(jax.devices()[:1]).reshape((1,) * len(sharding.AXES)), sharding.AXES)
 
 
 def prepare_ours(spec: BenchSpec) -> Contender:
@@ -173,9 +169,11 @@ def prepare_ours(spec: BenchSpec) -> Contender:
 
     holder = {"state": state}
 
-    def call():
+    def call(wait: bool = True):
+        """One step; ``wait=False`` only queues it (for timing steps back to back)."""
         new_state, sums = compiled(holder["state"], batch)
-        jax.block_until_ready(new_state)
+        if wait:
+            jax.block_until_ready(new_state)
         holder["state"] = new_state
         holder["sums"] = sums
 

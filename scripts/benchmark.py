@@ -22,6 +22,8 @@ from train.malloc import retain_freed_memory
 # Before numpy and JAX start their threads (see train/malloc.py); JAXLM_MALLOC=default turns it off.
 ALLOCATOR = retain_freed_memory() if __name__ == "__main__" else "default"
 
+from bench.loop_idle import measure_loop_idle  # noqa: E402
+from bench.memory import DEVICES, MemorySpec, compiled_memory, plan  # noqa: E402
 from bench.sharing import SharingSpec, compare_sharing  # noqa: E402
 from bench.spec import BenchSpec  # noqa: E402
 from bench.train_step import benchmark_train_step, compare_reference  # noqa: E402
@@ -40,10 +42,29 @@ def parse_overrides(items):
     return out
 
 
+def memory_mode(args) -> dict:
+    spec = MemorySpec(
+        model=args.model, model_overrides=parse_overrides(args.set), mesh=args.mesh, batch_size=args.batch_size,
+        grad_accum=args.grad_accum, seq_len=args.seq_len, dtype=args.dtype, param_dtype=args.param_dtype,
+        remat=args.remat, device=args.device, device_memory_gib=args.device_memory_gib,
+        usable_fraction=args.usable_fraction, attention=args.attention,
+    )
+    if args.compile:
+        import jax
+
+        jax.config.update("jax_num_cpu_devices", spec.device_count)  # before anything starts a backend
+    result = plan(spec)
+    if args.compile:
+        result["compiled"] = compiled_memory(spec)
+    return result
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=["train-step", "sharing"], default="train-step",
-                        help="sharing: BERT vs ALBERT with and without cross-layer sharing (bench/sharing.py)")
+    parser.add_argument("--mode", choices=["train-step", "sharing", "loop-idle", "memory"], default="train-step",
+                        help="sharing: BERT vs ALBERT with and without cross-layer sharing (bench/sharing.py); "
+                             "loop-idle: the training loop's step time against the device's (bench/loop_idle.py); "
+                             "memory: bytes per device of a training configuration, from shapes (bench/memory.py)")
     parser.add_argument("--model", default="gpt2", help="a preset of models.PRESETS")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a model config field (repeatable), e.g. --set scan_layers=true")
@@ -74,6 +95,22 @@ def main(argv=None) -> dict:
     sharing.add_argument("--embedding-size", type=int, default=SharingSpec.factorised_embedding_size,
                          help="E of the factorised ALBERT row")
     sharing.add_argument("--vocab-size", type=int, default=SharingSpec.vocab_size)
+    idle = parser.add_argument_group("--mode loop-idle: a training config, as scripts/train.py takes it")
+    idle.add_argument("--config", default="gpt2-mini-sotu", help="a registered config or a .py file")
+    idle.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a training config field (repeatable), e.g. --train-set model=gpt2-tiny")
+    memory = parser.add_argument_group("--mode memory (also --model, --set, --seq-len, --batch-size, --dtype)")
+    memory.add_argument("--mesh", type=json.loads, default={"data": 1}, help='JSON, e.g. \'{"fsdp": 16}\'')
+    memory.add_argument("--grad-accum", type=int, default=1)
+    memory.add_argument("--param-dtype", default="float32", choices=["float32", "bfloat16"])
+    memory.add_argument("--remat", default="none", help="none, full, dots, dots_no_batch")
+    memory.add_argument("--device", default="h100-80gb", help=f"one of {', '.join(DEVICES)}, or custom")
+    memory.add_argument("--device-memory-gib", type=float, help="memory per device (with --device custom)")
+    memory.add_argument("--usable-fraction", type=float, help="share of it JAX may use (default: the device's)")
+    memory.add_argument("--attention", default="auto", choices=["auto", "xla", "flash"])
+    memory.add_argument("--compile", action="store_true",
+                        help="also compile the train step from shapes on this machine (simulated CPU devices when "
+                             "the mesh needs more) and report XLA's memory analysis next to the plan")
     args = parser.parse_args(argv)
 
     if args.mode == "sharing":
@@ -83,6 +120,14 @@ def main(argv=None) -> dict:
             vocab_size=args.vocab_size, seq_len=args.seq_len, batch_size=args.batch_size, steps=args.steps,
             warmup=args.warmup,
         ))
+        print(json.dumps(result, indent=2))
+        return result
+    if args.mode == "memory":
+        result = memory_mode(args)
+        print(json.dumps(result, indent=2))
+        return result
+    if args.mode == "loop-idle":
+        result = measure_loop_idle(args.config, args.train_set, bare_steps=args.steps)
         print(json.dumps(result, indent=2))
         return result
     spec = BenchSpec(

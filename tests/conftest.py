@@ -6,6 +6,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import contextlib
 import json
 import random
 
@@ -59,3 +60,23 @@ def tiny_config(corpus, workdir, **kw):
     )
     values.update(kw)
     return TrainConfig(**values)
+
+
+@contextlib.contextmanager
+def lowerings():
+    """The jitted functions lowered or compiled for XLA inside the block (a list of durations
+    that fills as they happen): empty means nothing reached XLA."""
+    import jax
+
+    seen = []
+    events = ("/jax/core/compile/jaxpr_to_mlir_module_duration", "/jax/core/compile/backend_compile_duration")
+
+    def listener(event, duration, **_):
+        if event in events:
+            seen.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield seen
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)

@@ -7,6 +7,11 @@ complete, so a run killed mid-save resumes from the last complete step. A folder
 run of another config is never reused: resuming it is refused with the differences listed.
 A step that cannot be restored (damaged files) is moved aside to ``corrupt/`` in the run folder,
 never deleted, and the run resumes from the newest step that restores.
+
+Arrays are saved with their shardings: with several processes each writes only its own shards
+(the run folder must then be on a filesystem every process sees), and a checkpoint restores
+onto any mesh, e.g. one saved on 8 data-parallel devices onto a 2 x 2 x 2 mesh, or onto one CPU.
+Process 0 alone writes ``run.json`` and holds the folder's lock.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import jax
 import orbax.checkpoint as ocp
 
 import models
+from train import distributed
+from train.config import TrainConfig
 from train.sharding import make_mesh
 from train.step import params_sharding
 
@@ -56,8 +63,8 @@ class Checkpoints:
     def __init__(self, workdir, run_identity: dict, model_config, *, keep: int, async_save: bool = True):
         self.workdir = Path(workdir).absolute()
         self.record = {"run": run_identity, "model": _model_dict(model_config)}
-        self._claim()
-        self._lock()
+        self._lock_file = None
+        self._claim_once()
         self.manager = ocp.CheckpointManager(
             self.workdir / "checkpoints",
             item_names=ITEMS,
@@ -67,6 +74,23 @@ class Checkpoints:
             ),
         )
 
+    def _claim_once(self) -> None:
+        """Process 0 claims and locks the folder; with several processes (sharing one filesystem)
+        the others then learn whether it succeeded, so that all stop on a refusal."""
+        error = None
+        if jax.process_index() == 0:
+            try:
+                self._claim()
+                self._lock()
+            except CheckpointError as e:
+                error = e
+        if error is not None:
+            if jax.process_count() > 1:
+                distributed.agree(False)
+            raise error
+        if jax.process_count() > 1 and not distributed.agree(True):
+            raise CheckpointError(f"process 0 refused the run folder {self.workdir}; its message says why")
+
     def _claim(self) -> None:
         """Write run.json, or check that the one already there describes this same run."""
         path = self.workdir / "run.json"
@@ -75,6 +99,8 @@ class Checkpoints:
                 saved = json.loads(path.read_text())
             except json.JSONDecodeError as e:
                 raise CheckpointError(f"{path} is corrupt ({e}); choose another workdir") from None
+            # Fields that became resumable (e.g. the mesh) no longer tell runs apart.
+            saved["run"] = {k: v for k, v in saved.get("run", {}).items() if k not in TrainConfig.RESUMABLE}
             diffs = _differences(saved, json.loads(json.dumps(self.record)))
             if diffs:
                 raise CheckpointError(
@@ -161,9 +187,12 @@ class Checkpoints:
     def _move_aside(self, step: int) -> Path:
         """Move a step folder out of orbax's sight, into ``corrupt/`` of the run folder."""
         corrupt = self.workdir / "corrupt"
-        corrupt.mkdir(exist_ok=True)
         dest = corrupt / f"step-{step}-{time.strftime('%Y%m%d-%H%M%S')}"
-        os.replace(self.manager.directory / str(step), dest)
+        if jax.process_index() == 0:
+            corrupt.mkdir(exist_ok=True)
+            os.replace(self.manager.directory / str(step), dest)
+        if jax.process_count() > 1:
+            distributed.agree(True)  # every process waits for the move before looking again
         self.manager.reload()
         return dest
 
@@ -172,7 +201,8 @@ class Checkpoints:
 
     def close(self) -> None:
         self.manager.close()
-        self._lock_file.close()
+        if self._lock_file is not None:
+            self._lock_file.close()
 
 
 def save_params(workdir, model_config, params, run_info: dict) -> Path:

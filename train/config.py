@@ -16,6 +16,7 @@ from typing import Callable
 
 from models.registry import check_type, get_config
 from train.data.downloads import cache_dir
+from train.sharding import check_mesh_axes
 
 
 @dataclasses.dataclass
@@ -51,8 +52,9 @@ class TrainConfig:
     b2: float = 0.95
     clip_norm: float = 1.0
     seed: int = 0
-    # Devices: mesh axis sizes, -1 for "all remaining devices".
-    mesh: dict = dataclasses.field(default_factory=lambda: {"data": -1, "model": 1})
+    # Devices: mesh axis sizes (train.sharding: data, fsdp, model), -1 for "all remaining
+    # devices", e.g. {"data": 2, "fsdp": 2, "model": 2}; absent axes have size 1.
+    mesh: dict = dataclasses.field(default_factory=lambda: {"data": -1, "fsdp": 1, "model": 1})
     # Bookkeeping.
     workdir: str = "runs/default"
     log_every: int = 10
@@ -63,10 +65,11 @@ class TrainConfig:
     async_checkpoints: bool = True
     progress_bar: bool = True
 
-    # Fields that may change when a run is resumed; every other field must match.
+    # Fields that may change when a run is resumed; every other field must match. A run resumed
+    # on another mesh continues within fp32 reduction tolerance of one that never moved.
     RESUMABLE = (
         "steps", "log_every", "eval_every", "eval_max_batches", "checkpoint_every", "keep_checkpoints",
-        "async_checkpoints", "progress_bar", "eval_data", "workdir",
+        "async_checkpoints", "progress_bar", "eval_data", "workdir", "mesh",
     )
 
     def __post_init__(self):
@@ -80,6 +83,7 @@ class TrainConfig:
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size={self.batch_size} is not divisible by grad_accum={self.grad_accum}")
         self.model_config()  # an unknown preset or a bad model override fails here, before any work
+        check_mesh_axes(self.mesh)
 
     def model_config(self):
         """The model's config: the preset ``model`` with ``model_overrides``, type-checked."""

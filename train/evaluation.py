@@ -86,11 +86,12 @@ def evaluate_checkpoint(checkpoint, data_source, *, tokenizer=None, task=None, s
     task_obj = make_task(config, tok, tokenizer_id(tokenizer))
     corpus = task_obj.load_corpus(data_source, split)
     mesh = sharding.make_mesh()
+    sharding.check_batch(batch_size, 1, dict(mesh.shape))
+    index, count = sharding.batch_split(mesh)
     shardings = params_sharding(module, mesh)
     params = jax.device_put(params, shardings)
     metrics = evaluate(make_eval_step(module, task_obj, shardings, mesh), params, task_obj,
-                       task_obj.eval_batches(corpus, batch_size, jax.process_index(), jax.process_count()),
-                       mesh, max_batches)
+                       task_obj.eval_batches(corpus, batch_size // count, index, count), mesh, max_batches)
     result = {**metrics, "checkpoint": str(checkpoint), "step": run.get("step"), "seq_len": seq_len}
     if unigram_from is not None and max_batches is None:
         if task_obj.name != "lm":

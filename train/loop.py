@@ -4,6 +4,13 @@
 checkpoint (parameters, optimizer state, step, data position; dropout keys are derived from the
 step), so a run killed at any point and restarted ends with the same parameters as one never
 interrupted. SIGTERM, the preemption notice on TPU VMs, saves a checkpoint and returns.
+
+The host never waits on the device between steps: each step is queued, and the next batch is
+prepared while it runs. Metrics stay on the device until every ``log_every`` steps (and before
+every checkpoint, so that no checkpoint holds parameters from a non-finite step), when they are
+fetched and checked together. With several processes (``train.distributed``) each reads only
+its block of every batch and writes only its shards of each checkpoint; process 0 alone writes
+metrics, the progress bar and the loss curve.
 """
 
 from __future__ import annotations
@@ -14,17 +21,18 @@ import time
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 import models
 import optim
-from train import sharding
+from train import distributed, sharding
 from train.checkpoint import Checkpoints
 from train.config import TrainConfig
 from train.data.tokenizers import load_tokenizer, tokenizer_id
 from train.evaluation import evaluate
 from train.metrics import MetricWriter, plot_loss_curve
-from train.step import init_state, make_eval_step, make_train_step
+from train.step import boxed_param_shapes, init_state, make_eval_step, make_train_step
 from train.tasks import check_fit, make_task
 
 
@@ -33,20 +41,53 @@ class NonFiniteLoss(RuntimeError):
 
 
 class _Preemption:
-    """Turns SIGTERM into a flag the loop checks after each step."""
+    """SIGTERM, the preemption notice on TPU VMs, stops the loop after a step, which is saved.
+
+    One process turns the signal into a flag. With several processes JAX's preemption service
+    catches SIGTERM instead and names a step at which every process stops, so that all of them
+    save the same step.
+    """
 
     def __init__(self):
         self.requested = False
+        self.multi = jax.process_count() > 1
 
     def __enter__(self):
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        if not self.multi:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 
     def _handle(self, signum, frame):
         self.requested = True
 
+    def reached(self, step: int) -> bool:
+        """Whether to save and stop after ``step``; every process must ask at every step."""
+        return multihost_utils.reached_preemption_sync_point(step) if self.multi else self.requested
+
     def __exit__(self, *exc):
-        signal.signal(signal.SIGTERM, self._previous)
+        if not self.multi:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _all_data_states(state: dict, per_process: bool):
+    """What a checkpoint stores of the data position: the packed pipelines' state is the same on
+    every process; a stream's position is each process's own, so all of them are gathered."""
+    if per_process and jax.process_count() > 1:
+        return {"per_process": distributed.gather_json(state)}
+    return state
+
+
+def _own_data_state(saved: dict) -> dict:
+    """This process's data position from what :func:`_all_data_states` stored."""
+    if "per_process" not in saved:
+        return saved
+    states = saved["per_process"]
+    if len(states) != jax.process_count():
+        raise ValueError(
+            f"the checkpoint holds the stream positions of {len(states)} processes but this run has "
+            f"{jax.process_count()}: resume a streaming run with as many processes as it was saved with"
+        )
+    return states[jax.process_index()]
 
 
 def train(config: TrainConfig) -> dict:
@@ -54,24 +95,22 @@ def train(config: TrainConfig) -> dict:
     tokenizer = load_tokenizer(config.tokenizer)
     module, model_config = models.create(config.model, **config.model_overrides)
     check_fit(tokenizer, model_config, config.seq_len)
-    process_index, process_count = jax.process_index(), jax.process_count()
-    if config.batch_size % (process_count * config.grad_accum):
-        raise ValueError(
-            f"batch_size={config.batch_size} must divide into {process_count} hosts x {config.grad_accum} "
-            "accumulation steps"
-        )
-    per_host = config.batch_size // process_count
-    micro = per_host // config.grad_accum
+    # The mesh and the model must fit each other: checked on shapes, before anything compiles.
+    mesh = sharding.make_mesh(config.mesh)
+    sharding.check_batch(config.batch_size, config.grad_accum, dict(mesh.shape))
+    sharding.check_divisible(boxed_param_shapes(module), dict(mesh.shape))
+    # This process feeds one block of each batch's rows, and reads only those.
+    data_index, data_count = sharding.batch_split(mesh)
+    micro = config.batch_size // config.grad_accum // data_count
 
     schedule = optim.SCHEDULES[config.lr_schedule](
         config.learning_rate, config.warmup_steps, config.steps, config.end_lr_ratio
     )
     tx = optim.adamw(schedule, weight_decay=config.weight_decay, b1=config.b1, b2=config.b2, clip_norm=config.clip_norm)
-    mesh = sharding.make_mesh(config.mesh)
     task = make_task(config, tokenizer, tokenizer_id(config.tokenizer))
     train_corpus = task.load_corpus(config.train_data, "train")
     eval_corpus = task.load_corpus(config.eval_data, "validation") if config.eval_data else None
-    batches = task.train_batches(train_corpus, per_host, process_index, process_count)
+    batches = task.train_batches(train_corpus, micro * config.grad_accum, data_index, data_count)
     # Everything above validated the config: only now claim (or check) the run folder.
     checkpoints = Checkpoints(
         config.workdir, config.identity(), model_config, keep=config.keep_checkpoints,
@@ -82,61 +121,86 @@ def train(config: TrainConfig) -> dict:
     start, restored = 0, checkpoints.restore_latest(state)
     if restored:
         start, state, data_state = restored
-        batches.restore(data_state)
+        batches.restore(_own_data_state(data_state))
     train_step = make_train_step(module, task, tx, dropout_rng, shardings, mesh, config.grad_accum)
     eval_step = make_eval_step(module, task, shardings.params, mesh)
-    writer = MetricWriter(config.workdir, enabled=process_index == 0)
+    primary = jax.process_index() == 0
+    writer = MetricWriter(config.workdir, enabled=primary)
     batch_sharding = sharding.batch_sharding(mesh, leading=1)
+
+    def next_batch():
+        local = jax.tree.map(lambda x: x.reshape(config.grad_accum, micro, *x.shape[1:]), next(batches))
+        return sharding.global_batch(local, batch_sharding)
 
     def run_eval(step):
         if eval_corpus is None:
             return None
-        metrics = evaluate(eval_step, state.params, task, task.eval_batches(eval_corpus, micro, process_index, process_count),
+        metrics = evaluate(eval_step, state.params, task, task.eval_batches(eval_corpus, micro, data_index, data_count),
                            mesh, config.eval_max_batches)
         writer.write(step, "validation", metrics)
         return metrics
 
-    summary = {"workdir": str(config.workdir), "start_step": start, "params": models.count_params(state.params)}
-    window, window_start, compile_s = [], time.perf_counter(), None
-    bar = tqdm(total=config.steps, initial=start, disable=not config.progress_bar or process_index, unit="step")
-    step, eval_metrics = start, None
-    with _Preemption() as preemption:
-        while step < config.steps:
-            local = jax.tree.map(lambda x: x.reshape(config.grad_accum, micro, *x.shape[1:]), next(batches))
-            t0 = time.perf_counter()
-            state, sums = train_step(state, sharding.global_batch(local, batch_sharding))
+    pending = []  # (step, metrics still on the device) of the steps not yet checked
+
+    def fetch_pending() -> list[tuple[float, int, float]]:
+        """Wait for the pending steps, stop on a non-finite one, and return their (loss, tokens,
+        grad norm). Runs before every checkpoint, so none holds parameters from a bad step."""
+        out = []
+        for at, sums in jax.device_get(pending):
             grad_norm = float(sums.pop("grad_norm"))
             metrics = task.summarize(sums)
-            step += 1
-            if compile_s is None:  # the first step includes compilation: keep it out of tokens/s
-                compile_s = time.perf_counter() - t0
-                window_start = time.perf_counter()
             if not math.isfinite(metrics["loss"]) or not math.isfinite(grad_norm):
                 checkpoints.wait()
                 raise NonFiniteLoss(
-                    f"non-finite loss ({metrics['loss']}) at step {step}; stopped without saving. "
-                    f"The last good checkpoint is step {checkpoints.latest_step()} in {config.workdir}. "
-                    "Lower the learning rate or check the data, then resume."
+                    f"non-finite loss ({metrics['loss']}) or gradient norm ({grad_norm}) at step {at}; stopped "
+                    f"without saving. The last good checkpoint is step {checkpoints.latest_step()} in "
+                    f"{config.workdir}. Lower the learning rate or check the data, then resume."
                 )
-            window.append((metrics["loss"], metrics["tokens"], grad_norm))
+            out.append((metrics["loss"], metrics["tokens"], grad_norm))
+        pending.clear()
+        return out
+
+    summary = {"workdir": str(config.workdir), "start_step": start, "params": models.count_params(state.params),
+               "mesh": dict(mesh.shape), "processes": jax.process_count()}
+    window, window_start, compile_s = [], time.perf_counter(), None
+    bar = tqdm(total=config.steps, initial=start, disable=not config.progress_bar or not primary, unit="step")
+    step, eval_metrics = start, None
+    batch = next_batch() if step < config.steps else None
+    with _Preemption() as preemption:
+        while step < config.steps:
+            t0 = time.perf_counter()
+            state, sums = train_step(state, batch)  # queued: the device runs it while the host goes on
+            step += 1
+            pending.append((step, sums))
+            if compile_s is None:  # the first step includes compilation: keep it out of tokens/s
+                jax.block_until_ready(sums)
+                compile_s = time.perf_counter() - t0
+                window_start = time.perf_counter()
+            stop = preemption.reached(step)
+            save = step % config.checkpoint_every == 0 or step == config.steps or stop
+            data_state = batches.state() if save else None  # the position after this step's batch
+            if step < config.steps and not stop:
+                batch = next_batch()
             bar.update(1)
-            if step % config.log_every == 0 or step == config.steps:
+            log = step % config.log_every == 0 or step == config.steps
+            if log or save:
+                window += fetch_pending()
+            if log:
                 elapsed = time.perf_counter() - window_start
-                tokens = sum(w[1] for w in window) * process_count
                 row = {
                     "loss": float(np.mean([w[0] for w in window])),
                     "grad_norm": float(np.mean([w[2] for w in window])),
                     "lr": float(schedule(step - 1)),
-                    "tokens_per_sec": tokens / elapsed if elapsed > 0 else None,
+                    "tokens_per_sec": sum(w[1] for w in window) / elapsed if elapsed > 0 else None,
                 }
                 writer.write(step, "train", row)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_sec'] or 0:.0f}")
                 window, window_start = [], time.perf_counter()
             if step % config.eval_every == 0 or step == config.steps:
                 eval_metrics = run_eval(step)
-            if step % config.checkpoint_every == 0 or step == config.steps or preemption.requested:
-                checkpoints.save(step, state, batches.state())
-            if preemption.requested:
+            if save:
+                checkpoints.save(step, state, _all_data_states(data_state, config.streaming))
+            if stop:
                 summary["preempted"] = True
                 break
     bar.close()
@@ -144,6 +208,6 @@ def train(config: TrainConfig) -> dict:
     checkpoints.close()
     writer.close()
     summary.update(step=step, compile_seconds=compile_s, validation=eval_metrics)
-    if process_index == 0 and not summary.get("preempted"):
+    if primary and not summary.get("preempted"):
         summary["loss_curve"] = str(plot_loss_curve(config.workdir))
     return summary

@@ -20,32 +20,38 @@ class TrainState:
     opt_state: Any
 
 
+def boxed_param_shapes(module):
+    """Parameter shapes with their logical axis names (``nn.Partitioned`` leaves), from shapes alone."""
+    return jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))["params"])
+
+
 def params_sharding(module, mesh):
     """Where each parameter lives on the mesh, from the logical axis names the model gives it."""
-    boxed = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))["params"])
-    return sharding.logical_shardings(boxed, mesh)
+    return sharding.logical_shardings(boxed_param_shapes(module), mesh)
 
 
-def init_state(module, tx, rng, mesh):
-    """Initialise parameters and optimizer state directly in their sharded layout.
-
-    Returns the state and its shardings (parameters from their logical axis names; optimizer
-    statistics follow the parameters they belong to, everything else is replicated).
-    """
+def state_shardings(module, tx, mesh) -> TrainState:
+    """Where the train state lives: parameters by their logical axis names; optimizer statistics
+    follow the parameters they belong to; everything else is replicated."""
     param_shardings = params_sharding(module, mesh)
-    abstract_params = models.param_shapes(module)
-    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    abstract_opt = jax.eval_shape(tx.init, models.param_shapes(module))
     opt_shardings = optax.tree_map_params(
         tx, lambda _, s: s, abstract_opt, param_shardings,
         transform_non_params=lambda _: sharding.replicated(mesh),
     )
-    shardings = TrainState(step=sharding.replicated(mesh), params=param_shardings, opt_state=opt_shardings)
+    return TrainState(step=sharding.replicated(mesh), params=param_shardings, opt_state=opt_shardings)
+
+
+def init_state(module, tx, rng, mesh):
+    """Initialise parameters and optimizer state directly in their sharded layout; returns the
+    state and its shardings (:func:`state_shardings`)."""
+    shardings = state_shardings(module, tx, mesh)
 
     def init(r):
         params = models.init_params(module, r)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
-    return jax.jit(init, out_shardings=shardings)(rng), shardings
+    return jax.jit(sharding.with_axis_rules(init, mesh), out_shardings=shardings)(rng), shardings
 
 
 def make_train_step(module, task, tx, base_rng, shardings, mesh, grad_accum: int):
@@ -54,7 +60,9 @@ def make_train_step(module, task, tx, base_rng, shardings, mesh, grad_accum: int
     Gradients are averaged over the microbatches (a ``lax.scan``, so memory holds one
     microbatch's activations; no scan when there is one). Dropout keys are derived from the
     step, so a resumed run draws the same dropout masks as an uninterrupted one. The state is
-    donated.
+    donated. The step is traced under the mesh and the axis rules, so the models' activation
+    constraints take effect. Its metrics (the task's sums and ``grad_norm``) stay on the device:
+    reading one blocks until the step is done.
     """
 
     def step(state: TrainState, batch):
@@ -82,7 +90,8 @@ def make_train_step(module, task, tx, base_rng, shardings, mesh, grad_accum: int
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), sums
 
     batch_sh = sharding.batch_sharding(mesh, leading=1)
-    return jax.jit(step, in_shardings=(shardings, batch_sh), out_shardings=(shardings, None), donate_argnums=0)
+    return jax.jit(sharding.with_axis_rules(step, mesh), in_shardings=(shardings, batch_sh),
+                   out_shardings=(shardings, None), donate_argnums=0)
 
 
 def make_eval_step(module, task, param_shardings, mesh):
@@ -91,4 +100,4 @@ def make_eval_step(module, task, param_shardings, mesh):
     def step(params, batch):
         return task.loss(module, params, batch, jax.random.PRNGKey(0), True)[1]
 
-    return jax.jit(step, in_shardings=(param_shardings, sharding.batch_sharding(mesh)))
+    return jax.jit(sharding.with_axis_rules(step, mesh), in_shardings=(param_shardings, sharding.batch_sharding(mesh)))

@@ -1,0 +1,75 @@
+"""Scale-out pieces that need no extra devices: the memory plan against XLA's analysis, the
+multi-process settings, and the example pod config."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import models
+from bench.memory import MemorySpec, largest_batch, plan
+from train import distributed, sharding
+from train.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_plan_counts_state_exactly_and_splits_it_over_fsdp():
+    n = models.count_params(models.create("gpt2-tiny")[0])
+    one = plan(MemorySpec(model="gpt2-tiny", seq_len=64, batch_size=8, device="custom", device_memory_gib=1))
+    assert one["param_count"] == n
+    assert one["bytes_per_device"]["params"] == 4 * n and one["bytes_per_device"]["optimizer"] >= 8 * n
+    split = plan(MemorySpec(model="gpt2-tiny", seq_len=64, batch_size=8, mesh={"fsdp": 8}, device="custom",
+                            device_memory_gib=1))
+    assert split["bytes_per_device"]["params"] < one["bytes_per_device"]["params"] / 4  # all but ln/bias-sized leaves
+    assert split["bytes_per_device"]["activations"] == pytest.approx(one["bytes_per_device"]["activations"] / 8)
+    with pytest.raises(ValueError, match="give every axis's size"):
+        MemorySpec(mesh={"data": -1})
+
+
+def test_largest_batch_is_the_last_that_fits():
+    spec = MemorySpec(model="gpt2-tiny", seq_len=64, device="custom", device_memory_gib=0.01)
+    best = largest_batch(spec)
+    assert best["fits"] and not plan(MemorySpec(**{**best["spec"], "batch_size": best["spec"]["batch_size"] + 1}))["fits"]
+
+
+def test_memory_mode_compiles_the_step_and_the_plan_is_near_xla(tmp_path):
+    """On this CPU, within 35% of XLA's own count for a small GPT-2 (the plan counts views as copies)."""
+    cmd = [sys.executable, "scripts/benchmark.py", "--mode", "memory", "--model", "gpt2-tiny", "--seq-len", "64",
+           "--batch-size", "8", "--set", "vocab_size=1024", "--device", "custom", "--device-memory-gib", "1", "--compile"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["fits"] and result["compiled"]["backend"] == "cpu"
+    assert result["bytes_per_device"]["total"] == pytest.approx(result["compiled"]["xla_memory"]["total_live_bytes"],
+                                                                rel=0.35)
+
+
+def test_settings_come_from_flags_or_the_launcher_environment():
+    assert distributed.settings_from_env({}) is None
+    assert distributed.settings_from_env({"WORLD_SIZE": "1"}) is None
+    assert distributed.settings_from_env({"WORLD_SIZE": "4", "RANK": "2", "MASTER_ADDR": "h0", "MASTER_PORT": "9"}) == {
+        "coordinator_address": "h0:9", "num_processes": 4, "process_id": 2}
+    assert distributed.settings_from_env({"SLURM_NTASKS": "8"}) == {}  # JAX reads the job itself
+    with pytest.raises(ValueError, match="MASTER_ADDR, MASTER_PORT is not"):
+        distributed.settings_from_env({"WORLD_SIZE": "2", "RANK": "0"})
+    assert distributed.initialize(env={}) is False  # one process: nothing started
+    with pytest.raises(ValueError, match="--num-processes --process-id missing"):
+        distributed.initialize("localhost:1234", env={})
+    with pytest.raises(ValueError, match="process id 2 is not in 0..1"):
+        distributed.initialize("localhost:1234", 2, 2, env={})
+    with pytest.raises(ValueError, match="is not HOST:PORT"):
+        distributed.initialize("localhost", 2, 0, env={})
+
+
+def test_the_pod_example_config_fits_a_v4_32_as_the_readme_says():
+    config = load_config(str(REPO / "scripts" / "configs" / "gpt2_medium_v4_32.py"))
+    sizes = sharding.mesh_shape(config.mesh, 16)
+    sharding.check_batch(config.batch_size, config.grad_accum, sizes)
+    result = plan(MemorySpec(model=config.model, model_overrides=config.model_overrides, mesh=sizes,
+                             batch_size=config.batch_size, grad_accum=config.grad_accum, seq_len=config.seq_len,
+                             dtype=config.model_overrides["dtype"], device="tpu-v4"))
+    assert result["fits"] and result["per_device_microbatch"] == [4, 1024]
+    assert result["gib_per_device"]["total"] == pytest.approx(24.5, abs=0.1)
