@@ -57,7 +57,8 @@ def train_run(config) -> dict:
     from train.loop import NonFiniteLoss, train
     from train.metrics import read_metrics
 
-    scratch = Path(tempfile.mkdtemp(prefix="experiment-", dir=RESULTS.parent))
+    (REPO / "runs").mkdir(exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="experiment-", dir=REPO / "runs"))
     config = dataclasses.replace(config, workdir=str(scratch / "run"), progress_bar=False, async_checkpoints=False)
     t0 = time.perf_counter()
     try:
