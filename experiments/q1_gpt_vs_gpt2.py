@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 import models
+import models.layers
 from experiments import common
 from train.config import TrainConfig
 
@@ -26,19 +27,24 @@ VARIANTS = {  # name -> (pre_ln, final_ln, scale_residual_init)
     "+ pre-LN only": (True, False, False),
     "+ final LN only": (False, True, False),
     "+ scaled init only": (False, False, True),
+    "+ pre-LN and final LN": (True, True, False),
     "GPT-2 (all three)": (True, True, True),
 }
+# The two ends again at a lower peak learning rate, deepest model, with warmup: is post-LN's
+# trouble the learning rate?
+LOW_LR_VARIANTS = ("GPT (post-LN)", "GPT-2 (all three)")
 
 
 @dataclasses.dataclass(frozen=True)
 class Scale:
     d_model: int = 64
     n_head: int = 4
-    depths: tuple[int, ...] = (3, 12)
+    depths: tuple[int, ...] = (2, 8)
     seq_len: int = 64
     batch_size: int = 16
     steps: int = 200
     learning_rate: float = 2e-3
+    low_learning_rate: float = 5e-4
     warmup_frac: float = 0.1
     seeds: tuple[int, ...] = (0, 1)
     eval_batches: int | None = 8
@@ -46,7 +52,7 @@ class Scale:
 
 CPU = Scale()
 ACCELERATOR = Scale(d_model=256, n_head=8, depths=(6, 24), seq_len=128, batch_size=32, steps=2000,
-                    learning_rate=1e-3, seeds=(0, 1, 2), eval_batches=None)
+                    learning_rate=1e-3, low_learning_rate=2.5e-4, seeds=(0, 1, 2), eval_batches=None)
 
 
 def model_overrides(scale: Scale, depth: int, variant: str) -> dict:
@@ -54,15 +60,17 @@ def model_overrides(scale: Scale, depth: int, variant: str) -> dict:
     return dict(
         vocab_size=common.SOTU_VOCAB, n_positions=scale.seq_len, d_model=scale.d_model, n_head=scale.n_head,
         d_ff=4 * scale.d_model, n_layer=depth, pre_ln=pre_ln, final_ln=final_ln, scale_residual_init=scaled,
-        embd_dropout=0.0, attn_dropout=0.0, resid_dropout=0.0,
+        embd_dropout=0.0, attn_dropout=0.0, resid_dropout=0.0, scan_layers=True,
     )
 
 
-def run_config(scale: Scale, files: dict, depth: int, variant: str, warmup: bool, seed: int) -> TrainConfig:
+def run_config(scale: Scale, files: dict, depth: int, variant: str, warmup: bool, seed: int,
+               learning_rate: float | None = None) -> TrainConfig:
     return TrainConfig(
         model="gpt2-mini", model_overrides=model_overrides(scale, depth, variant),
         train_data=files["train"], eval_data=files["validation"], tokenizer=files["tokenizer"],
-        seq_len=scale.seq_len, batch_size=scale.batch_size, steps=scale.steps, learning_rate=scale.learning_rate,
+        seq_len=scale.seq_len, batch_size=scale.batch_size, steps=scale.steps,
+        learning_rate=learning_rate or scale.learning_rate,
         warmup_steps=round(scale.warmup_frac * scale.steps) if warmup else 0, seed=seed,
         log_every=max(scale.steps // 15, 1), eval_every=scale.steps, checkpoint_every=scale.steps,
         eval_max_batches=scale.eval_batches, keep_checkpoints=1,
@@ -80,31 +88,41 @@ def layer_grad_norms(config: TrainConfig) -> list[float]:
     module = config.model_config().module()
     params = models.init_params(module, jax.random.split(jax.random.PRNGKey(config.seed))[0])
     grads = jax.jit(jax.grad(lambda p: LanguageModeling.loss(module, p, batch, jax.random.PRNGKey(0), True)[0]))(params)
-    return [float(optax.tree.norm(grads[f"blocks_{i}"])) for i in range(module.config.n_layer)]
+    layers = models.layers.unstack_layers(grads, module.config.n_layer, module.config.scan_layers, "blocks")
+    return [float(optax.tree.norm(layer)) for layer in layers]
 
 
 def run(scale: bool = False) -> dict:
     s = ACCELERATOR if scale else CPU
     files = common.sotu_files()
     common.share_compilations()
-    runs, grad_norms = [], {}
+    runs, low_lr_runs, grad_norms = [], [], {}
+
+    def record(rows, depth, variant, warmup, seed, learning_rate=None):
+        summary = common.train_run(run_config(s, files, depth, variant, warmup, seed, learning_rate))
+        rows.append({"depth": depth, "variant": variant, "warmup": warmup, "seed": seed,
+                     "learning_rate": learning_rate or s.learning_rate,
+                     "validation_loss": (summary.get("validation") or {}).get("loss"),
+                     "diverged": summary["diverged"], "seconds": summary["seconds"],
+                     "train_curve": summary["train_curve"]})
+        print(f"q1 depth {depth} {variant} warmup={warmup} seed {seed} lr {rows[-1]['learning_rate']}: "
+              f"{rows[-1]['validation_loss']} ({summary['seconds']:.0f} s)", flush=True)
+
     for depth in s.depths:
         for variant in VARIANTS:
             grad_norms[f"{variant} @ {depth}"] = layer_grad_norms(run_config(s, files, depth, variant, True, 0))
             for warmup in (True, False):
                 for seed in s.seeds:
-                    summary = common.train_run(run_config(s, files, depth, variant, warmup, seed))
-                    runs.append({"depth": depth, "variant": variant, "warmup": warmup, "seed": seed,
-                                 "validation_loss": (summary.get("validation") or {}).get("loss"),
-                                 "diverged": summary["diverged"], "seconds": summary["seconds"],
-                                 "train_curve": summary["train_curve"]})
-                    print(f"q1 depth {depth} {variant} warmup={warmup} seed {seed}: "
-                          f"{runs[-1]['validation_loss']} ({summary['seconds']:.0f} s)", flush=True)
+                    record(runs, depth, variant, warmup, seed)
+    for variant in LOW_LR_VARIANTS:
+        for seed in s.seeds:
+            record(low_lr_runs, max(s.depths), variant, True, seed, s.low_learning_rate)
     presets = {name: {"vocab_size": c.vocab_size, "context": c.n_positions, "pre_ln": c.pre_ln,
                       "final_ln": c.final_ln, "scale_residual_init": c.scale_residual_init}
                for name, c in ((n, models.get_config(n)) for n in ("openai-gpt", "gpt2"))}
-    result = {"question": 1, "scale": dataclasses.asdict(s), "runs": runs, "grad_norms_at_init": grad_norms,
-              "presets": presets}
+    result = {"question": 1, "scale": dataclasses.asdict(s), "runs": runs, "low_lr_runs": low_lr_runs,
+              "grad_norms_at_init": grad_norms, "presets": presets,
+              "seconds": sum(r["seconds"] for r in runs + low_lr_runs)}
     common.save("q1", result)
     plot(result)
     return result
@@ -157,4 +175,13 @@ def tables(result: dict) -> dict[str, str]:
         [[name, f"{p['vocab_size']:,}", p["context"], p["pre_ln"], p["final_ln"], p["scale_residual_init"]]
          for name, p in result["presets"].items()],
     )
-    return {"q1-runs": runs_table, "q1-presets": presets}
+    deepest = max(s["depths"])
+    low_lr = common.markdown_table(
+        ["variant", f"val loss, lr {s['low_learning_rate']}", f"val loss, lr {s['learning_rate']}"],
+        [[variant, common.mean_spread(r["validation_loss"] for r in result["low_lr_runs"] if r["variant"] == variant),
+          common.mean_spread(r["validation_loss"] for r in result["runs"] if r["variant"] == variant
+                             and r["depth"] == deepest and r["warmup"])] for variant in LOW_LR_VARIANTS],
+        f"{deepest} layers, with warmup, otherwise as above. All runs of this question took "
+        f"{result['seconds'] / 60:.0f} minutes of wall time.",
+    )
+    return {"q1-runs": runs_table, "q1-presets": presets, "q1-low-lr": low_lr}
