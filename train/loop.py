@@ -11,22 +11,21 @@ from __future__ import annotations
 import math
 import signal
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
 import models
-import optim
-from train import data, sharding
+from train import sharding
 from train.checkpoint import Checkpoints
 from train.config import TrainConfig
-from train.metrics import MetricWriter, plot_loss_curve
+from train.data.tokenizers import load_tokenizer, tokenizer_id
 from train.evaluation import evaluate
+from train.finetuning import init_params, load_pretrained, make_optimizer, write_report
+from train.metrics import MetricWriter, plot_loss_curve
 from train.step import init_state, make_eval_step, make_train_step
 from train.tasks import check_fit, make_task
-from train.data.tokenizers import load_tokenizer, tokenizer_id
 
 
 class NonFiniteLoss(RuntimeError):
@@ -53,8 +52,7 @@ class _Preemption:
 def train(config: TrainConfig) -> dict:
     """Run (or resume) training; returns a summary with the final metrics."""
     tokenizer = load_tokenizer(config.tokenizer)
-    module, model_config = models.create(config.model, **config.model_overrides)
-    check_fit(tokenizer, model_config, config.seq_len)
+    check_fit(tokenizer, config.model_config(), config.seq_len)
     process_index, process_count = jax.process_index(), jax.process_count()
     if config.batch_size % (process_count * config.grad_accum):
         raise ValueError(
@@ -64,15 +62,15 @@ def train(config: TrainConfig) -> dict:
     per_host = config.batch_size // process_count
     micro = per_host // config.grad_accum
 
-    schedule = optim.SCHEDULES[config.lr_schedule](
-        config.learning_rate, config.warmup_steps, config.steps, config.end_lr_ratio
-    )
-    tx = optim.adamw(schedule, weight_decay=config.weight_decay, b1=config.b1, b2=config.b2, clip_norm=config.clip_norm)
     mesh = sharding.make_mesh(config.mesh)
     task = make_task(config, tokenizer, tokenizer_id(config.tokenizer))
     train_corpus = task.load_corpus(config.train_data, "train")
     eval_corpus = task.load_corpus(config.eval_data, "validation") if config.eval_data else None
     batches = task.train_batches(train_corpus, per_host, process_index, process_count)
+    model_config = task.model_config(config.model_config())  # a classifier knows its classes from the data
+    module = model_config.module()
+    tx, schedule = make_optimizer(config, model_config, getattr(batches, "batches_per_epoch", None))
+    pretrained = load_pretrained(config.init_from, model_config, config.tokenizer) if config.init_from else None
     # Everything above validated the config: only now claim (or check) the run folder.
     checkpoints = Checkpoints(
         config.workdir, config.identity(), model_config, keep=config.keep_checkpoints,
@@ -80,24 +78,33 @@ def train(config: TrainConfig) -> dict:
     )
     init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     state, shardings = init_state(module, tx, init_rng, mesh)
+    summary = {"workdir": str(config.workdir)}
     start = checkpoints.latest_step() or 0
     if start:
         state, data_state = checkpoints.restore(start, state)
         batches.restore(data_state)
+    elif pretrained is not None:
+        params, report = init_params(pretrained, model_config, state.params)
+        state = state.replace(params=jax.device_put(params, shardings.params))
+        if process_index == 0:
+            write_report(config.workdir, report)
+        summary["init_from"] = {"source": report["source"], "loaded": len(report["loaded"]), "new": report["new"],
+                                "unused": report["unused"]}
     train_step = make_train_step(module, task, tx, dropout_rng, shardings, mesh, config.grad_accum)
-    eval_step = make_eval_step(module, task, shardings.params, mesh)
+    eval_step = make_eval_step(module, task, {"params": shardings.params, **shardings.model_state}, mesh)
     writer = MetricWriter(config.workdir, enabled=process_index == 0)
     batch_sharding = sharding.batch_sharding(mesh, leading=1)
 
     def run_eval(step):
         if eval_corpus is None:
             return None
-        metrics = evaluate(eval_step, state.params, task, task.eval_batches(eval_corpus, micro, process_index, process_count),
-                           mesh, config.eval_max_batches)
+        metrics = evaluate(eval_step, state.variables(), task,
+                           task.eval_batches(eval_corpus, micro, process_index, process_count), mesh,
+                           config.eval_max_batches)
         writer.write(step, "validation", metrics)
         return metrics
 
-    summary = {"workdir": str(config.workdir), "start_step": start, "params": models.count_params(state.params)}
+    summary.update(start_step=start, params=models.count_params(state.params))
     window, window_start, compile_s = [], time.perf_counter(), None
     bar = tqdm(total=config.steps, initial=start, disable=not config.progress_bar or process_index, unit="step")
     step, eval_metrics = start, None
