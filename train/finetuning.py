@@ -16,7 +16,7 @@ import models
 import optim
 from models import hf
 from models.classifier import ClassifierConfig
-from train.checkpoint import load_params
+from train.checkpoint import load_params, read_model_config
 
 # Config fields that change how a model computes or is laid out, not what its weights mean.
 NOT_ARCHITECTURE = {
@@ -159,3 +159,28 @@ def write_report(workdir, report: dict) -> Path:
     path = Path(workdir) / "init.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     return path
+
+
+def pretrained_spec(source) -> dict:
+    """TrainConfig fields that rebuild a pretrained source's model and name its tokenizer:
+    ``model`` (the preset of its family closest to it), ``model_overrides`` (the fields that
+    differ, ``head`` aside: a task picks its heads) and ``tokenizer`` (the run's, or the Hugging
+    Face folder's vocabulary)."""
+    path = Path(source)
+    if (path / "run.json").exists():
+        config, record = read_model_config(path)
+        config = config.body if isinstance(config, ClassifierConfig) else config
+        tokenizer = record["run"].get("tokenizer") or ""
+    elif (path / "config.json").exists():
+        config = hf.config_from_hf(path)
+        tokenizer = str(path / "vocab.txt") if (path / "vocab.txt").exists() else str(path)
+    else:
+        raise FileNotFoundError(f"{source}: neither a run folder (run.json) nor a Hugging Face folder (config.json)")
+
+    def differences(preset) -> dict:
+        return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+                if f.name != "head" and getattr(config, f.name) != getattr(preset, f.name)}
+
+    name = min((n for n, c in models.PRESETS.items() if type(c) is type(config)),
+               key=lambda n: len(differences(models.PRESETS[n])))
+    return {"model": name, "model_overrides": differences(models.PRESETS[name]), "tokenizer": tokenizer}
