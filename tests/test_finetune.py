@@ -188,3 +188,16 @@ def test_killed_classifier_run_resumes_to_identical_variables(corpus, labelled_d
     assert resumed.wait() == 0, resumed.stdout.read()
     _assert_bitwise_equal(load_variables(tmp_path / "killed")[2], load_variables(tmp_path / "ref")[2])
     assert np.asarray(load_variables(tmp_path / "ref")[2]["batch_stats"]["head"]["norm_0"]["var"]).std() > 0
+
+
+def test_runs_saved_before_the_fine_tuning_fields_existed_still_resume(corpus, tmp_path):
+    train(tiny_config(corpus, tmp_path / "run", steps=2, warmup_steps=1, eval_data=None))
+    run_file = tmp_path / "run" / "run.json"
+    record = json.loads(run_file.read_text())
+    added = ("init_from", "label_field", "classifier", "stlr_cut_frac", "stlr_ratio", "discriminative_factor",
+             "unfreeze_every", "unfreeze_stages", "feature_extraction")
+    record["run"] = {k: v for k, v in record["run"].items() if k not in added}
+    run_file.write_text(json.dumps(record))
+    assert train(tiny_config(corpus, tmp_path / "run", steps=3, warmup_steps=1, eval_data=None))["start_step"] == 2
+    with pytest.raises(Exception, match="discriminative_factor: checkpoint has 1.0, this run has 2.6"):
+        train(tiny_config(corpus, tmp_path / "run", steps=4, warmup_steps=1, eval_data=None, discriminative_factor=2.6))

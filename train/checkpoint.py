@@ -47,9 +47,13 @@ def _differences(saved: dict, current: dict, prefix="") -> list[str]:
 class Checkpoints:
     """The checkpoints of one run folder."""
 
-    def __init__(self, workdir, run_identity: dict, model_config, *, keep: int, async_save: bool = True):
+    def __init__(self, workdir, run_identity: dict, model_config, *, keep: int, async_save: bool = True,
+                 run_defaults: dict | None = None):
+        """``run_defaults``: the run fields' default values. A run.json written before a field
+        existed lacks it; the run it describes had the field's default."""
         self.workdir = Path(workdir).absolute()
         self.record = {"run": run_identity, "model": _model_dict(model_config)}
+        self.run_defaults = run_defaults or {}
         self._claim()
         self._lock()
         self.manager = ocp.CheckpointManager(
@@ -69,6 +73,8 @@ class Checkpoints:
                 saved = json.loads(path.read_text())
             except json.JSONDecodeError as e:
                 raise CheckpointError(f"{path} is corrupt ({e}); choose another workdir") from None
+            if isinstance(saved.get("run"), dict):
+                saved["run"] = {**json.loads(json.dumps(self.run_defaults)), **saved["run"]}
             diffs = _differences(saved, json.loads(json.dumps(self.record)))
             if diffs:
                 raise CheckpointError(

@@ -145,6 +145,11 @@ class TrainConfig:
         """The fields that define a run: a checkpoint of another identity is never resumed."""
         return {k: v for k, v in self.to_dict().items() if k not in self.RESUMABLE}
 
+    @classmethod
+    def identity_defaults(cls) -> dict:
+        """Default values of the identity fields (what a run saved before a field existed had)."""
+        return {k: v for k, v in dataclasses.asdict(cls()).items() if k not in cls.RESUMABLE}
+
 
 CONFIGS: dict[str, Callable[[], TrainConfig]] = {}
 

@@ -74,7 +74,7 @@ def train(config: TrainConfig) -> dict:
     # Everything above validated the config: only now claim (or check) the run folder.
     checkpoints = Checkpoints(
         config.workdir, config.identity(), model_config, keep=config.keep_checkpoints,
-        async_save=config.async_checkpoints,
+        async_save=config.async_checkpoints, run_defaults=TrainConfig.identity_defaults(),
     )
     init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     state, shardings = init_state(module, tx, init_rng, mesh)
