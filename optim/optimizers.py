@@ -87,12 +87,13 @@ def adamw(
     no_decay: str | None = NO_DECAY,
 ) -> optax.GradientTransformationExtraArgs:
     """Clipping, then ``optax.adamw``'s update with :func:`scale_by_adam` (per-slice step counts
-    when given). ``learning_rate`` is a float or an optax schedule of the update count."""
+    when given). ``learning_rate`` is a float or an optax schedule of the update count. The state
+    has the layout of ``optax.adamw``'s, so checkpoints written with it still restore."""
     mask = functools.partial(decay_mask, no_decay=no_decay) if no_decay else None
     chain = [clip_by_global_norm(clip_norm)] if clip_norm else []
-    chain += [
+    chain.append(optax.chain(
         scale_by_adam(b1, b2, eps),
         optax.add_decayed_weights(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
-    ]
+    ))
     return optax.chain(*chain)
