@@ -10,6 +10,10 @@ Parameters live outside the modules. The public entry points:
 The encoders return a dict (``hidden``, and ``pooled``/``mlm_logits``/``nsp_logits`` or
 ``sop_logits`` as their ``head`` says).
 
+``models.classifier`` puts a pooling and a classifier head on any of them
+(``ClassifierConfig(body_config, labels, pooling=..., head=...)``); ``param_depths`` says which
+depth each parameter belongs to, for the depth-wise fine-tuning methods of ``optim``.
+
 ``models.hf`` converts to and from Hugging Face checkpoints.
 """
 
