@@ -17,6 +17,7 @@ import optim
 from models import hf
 from models.classifier import ClassifierConfig
 from train.checkpoint import load_params, read_model_config
+from train.data.tokenizers import tokenizer_id
 
 # Config fields that change how a model computes or is laid out, not what its weights mean.
 NOT_ARCHITECTURE = {
@@ -106,8 +107,6 @@ def _check_architecture(source, theirs, ours) -> None:
 
 
 def _check_tokenizer(source, theirs: str | None, ours: str | None) -> None:
-    from train.data.tokenizers import tokenizer_id
-
     if not theirs or not ours or not Path(theirs).exists():
         return
     if tokenizer_id(theirs) != tokenizer_id(ours):
@@ -119,8 +118,8 @@ def init_params(pretrained: Pretrained, model_config, params) -> tuple[dict, dic
     """``params`` (freshly initialised, for ``model_config``) with every parameter the pretrained
     weights hold under the same path and shape -> ``(params, report)``.
 
-    A classifier's body is matched with a language model's parameters (and a classifier's body
-    with a language model's). Only heads may be new (parameters at the model's top depth,
+    A classifier's body is matched with a language model's parameters, and a language model
+    with a classifier's body. Only heads may be new (parameters at the model's top depth,
     e.g. a classifier head, or a pooler a checkpoint lacks); anything new below them is refused,
     so no layer is silently re-initialised. The report lists what was loaded, what is new and
     what in the source went unused.
