@@ -262,7 +262,7 @@ def compiled_memory(spec: MemorySpec) -> dict:
     shardings = state_shardings(module, tx, mesh)
     params = models.param_shapes(module)
     shapes = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
-                        opt_state=jax.eval_shape(tx.init, params))
+                        opt_state=jax.eval_shape(tx.init, params), model_state={})
     state = jax.tree.map(lambda x, where: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=where), shapes, shardings)
     step = make_train_step(module, LanguageModeling, tx, jax.random.PRNGKey(1), shardings, mesh, spec.grad_accum)
     rows = (spec.grad_accum, spec.batch_size // spec.grad_accum, spec.seq_len)

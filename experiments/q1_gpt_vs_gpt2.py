@@ -87,7 +87,7 @@ def layer_grad_norms(config: TrainConfig) -> list[float]:
     batch = next(task.train_batches(task.load_corpus(config.train_data, "train"), config.batch_size, 0, 1))
     module = config.model_config().module()
     params = models.init_params(module, jax.random.split(jax.random.PRNGKey(config.seed))[0])
-    grads = jax.jit(jax.grad(lambda p: LanguageModeling.loss(module, p, batch, jax.random.PRNGKey(0), True)[0]))(params)
+    grads = jax.jit(jax.grad(lambda p: LanguageModeling.loss(module, {"params": p}, batch, jax.random.PRNGKey(0), True)[0]))(params)
     layers = models.layers.unstack_layers(grads, module.config.n_layer, module.config.scan_layers, "blocks")
     return [float(optax.tree.norm(layer)) for layer in layers]
 

@@ -22,7 +22,7 @@ import dataclasses
 import flax.linen as nn
 
 from models.bert import BERT, BertConfig
-from models.layers import TransformerBlock, constrain, dense, repeat_layers
+from models.layers import TransformerBlock, constrain, dense, depth_tree, repeat_layers
 from models.registry import register
 
 
@@ -58,8 +58,27 @@ class AlbertConfig(BertConfig):
         groups = [int(i / per_group) for i in range(self.num_hidden_layers)]
         return tuple(groups.count(g) for g in range(self.num_hidden_groups))
 
-    def module(self) -> "ALBERT":
-        return ALBERT(self)
+    def module(self, **kwargs) -> "ALBERT":
+        return ALBERT(self, **kwargs)
+
+    @property
+    def head_depth(self) -> int:
+        """Depth of the heads (pooler, MLM, SOP, a classifier head); see ``param_depths``."""
+        return self.num_hidden_groups + 1
+
+    def param_depths(self, params) -> dict:
+        """0: the embeddings and their projection to the hidden size; 1..num_hidden_groups: the
+        layer groups; then the heads.
+
+        A group is one unit however many depths it serves, since one set of weights serves them
+        all: with a single group (every released ALBERT) the depth-wise methods see three units,
+        embeddings, the shared layer and the heads, so discriminative rates have three levels and
+        gradual unfreezing at most three stages, whatever ``num_hidden_layers`` is. The layers
+        inside a group (``inner_group_num``) share its depth too.
+        """
+        heads = dict.fromkeys(("pooler", "mlm", self.sentence_task), self.head_depth)
+        fixed = {"embeddings": 0, "embedding_hidden_mapping_in": 0, **heads}
+        return depth_tree(params, fixed, "group", self.num_hidden_groups)
 
 
 class LayerGroup(nn.Module):

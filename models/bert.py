@@ -26,6 +26,7 @@ from models.layers import (
     TransformerBlock,
     constrain,
     dense,
+    depth_tree,
     padding_mask,
     repeat_layers,
     validate_config,
@@ -88,8 +89,18 @@ class BertConfig:
     def dtypes(self) -> dict:
         return dict(dtype=jnp.dtype(self.dtype), param_dtype=jnp.dtype(self.param_dtype))
 
-    def module(self) -> "BERT":
-        return BERT(self)
+    def module(self, **kwargs) -> "BERT":
+        return BERT(self, **kwargs)
+
+    @property
+    def head_depth(self) -> int:
+        """Depth of the heads (pooler, MLM, NSP/SOP, a classifier head); see ``param_depths``."""
+        return self.num_hidden_layers + 1
+
+    def param_depths(self, params) -> dict:
+        """0: the embeddings; 1..num_hidden_layers: the layers; then the heads."""
+        heads = dict.fromkeys(("pooler", "mlm", self.sentence_task), self.head_depth)
+        return depth_tree(params, {"embeddings": 0, **heads}, "blocks", self.num_hidden_layers)
 
 
 class BERT(nn.Module):
@@ -159,3 +170,6 @@ register("bert-small", dataclasses.replace(
     _BASE, num_hidden_layers=4, hidden_size=512, num_attention_heads=8, intermediate_size=2048))
 register("bert-medium", dataclasses.replace(
     _BASE, num_hidden_layers=8, hidden_size=512, num_attention_heads=8, intermediate_size=2048))
+# MiniLM-L6-H384 (Wang et al. 2020), the body of sentence-transformers' all-MiniLM-L6-v2.
+register("minilm-l6-h384-uncased", dataclasses.replace(
+    _BASE, num_hidden_layers=6, hidden_size=384, num_attention_heads=12, intermediate_size=1536))

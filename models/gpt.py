@@ -26,6 +26,7 @@ from models.layers import (
     TransformerBlock,
     check_length,
     constrain,
+    depth_tree,
     padding_mask,
     repeat_layers,
     validate_config,
@@ -71,8 +72,18 @@ class GPTConfig:
             return self.initializer_range / math.sqrt(2 * self.n_layer)
         return self.initializer_range
 
-    def module(self) -> "GPT":
-        return GPT(self)
+    def module(self, **kwargs) -> "GPT":
+        return GPT(self, **kwargs)
+
+    @property
+    def head_depth(self) -> int:
+        """Depth of anything put on top of the blocks (a classifier head); see ``param_depths``."""
+        return self.n_layer + 1
+
+    def param_depths(self, params) -> dict:
+        """0: the token and position embeddings (``wte`` is also the tied output layer); 1..n_layer:
+        the blocks, with ``ln_f`` in the last one (it normalises that block's output)."""
+        return depth_tree(params, {"wte": 0, "wpe": 0, "ln_f": self.n_layer}, "blocks", self.n_layer)
 
     def block_kwargs(self) -> dict:
         return dict(

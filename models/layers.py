@@ -478,3 +478,26 @@ def repeat_layers(block: type[nn.Module], n: int, *, scanned: bool, remat: str, 
         return run
 
     return build
+
+
+def depth_tree(params: dict, fixed: dict[str, int], layers: str, n: int, first: int = 1) -> dict:
+    """The depth of every parameter, from its top-level name (see ``models.param_depths``).
+
+    ``fixed`` gives the depth of named parts (embeddings, final norm, heads); the ``n`` repeated
+    layers, ``{layers}_0``, ``{layers}_1``, ... (unrolled), get depths ``first``, ``first + 1``,
+    ...; a stacked ``{layers}`` tree (one array per weight, a leading axis of ``n`` layers) gets
+    ``[first, ..., first + n - 1]``, one depth per slice. Depths are numpy int32 arrays.
+    """
+    out = {}
+    for key, tree in params.items():
+        index = key[len(layers) + 1:] if key.startswith(f"{layers}_") else None
+        if key in fixed:
+            depth = np.int32(fixed[key])
+        elif index is not None and index.isdigit() and int(index) < n:
+            depth = np.int32(first + int(index))
+        elif key == layers:
+            depth = np.arange(first, first + n, dtype=np.int32)
+        else:
+            raise ValueError(f"no depth for the parameters under {key!r}; expected {sorted(fixed)} or {layers}_0..{n - 1}")
+        out[key] = jax.tree.map(lambda _, d=depth: d, tree)
+    return out

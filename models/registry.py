@@ -53,3 +53,35 @@ def check_type(value, annotation, what: str):
             return value
     expected = " or ".join("null" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
     raise ValueError(f"{what} must be {expected}, got {value!r} ({type(value).__name__})")
+
+
+# Config classes that are not presets (a classifier wraps a preset's config), by class name.
+_CLASSES: dict[str, type] = {}
+
+
+def register_class(cls: type) -> None:
+    _CLASSES[cls.__name__] = cls
+
+
+def config_classes() -> dict[str, type]:
+    return {**{type(c).__name__: type(c) for c in PRESETS.values()}, **_CLASSES}
+
+
+def config_to_dict(config) -> dict:
+    """A config as JSON-able data with its class name (``preset_class``), nested configs too."""
+    fields = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        fields[f.name] = config_to_dict(value) if dataclasses.is_dataclass(value) else value
+    return {"preset_class": type(config).__name__, **fields}
+
+
+def config_from_dict(record: dict, **overrides):
+    """Inverse of :func:`config_to_dict`; ``overrides`` replace top-level fields."""
+    classes = config_classes()
+    name = record.get("preset_class")
+    if name not in classes:
+        raise ValueError(f"unknown model config class {name!r}; known: {', '.join(sorted(classes))}")
+    fields = {k: config_from_dict(v) if isinstance(v, dict) and "preset_class" in v else v
+              for k, v in record.items() if k != "preset_class"}
+    return classes[name](**{**fields, **overrides})

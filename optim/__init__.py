@@ -1,10 +1,16 @@
-"""optax pieces for training and fine-tuning: schedules, parameter groups, optimizers.
+"""optax pieces for training and fine-tuning: schedules, parameter groups, optimizers, and the
+depth-wise methods of ULMFiT (discriminative rates, freezing, gradual unfreezing).
 
 Pure functions of pytrees; nothing here knows about models or the training loop.
 """
 
-from optim.groups import path_mask
-from optim.optimizers import adamw, clip_by_global_norm, decay_mask
-from optim.schedules import SCHEDULES, warmup_cosine, warmup_linear
+from optim.depths import NEVER, discriminative_rates, freeze, gradual_unfreezing, train_from_step
+from optim.groups import check_depths, param_paths, path_mask, per_slice
+from optim.optimizers import adamw, clip_by_global_norm, decay_mask, scale_by_adam
+from optim.schedules import SCHEDULES, stlr, warmup_constant, warmup_cosine, warmup_linear
 
-__all__ = ["adamw", "clip_by_global_norm", "decay_mask", "path_mask", "warmup_cosine", "warmup_linear", "SCHEDULES"]
+__all__ = [
+    "NEVER", "SCHEDULES", "adamw", "check_depths", "clip_by_global_norm", "decay_mask", "discriminative_rates",
+    "freeze", "gradual_unfreezing", "param_paths", "path_mask", "per_slice", "scale_by_adam", "stlr",
+    "train_from_step", "warmup_constant", "warmup_cosine", "warmup_linear",
+]

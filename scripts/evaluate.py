@@ -1,7 +1,9 @@
-"""Evaluate a checkpoint on held-out text and print JSON (loss, perplexity, tokens, model config).
+"""Evaluate a checkpoint on held-out data and print JSON: loss, perplexity and tokens for a
+language model; accuracy, macro-F1 and per-class counts for a classifier; and the model config.
 
     python scripts/evaluate.py runs/gpt2-mini-sotu --data ~/.cache/jaxlm/sotu/validation.jsonl
     python scripts/evaluate.py path/to/hf-gpt2 --data valid.jsonl --tokenizer path/to/hf-gpt2
+    python scripts/evaluate.py runs/ulmfit-spam/3-classifier --data ~/.cache/jaxlm/spam-assassin/test.jsonl --split test
 """
 
 import argparse
@@ -22,8 +24,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--data", required=True, help="text/JSONL/Parquet/CSV file(s), or a dataset name")
     parser.add_argument("--tokenizer", help="default: the run's tokenizer (required for HF folders)")
     parser.add_argument("--text-field", default="text")
-    parser.add_argument("--task", choices=["lm", "mlm", "mlm_nsp", "mlm_sop"],
+    parser.add_argument("--task", choices=["lm", "mlm", "mlm_nsp", "mlm_sop", "classify"],
                         help="default: the run's, else lm for GPT, mlm_nsp for BERT, mlm_sop for ALBERT")
+    parser.add_argument("--split", default="validation", help="the name of the data's split, for messages and the cache")
     parser.add_argument("--seq-len", type=int, help="default: the run's, else the model's context")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-batches", type=int)
@@ -33,7 +36,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     result = evaluate_checkpoint(
         args.checkpoint, args.data, tokenizer=args.tokenizer, task=args.task, seq_len=args.seq_len, batch_size=args.batch_size,
-        text_field=args.text_field, max_batches=args.max_batches, step=args.step,
+        text_field=args.text_field, max_batches=args.max_batches, step=args.step, split=args.split,
         unigram_from=args.unigram_baseline,
     )
     print(json.dumps(result, indent=2))

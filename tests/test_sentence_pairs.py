@@ -169,10 +169,10 @@ def test_masked_lm_alone_is_the_mlm_part_of_the_pair_objective(corpus, tmp_path)
     batch = next(pair_task.train_batches(docs, 4, 0, 1))
     assert all(np.array_equal(batch[k], v) for k, v in next(mlm_task.train_batches(docs, 4, 0, 1)).items())
     module = models.create("bert-tiny", **config.model_overrides)[0]
-    params = models.init_params(module, jax.random.PRNGKey(0))
+    variables = {"params": models.init_params(module, jax.random.PRNGKey(0))}
     rng = jax.random.PRNGKey(1)
-    pair_loss, pair_sums = pair_task.loss(module, params, batch, rng, True)
-    mlm_loss, mlm_sums = mlm_task.loss(module, params, batch, rng, True)
+    pair_loss, (pair_sums, _) = pair_task.loss(module, variables, batch, rng, True)
+    mlm_loss, (mlm_sums, _) = mlm_task.loss(module, variables, batch, rng, True)
     nsp = pair_sums["pair_nll"] / pair_sums["pair_weight"]
     np.testing.assert_allclose(mlm_loss, pair_loss - nsp, rtol=1e-6)
     assert set(mlm_task.summarize(mlm_sums)) == {"loss", "mlm_loss", "mlm_accuracy", "tokens"}

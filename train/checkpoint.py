@@ -2,7 +2,8 @@
 
 A run's folder holds ``run.json`` (the run config and the resolved model config, written once)
 and orbax's step folders, each with three items: ``params``, ``opt_state`` and ``meta`` (JSON:
-step, data-iterator state). Orbax writes each step to a temporary folder and renames it when
+step, data-iterator state), and a fourth, ``model_state``, for models with variables besides
+their parameters (a classifier head's batch statistics). Orbax writes each step to a temporary folder and renames it when
 complete, so a run killed mid-save resumes from the last complete step. A folder written by a
 run of another config is never reused: resuming it is refused with the differences listed.
 A step that cannot be restored (damaged files) is moved aside to ``corrupt/`` in the run folder,
@@ -16,7 +17,6 @@ Process 0 alone writes ``run.json`` and holds the folder's lock.
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import json
 import logging
@@ -30,10 +30,10 @@ import orbax.checkpoint as ocp
 import models
 from train import distributed
 from train.config import TrainConfig
-from train.sharding import make_mesh
+from train.sharding import make_mesh, replicated
 from train.step import params_sharding
 
-ITEMS = ("params", "opt_state", "meta")
+ITEMS = ("params", "opt_state", "meta", "model_state")
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class CheckpointError(RuntimeError):
 
 
 def _model_dict(model_config) -> dict:
-    return {"preset_class": type(model_config).__name__, **dataclasses.asdict(model_config)}
+    return models.config_to_dict(model_config)
 
 
 def _differences(saved: dict, current: dict, prefix="") -> list[str]:
@@ -60,9 +60,13 @@ def _differences(saved: dict, current: dict, prefix="") -> list[str]:
 class Checkpoints:
     """The checkpoints of one run folder."""
 
-    def __init__(self, workdir, run_identity: dict, model_config, *, keep: int, async_save: bool = True):
+    def __init__(self, workdir, run_identity: dict, model_config, *, keep: int, async_save: bool = True,
+                 run_defaults: dict | None = None):
+        """``run_defaults``: the run fields' default values. A run.json written before a field
+        existed lacks it; the run it describes had the field's default."""
         self.workdir = Path(workdir).absolute()
         self.record = {"run": run_identity, "model": _model_dict(model_config)}
+        self.run_defaults = run_defaults or {}
         self._lock_file = None
         self._claim_once()
         self.manager = ocp.CheckpointManager(
@@ -99,6 +103,8 @@ class Checkpoints:
                 saved = json.loads(path.read_text())
             except json.JSONDecodeError as e:
                 raise CheckpointError(f"{path} is corrupt ({e}); choose another workdir") from None
+            if isinstance(saved.get("run"), dict):
+                saved["run"] = {**json.loads(json.dumps(self.run_defaults)), **saved["run"]}
             # Fields that became resumable (e.g. the mesh) no longer tell runs apart.
             saved["run"] = {k: v for k, v in saved.get("run", {}).items() if k not in TrainConfig.RESUMABLE}
             diffs = _differences(saved, json.loads(json.dumps(self.record)))
@@ -133,18 +139,21 @@ class Checkpoints:
 
     def save(self, step: int, state, data_state: dict) -> None:
         meta = {"step": int(step), "data": data_state}
+        extra = {"model_state": ocp.args.StandardSave(state.model_state)} if state.model_state else {}
         self.manager.save(
             int(step),
             args=ocp.args.Composite(
                 params=ocp.args.StandardSave(state.params),
                 opt_state=ocp.args.StandardSave(state.opt_state),
                 meta=ocp.args.JsonSave(meta),
+                **extra,
             ),
             force=True,
         )
 
     def restore(self, step: int, abstract_state):
         """Restore ``(state, data_state)`` laid out like ``abstract_state`` (arrays with shardings)."""
+        extra = {"model_state": ocp.args.StandardRestore(abstract_state.model_state)} if abstract_state.model_state else {}
         try:
             restored = self.manager.restore(
                 step,
@@ -152,6 +161,7 @@ class Checkpoints:
                     params=ocp.args.StandardRestore(abstract_state.params),
                     opt_state=ocp.args.StandardRestore(abstract_state.opt_state),
                     meta=ocp.args.JsonRestore(),
+                    **extra,
                 ),
             )
         except Exception as e:  # orbax raises many types for damaged files
@@ -162,6 +172,7 @@ class Checkpoints:
             step=jax.numpy.asarray(restored["meta"]["step"], jax.numpy.int32),
             params=restored["params"],
             opt_state=restored["opt_state"],
+            model_state=restored["model_state"] if extra else abstract_state.model_state,
         )
         return state, restored["meta"]["data"]
 
@@ -224,17 +235,27 @@ def load_params(workdir, step: int | None = None, **model_overrides):
     For evaluation and generation: no optimizer is rebuilt. ``model_overrides`` may change how
     the model computes (e.g. ``dtype``), not the layout of its parameters.
     """
-    workdir = Path(workdir).absolute()  # orbax needs absolute paths
-    run_file = workdir / "run.json"
+    module, model_config, variables, run = load_variables(workdir, step, **model_overrides)
+    return module, model_config, variables["params"], run
+
+
+def read_model_config(workdir, **model_overrides):
+    """The model config recorded in a run folder's run.json -> ``(model_config, run.json's record)``."""
+    run_file = Path(workdir).absolute() / "run.json"
     if not run_file.exists():
-        raise CheckpointError(f"{workdir} is not a run folder: no run.json in it")
+        raise CheckpointError(f"{run_file.parent} is not a run folder: no run.json in it")
     record = json.loads(run_file.read_text())
-    model_fields = {k: v for k, v in record["model"].items() if k != "preset_class"}
-    classes = {type(c).__name__: type(c) for c in models.PRESETS.values()}
-    config_cls = classes.get(record["model"]["preset_class"])
-    if config_cls is None:
-        raise CheckpointError(f"{run_file}: unknown model class {record['model']['preset_class']!r}")
-    model_config = config_cls(**{**model_fields, **model_overrides})
+    try:
+        return models.config_from_dict(record["model"], **model_overrides), record
+    except ValueError as e:
+        raise CheckpointError(f"{run_file}: {e}") from None
+
+
+def load_variables(workdir, step: int | None = None, **model_overrides):
+    """As :func:`load_params`, with all the model's variables: ``{"params": ..., **model_state}``
+    (a classifier head's batch statistics)."""
+    workdir = Path(workdir).absolute()  # orbax needs absolute paths
+    model_config, record = read_model_config(workdir, **model_overrides)
     manager = ocp.CheckpointManager(workdir / "checkpoints", item_names=ITEMS,
                                     options=ocp.CheckpointManagerOptions(create=False))
     step = manager.latest_step() if step is None else step
@@ -242,12 +263,17 @@ def load_params(workdir, step: int | None = None, **model_overrides):
         raise CheckpointError(f"{workdir} has no complete checkpoint yet")
     module = model_config.module()
     # Restore onto this process's devices, whatever topology saved it.
-    abstract = jax.tree.map(
-        lambda shape, where: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=where),
-        models.param_shapes(module), params_sharding(module, make_mesh()),
-    )
+    mesh = make_mesh()
+    shapes = jax.eval_shape(lambda: models.init_variables(module, jax.random.key(0)))
+    place = lambda shape, where: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=where)  # noqa: E731
+    items = {"params": ocp.args.StandardRestore(
+        jax.tree.map(place, shapes.pop("params"), params_sharding(module, mesh)))}
+    if shapes:
+        items["model_state"] = ocp.args.StandardRestore(
+            jax.tree.map(lambda shape: place(shape, replicated(mesh)), shapes))
     try:
-        params = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))["params"]
+        restored = manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:
         raise CheckpointError(f"checkpoint step {step} in {workdir} cannot be restored ({type(e).__name__}: {e})") from e
-    return module, model_config, params, {**record["run"], "step": step}
+    variables = {"params": restored["params"], **(restored["model_state"] if shapes else {})}
+    return module, model_config, variables, {**record["run"], "step": step}

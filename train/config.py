@@ -14,6 +14,8 @@ import typing
 from pathlib import Path
 from typing import Callable
 
+import optim
+from models.classifier import ClassifierConfig
 from models.registry import check_type, get_config
 from train.data.downloads import cache_dir
 from train.sharding import check_mesh_axes
@@ -24,11 +26,20 @@ class TrainConfig:
     # Model: a preset name from models.PRESETS plus field overrides.
     model: str = "gpt2-mini"
     model_overrides: dict = dataclasses.field(default_factory=dict)
+    # Start from pretrained weights: one of our run folders or a Hugging Face folder of the same
+    # architecture. A new head is initialised; init.json in the run folder lists what was loaded,
+    # what is new and what went unused. (ULMFiT's stages 2, LM fine-tuning, and 3, classifier.)
+    init_from: str | None = None
     # Task: how batches are built and what loss is minimised (train.tasks.TASKS).
     task: str = "lm"
     train_data: str = ""
     eval_data: str | None = None
     text_field: str = "text"
+    # Classification (task "classify"): the label column, and the classifier put on the model:
+    # models.ClassifierConfig's pooling (concat, last, first, mean, pooler), head (linear, ulmfit),
+    # hidden and dropout.
+    label_field: str = "label"
+    classifier: dict = dataclasses.field(default_factory=dict)
     # Read the training data as a stream, tokenised on the fly (for corpora too large to
     # tokenise up front; the language-modelling task). Each host's stream position is its own:
     # exact resumption is guaranteed on one host.
@@ -44,9 +55,21 @@ class TrainConfig:
     steps: int = 1000
     # Optimizer: AdamW with warmup then decay, global-norm clipping.
     learning_rate: float = 3e-4
-    lr_schedule: str = "cosine"
+    lr_schedule: str = "cosine"  # cosine, linear, constant (after warmup_steps) or stlr
     warmup_steps: int = 100
     end_lr_ratio: float = 0.1
+    # Slanted triangular rates (lr_schedule="stlr", which warms up by itself: warmup_steps=0).
+    stlr_cut_frac: float = 0.1
+    stlr_ratio: float = 32.0
+    # ULMFiT's depth-wise methods (optim.depths; depths from models.param_depths). Each group
+    # trains discriminative_factor times slower than the one above it (2.6 in the paper, 1: off).
+    discriminative_factor: float = 1.0
+    # Gradual unfreezing: steps per stage, or "epoch"; 0: every group trains from the start.
+    # unfreeze_stages caps the stages (default: one per group, the last unfreezing the rest).
+    unfreeze_every: int | str = 0
+    unfreeze_stages: int | None = None
+    # Fixed feature extraction: only the top group (the heads) trains.
+    feature_extraction: bool = False
     weight_decay: float = 0.1
     b1: float = 0.9
     b2: float = 0.95
@@ -84,6 +107,36 @@ class TrainConfig:
             raise ValueError(f"batch_size={self.batch_size} is not divisible by grad_accum={self.grad_accum}")
         self.model_config()  # an unknown preset or a bad model override fails here, before any work
         check_mesh_axes(self.mesh)
+        self._check_finetuning()
+
+    def _check_finetuning(self) -> None:
+        """The schedule and the ULMFiT settings, before any work."""
+        schedules = (*optim.SCHEDULES, "stlr")
+        if self.lr_schedule not in schedules:
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of {schedules}")
+        if self.lr_schedule == "stlr":
+            if self.warmup_steps:
+                raise ValueError(f"lr_schedule='stlr' rises over its first stlr_cut_frac of the steps by itself; "
+                                 f"set warmup_steps=0 (it is {self.warmup_steps})")
+            optim.stlr(self.steps, self.learning_rate, self.stlr_cut_frac, self.stlr_ratio)
+        if not self.discriminative_factor > 0:
+            raise ValueError(f"discriminative_factor={self.discriminative_factor} must be positive (2.6 in ULMFiT, 1: off)")
+        every = self.unfreeze_every
+        if not (every == "epoch" or (isinstance(every, int) and not isinstance(every, bool) and every >= 0)):
+            raise ValueError(f"unfreeze_every={every!r}: give a number of steps per stage (0: off) or 'epoch'")
+        if self.unfreeze_stages is not None and not every:
+            raise ValueError("unfreeze_stages needs gradual unfreezing: set unfreeze_every too")
+        if self.feature_extraction and every:
+            raise ValueError("feature_extraction freezes all but the top group for the whole run; "
+                             "it cannot be combined with gradual unfreezing (unfreeze_every)")
+        if self.task == "classify":
+            try:
+                ClassifierConfig(self.model_config(), ("a", "b"), **self.classifier)
+            except TypeError as e:
+                fields = [f.name for f in dataclasses.fields(ClassifierConfig) if f.name not in ("body", "labels")]
+                raise ValueError(f"classifier settings {self.classifier}: {e}; valid keys: {fields}") from None
+        elif self.classifier:
+            raise ValueError(f"classifier settings {self.classifier} apply to task='classify' only (task is {self.task!r})")
 
     def model_config(self):
         """The model's config: the preset ``model`` with ``model_overrides``, type-checked."""
@@ -95,6 +148,11 @@ class TrainConfig:
     def identity(self) -> dict:
         """The fields that define a run: a checkpoint of another identity is never resumed."""
         return {k: v for k, v in self.to_dict().items() if k not in self.RESUMABLE}
+
+    @classmethod
+    def identity_defaults(cls) -> dict:
+        """Default values of the identity fields (what a run saved before a field existed had)."""
+        return {k: v for k, v in dataclasses.asdict(cls()).items() if k not in cls.RESUMABLE}
 
 
 CONFIGS: dict[str, Callable[[], TrainConfig]] = {}

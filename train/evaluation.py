@@ -10,22 +10,23 @@ import jax
 import numpy as np
 
 from models import hf
+from models.classifier import ClassifierConfig
 from train import sharding
-from train.checkpoint import load_params
+from train.checkpoint import load_variables
 from train.config import TrainConfig
 from train.data.tokenizers import load_tokenizer, tokenizer_id
 from train.step import make_eval_step, params_sharding
 from train.tasks import check_fit, context_length, make_task
 
 
-def evaluate(eval_step, params, task, batches, mesh, max_batches: int | None = None) -> dict:
+def evaluate(eval_step, variables, task, batches, mesh, max_batches: int | None = None) -> dict:
     """Sum an eval step's statistics over ``batches`` and summarise them."""
     totals = None
     in_sharding = sharding.batch_sharding(mesh)
     for i, local in enumerate(batches):
         if max_batches is not None and i >= max_batches:
             break
-        sums = eval_step(params, sharding.global_batch(local, in_sharding))
+        sums = eval_step(variables, sharding.global_batch(local, in_sharding))
         totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
     if totals is None:
         raise ValueError("the evaluation data gave no batches")
@@ -41,22 +42,28 @@ def unigram_baseline(train_tokens, eval_tokens, vocab_size: int) -> dict:
     return {"loss": loss, "perplexity": math.exp(loss), "tokens": int(len(eval_tokens))}
 
 
-def load_for_eval(checkpoint, step: int | None = None, **model_overrides):
+def load_variables_for_eval(checkpoint, step: int | None = None, **model_overrides):
     """A run folder of ours (has run.json) or an HF folder (has config.json)
-    -> ``(module, model_config, params, run_info)``."""
+    -> ``(module, model_config, variables, run_info)``, variables ``{"params": ..., **model_state}``."""
     path = Path(checkpoint)
     if (path / "run.json").exists():
-        return load_params(path, step, **model_overrides)
+        return load_variables(path, step, **model_overrides)
     if (path / "config.json").exists():
         module, config, params = hf.load_pretrained(path, **model_overrides)
-        return module, config, params, {"source": "huggingface"}
+        return module, config, {"params": params}, {"source": "huggingface"}
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: give a run folder of ours (run.json) or a Hugging Face folder")
     raise FileNotFoundError(f"{path} is neither a run folder (run.json) nor a Hugging Face folder (config.json)")
 
 
-# The pretraining task of each model family, for checkpoints that do not say (HF folders).
-DEFAULT_TASKS = {"gpt": "lm", "bert": "mlm_nsp", "albert": "mlm_sop"}
+def load_for_eval(checkpoint, step: int | None = None, **model_overrides):
+    """As :func:`load_variables_for_eval`, with the parameters only: ``(module, model_config, params, run_info)``."""
+    module, config, variables, run = load_variables_for_eval(checkpoint, step, **model_overrides)
+    return module, config, variables["params"], run
+
+
+# The task of each model family, for checkpoints that do not say (HF folders).
+DEFAULT_TASKS = {"gpt": "lm", "bert": "mlm_nsp", "albert": "mlm_sop", "classifier": "classify"}
 
 
 def evaluate_checkpoint(checkpoint, data_source, *, tokenizer=None, task=None, seq_len=None, batch_size=8,
@@ -67,30 +74,40 @@ def evaluate_checkpoint(checkpoint, data_source, *, tokenizer=None, task=None, s
     ``tokenizer`` defaults to the one the run was trained with (an HF folder needs one given);
     ``task`` to the run's, else the family's pretraining task (``DEFAULT_TASKS``);
     ``seq_len`` to the run's, else the model's context. ``unigram_from`` (training data) adds
-    the unigram baseline on the same tokens.
+    the unigram baseline on the same tokens. A classifier reports accuracy, macro-F1 and
+    per-class counts on ``data_source``'s labelled rows (the run's ``label_field``).
     """
-    module, model_config, params, run = load_for_eval(checkpoint, step)
+    module, model_config, variables, run = load_variables_for_eval(checkpoint, step)
     tokenizer = tokenizer or run.get("tokenizer")
     if not tokenizer:
         raise ValueError("no tokenizer: pass one (a .model file, vocab.txt, or a GPT-2 BPE folder)")
-    seq_len = seq_len or run.get("seq_len") or context_length(model_config)
+    is_classifier = isinstance(model_config, ClassifierConfig)
+    body = model_config.body if is_classifier else model_config
+    seq_len = seq_len or run.get("seq_len") or context_length(body)
     tok = load_tokenizer(tokenizer)
-    check_fit(tok, model_config, seq_len)
-    # The run's own settings (task, masking, seed) where it has them.
+    check_fit(tok, body, seq_len)
+    # The run's own settings (task, masking, seed, classifier) where it has them.
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    settings = {k: v for k, v in run.items() if k in fields}
+    settings = {k: v for k, v in run.items() if k in fields and k != "init_from"}
     task = task or settings.get("task") or DEFAULT_TASKS[model_config.family]
+    if (task == "classify") != is_classifier:
+        raise ValueError(f"task {task!r} does not fit {checkpoint}, which holds a {type(model_config).__name__}: "
+                         f"classify goes with classifier checkpoints; evaluate this one with task "
+                         f"{DEFAULT_TASKS[model_config.family]!r}")
     settings.update(task=task, seq_len=seq_len, batch_size=batch_size, grad_accum=1,
                     warmup_steps=0, tokenizer=str(tokenizer), text_field=text_field)
     config = TrainConfig(**settings)
     task_obj = make_task(config, tok, tokenizer_id(tokenizer))
+    if is_classifier:
+        task_obj.labels = model_config.labels
     corpus = task_obj.load_corpus(data_source, split)
     mesh = sharding.make_mesh()
     sharding.check_batch(batch_size, 1, dict(mesh.shape))
     index, count = sharding.batch_split(mesh)
-    shardings = params_sharding(module, mesh)
-    params = jax.device_put(params, shardings)
-    metrics = evaluate(make_eval_step(module, task_obj, shardings, mesh), params, task_obj,
+    shardings = {"params": params_sharding(module, mesh),
+                 **jax.tree.map(lambda _: sharding.replicated(mesh), {k: v for k, v in variables.items() if k != "params"})}
+    variables = jax.device_put(variables, shardings)
+    metrics = evaluate(make_eval_step(module, task_obj, shardings, mesh), variables, task_obj,
                        task_obj.eval_batches(corpus, batch_size // count, index, count), mesh, max_batches)
     result = {**metrics, "checkpoint": str(checkpoint), "step": run.get("step"), "seq_len": seq_len}
     if unigram_from is not None and max_batches is None:

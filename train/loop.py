@@ -25,12 +25,12 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 import models
-import optim
 from train import distributed, sharding
 from train.checkpoint import Checkpoints
 from train.config import TrainConfig
 from train.data.tokenizers import load_tokenizer, tokenizer_id
 from train.evaluation import evaluate
+from train.finetuning import init_params, load_pretrained, make_optimizer, write_report
 from train.metrics import MetricWriter, plot_loss_curve
 from train.step import boxed_param_shapes, init_state, make_eval_step, make_train_step
 from train.tasks import check_fit, make_task
@@ -93,38 +93,45 @@ def _own_data_state(saved: dict) -> dict:
 def train(config: TrainConfig) -> dict:
     """Run (or resume) training; returns a summary with the final metrics."""
     tokenizer = load_tokenizer(config.tokenizer)
-    module, model_config = models.create(config.model, **config.model_overrides)
-    check_fit(tokenizer, model_config, config.seq_len)
-    # The mesh and the model must fit each other: checked on shapes, before anything compiles.
+    check_fit(tokenizer, config.model_config(), config.seq_len)
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch(config.batch_size, config.grad_accum, dict(mesh.shape))
-    sharding.check_divisible(boxed_param_shapes(module), dict(mesh.shape))
     # This process feeds one block of each batch's rows, and reads only those.
     data_index, data_count = sharding.batch_split(mesh)
     micro = config.batch_size // config.grad_accum // data_count
 
-    schedule = optim.SCHEDULES[config.lr_schedule](
-        config.learning_rate, config.warmup_steps, config.steps, config.end_lr_ratio
-    )
-    tx = optim.adamw(schedule, weight_decay=config.weight_decay, b1=config.b1, b2=config.b2, clip_norm=config.clip_norm)
     task = make_task(config, tokenizer, tokenizer_id(config.tokenizer))
     train_corpus = task.load_corpus(config.train_data, "train")
     eval_corpus = task.load_corpus(config.eval_data, "validation") if config.eval_data else None
     batches = task.train_batches(train_corpus, micro * config.grad_accum, data_index, data_count)
+    model_config = task.model_config(config.model_config())  # a classifier knows its classes from the data
+    module = model_config.module()
+    # The mesh and the model must fit each other: checked on shapes, before anything compiles.
+    sharding.check_divisible(boxed_param_shapes(module), dict(mesh.shape))
+    tx, schedule = make_optimizer(config, model_config, getattr(batches, "batches_per_epoch", None))
+    pretrained = load_pretrained(config.init_from, model_config, config.tokenizer) if config.init_from else None
     # Everything above validated the config: only now claim (or check) the run folder.
     checkpoints = Checkpoints(
         config.workdir, config.identity(), model_config, keep=config.keep_checkpoints,
-        async_save=config.async_checkpoints,
+        async_save=config.async_checkpoints, run_defaults=TrainConfig.identity_defaults(),
     )
     init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     state, shardings = init_state(module, tx, init_rng, mesh)
+    summary = {"workdir": str(config.workdir)}
+    primary = jax.process_index() == 0
     start, restored = 0, checkpoints.restore_latest(state)
     if restored:
         start, state, data_state = restored
         batches.restore(_own_data_state(data_state))
+    elif pretrained is not None:
+        params, report = init_params(pretrained, model_config, state.params)
+        state = state.replace(params=jax.device_put(params, shardings.params))
+        if primary:
+            write_report(config.workdir, report)
+        summary["init_from"] = {"source": report["source"], "loaded": len(report["loaded"]), "new": report["new"],
+                                "unused": report["unused"]}
     train_step = make_train_step(module, task, tx, dropout_rng, shardings, mesh, config.grad_accum)
-    eval_step = make_eval_step(module, task, shardings.params, mesh)
-    primary = jax.process_index() == 0
+    eval_step = make_eval_step(module, task, {"params": shardings.params, **shardings.model_state}, mesh)
     writer = MetricWriter(config.workdir, enabled=primary)
     batch_sharding = sharding.batch_sharding(mesh, leading=1)
 
@@ -135,8 +142,8 @@ def train(config: TrainConfig) -> dict:
     def run_eval(step):
         if eval_corpus is None:
             return None
-        metrics = evaluate(eval_step, state.params, task, task.eval_batches(eval_corpus, micro, data_index, data_count),
-                           mesh, config.eval_max_batches)
+        metrics = evaluate(eval_step, state.variables(), task,
+                           task.eval_batches(eval_corpus, micro, data_index, data_count), mesh, config.eval_max_batches)
         writer.write(step, "validation", metrics)
         return metrics
 
@@ -160,8 +167,8 @@ def train(config: TrainConfig) -> dict:
         pending.clear()
         return out
 
-    summary = {"workdir": str(config.workdir), "start_step": start, "params": models.count_params(state.params),
-               "mesh": dict(mesh.shape), "processes": jax.process_count()}
+    summary.update(start_step=start, params=models.count_params(state.params), mesh=dict(mesh.shape),
+                   processes=jax.process_count())
     window, window_start, compile_s = [], time.perf_counter(), None
     bar = tqdm(total=config.steps, initial=start, disable=not config.progress_bar or not primary, unit="step")
     step, eval_metrics = start, None

