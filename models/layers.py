@@ -250,6 +250,7 @@ class SelfAttention(nn.Module):
     out_init_std: float
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    decode: bool = False  # keep keys and values in the ``cache`` collection (see cached_keys_values)
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None, deterministic: bool) -> Array:
@@ -258,7 +259,11 @@ class SelfAttention(nn.Module):
         q = dense(heads, name="query", **proj)(x)
         k = dense(heads, name="key", **proj)(x)
         v = dense(heads, name="value", **proj)(x)
-        if self.dropout_rate > 0 and not deterministic:
+        if self.decode:
+            k, v = self.cached_keys_values(k, v)
+            # The decoder's mask covers every cache slot and already says which ones each query may see.
+            y = jax.nn.dot_product_attention(q, k, v, mask=mask)
+        elif self.dropout_rate > 0 and not deterministic:
             y = self.explicit_attention(q, k, v, mask, self.make_rng("dropout"))
         else:
             y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=self.causal)
@@ -271,6 +276,26 @@ class SelfAttention(nn.Module):
             param_dtype=self.param_dtype,
             name="out",
         )(y)
+
+    def cached_keys_values(self, k: Array, v: Array) -> tuple[Array, Array]:
+        """Decode mode: append this call's keys and values to the cache; return every slot's.
+
+        The cache holds ``cached_key`` and ``cached_value`` [batch, slots, heads, head_dim] and ``index`` [batch], the
+        slots filled so far (the same in every row: rows are aligned, a shorter prompt is left-padded).
+        ``init`` creates an empty cache as long as its input; each later call writes its tokens at
+        ``index``. A call must fit in the slots left: ``dynamic_update_slice`` would move it back.
+        """
+        initialized = self.has_variable("cache", "cached_key")
+        cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+        cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+        index = self.variable("cache", "index", jnp.zeros, k.shape[:1], jnp.int32)
+        if not initialized:
+            return k, v
+        start = (0, index.value[0], 0, 0)
+        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), start)
+        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), start)
+        index.value = index.value + k.shape[1]
+        return cached_k.value, cached_v.value
 
     def explicit_attention(self, q, k, v, mask, dropout_rng):
         """softmax(q k^T / sqrt(d)) v with dropout on the probabilities; logits and softmax in fp32."""
@@ -325,6 +350,7 @@ class TransformerBlock(nn.Module):
     out_init_std: float
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    decode: bool = False  # decoders only: attend over the ``cache`` collection (SelfAttention.cached_keys_values)
 
     @nn.compact
     def __call__(self, x, mask, deterministic: bool):
@@ -337,6 +363,7 @@ class TransformerBlock(nn.Module):
             dropout_rate=self.attn_dropout,
             init_std=self.init_std,
             out_init_std=self.out_init_std,
+            decode=self.decode,
             name="attn",
             **kw,
         )
@@ -462,8 +489,9 @@ def repeat_layers(block: type[nn.Module], n: int, *, scanned: bool, remat: str, 
             if shared:
                 variables = dict(variable_broadcast="params", split_rngs={"params": False, "dropout": True})
             else:
+                # Cache entries keep the batch first ([batch, layers, ...]) so rows can be repeated or picked alike.
                 variables = dict(
-                    variable_axes={"params": 0},
+                    variable_axes={"params": 0, "cache": 1},
                     split_rngs={"params": True, "dropout": True},
                     metadata_params={nn.PARTITION_NAME: "layers"},
                 )
