@@ -196,9 +196,10 @@ class Dense(nn.Module):
     """A biased linear map from the last ``contract`` axes of the input to ``features``.
 
     The kernel keeps its multi-axis shape (``[embed, heads, kv]`` for a query projection) so each
-    axis has a logical name, but the product is one 2-D matrix multiply ([tokens, in] x [in, out]),
-    which XLA's CPU backend runs faster than a dot_general with several batch or contracting axes
-    (about 12% on GPT-2's MLP, forward and backward).
+    axis has a logical name. The input is flattened to [tokens, in...] first: XLA's CPU backend runs
+    that product as one 2-D matrix multiply, faster than a dot_general with several batch axes
+    (about 12% on GPT-2's MLP, forward and backward). The kernel goes into ``dot_general`` as it
+    is, never reshaped, so qwix's post-training quantization (``models.quantize``) finds it.
     """
 
     features: tuple[int, ...]
@@ -213,10 +214,10 @@ class Dense(nn.Module):
         batch, inner = x.shape[: x.ndim - self.contract], x.shape[x.ndim - self.contract:]
         kernel = self.param("kernel", normal(self.std, self.axes), (*inner, *self.features), self.param_dtype)
         bias = self.param("bias", zeros(self.axes[self.contract:]), self.features, self.param_dtype)
-        n_in, n_out = int(np.prod(inner)), int(np.prod(self.features))
-        kernel = jnp.asarray(kernel, self.dtype).reshape(n_in, n_out)
-        y = jnp.asarray(x, self.dtype).reshape(-1, n_in) @ kernel + jnp.asarray(bias, self.dtype).reshape(n_out)
-        return y.reshape(*batch, *self.features)
+        x = jnp.asarray(x, self.dtype).reshape(-1, *inner)
+        contracted = tuple(range(1, self.contract + 1)), tuple(range(self.contract))
+        y = jax.lax.dot_general(x, jnp.asarray(kernel, self.dtype), (contracted, ((), ())))
+        return (y + jnp.asarray(bias, self.dtype)).reshape(*batch, *self.features)
 
 
 def dense(features, *, axes, std, name, dtype, param_dtype, contract: int = 1) -> Dense:
