@@ -165,8 +165,17 @@ class LayerNorm(nn.Module):
         return layer_norm(f32(x), f32(scale), f32(bias), self.epsilon).astype(self.dtype)
 
 
+def is_quantized(table) -> bool:
+    """A qwix ``QArray`` (int8 values and their scales, from ``models.quantize``), not an array."""
+    return hasattr(table, "qvalue") and hasattr(table, "scale")
+
+
 class Embed(nn.Module):
-    """A lookup table whose out-of-range ids give NaN instead of a silently clamped row."""
+    """A lookup table whose out-of-range ids give NaN instead of a silently clamped row.
+
+    The table may be int8 (``models.quantize``): a qwix ``QArray`` with one scale per row, which
+    serves the lookup and, as the tied output layer, one scale per output channel.
+    """
 
     num_embeddings: int
     features: int
@@ -184,12 +193,22 @@ class Embed(nn.Module):
 
     def __call__(self, ids: Array) -> Array:
         check_ids(ids, self.num_embeddings, self.what, self.hint)
-        table = jnp.asarray(self.embedding, self.dtype)
-        return jnp.take(table, ids, axis=0, mode="fill", fill_value=jnp.nan)
+        table = self.embedding
+        if is_quantized(table):
+            # qwix quantizes the weights of matrix products; a table is also a lookup, which it does
+            # not cover (jnp.take of a QArray fails): gather the int8 rows and their scales here.
+            rows = jnp.take(table.qvalue, ids, axis=0, mode="fill", fill_value=0).astype(self.dtype)
+            return rows * jnp.take(table.scale, ids, axis=0, mode="fill", fill_value=jnp.nan).astype(self.dtype)
+        return jnp.take(jnp.asarray(table, self.dtype), ids, axis=0, mode="fill", fill_value=jnp.nan)
 
     def attend(self, x: Array) -> Array:
-        """Project hidden states onto the table: the tied output layer."""
-        return jnp.einsum("...d,vd->...v", x, jnp.asarray(self.embedding, self.dtype))
+        """Project hidden states onto the table: the tied output layer. The logits are fp32 whatever
+        the compute dtype (accumulated and returned in fp32)."""
+        table = self.embedding
+        if is_quantized(table):  # one scale per row, i.e. per output channel: applied to the product
+            logits = jnp.einsum("...d,vd->...v", x, table.qvalue.astype(self.dtype), preferred_element_type=jnp.float32)
+            return logits * table.scale[:, 0].astype(jnp.float32)
+        return jnp.einsum("...d,vd->...v", x, jnp.asarray(table, self.dtype), preferred_element_type=jnp.float32)
 
 
 class Dense(nn.Module):
