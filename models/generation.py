@@ -96,13 +96,17 @@ def choose(logits, key, temperature, top_p, *, greedy: bool, top_k: int, nucleus
 @functools.partial(
     jax.jit, static_argnames=("module", "max_new_tokens", "num_samples", "greedy", "top_k", "nucleus")
 )
-def decode(module, params, ids, mask, rng, temperature, top_p, eos_id, *, max_new_tokens: int, num_samples: int,
-           greedy: bool, top_k: int, nucleus: bool):
+def decode(module, params, ids, mask, rng, temperature, top_p, eos_id, vocab_size, *, max_new_tokens: int,
+           num_samples: int, greedy: bool, top_k: int, nucleus: bool):
     """Prefill the left-padded prompts ``ids`` [batch, width], then sample up to ``max_new_tokens``
-    per row, ``num_samples`` rows per prompt. Returns the new tokens [batch * num_samples,
-    max_new_tokens] (``NO_TOKEN`` after a row's end-of-text) and the number of steps run."""
-    pick = functools.partial(choose, temperature=temperature, top_p=top_p, greedy=greedy, top_k=top_k,
-                             nucleus=nucleus)
+    per row, ``num_samples`` rows per prompt, among the ids below ``vocab_size``. Returns the new
+    tokens [batch * num_samples, max_new_tokens] (``NO_TOKEN`` after a row's end-of-text) and the
+    number of steps run."""
+
+    def pick(logits, key):
+        logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_size, logits, -jnp.inf)
+        return choose(logits, key, temperature, top_p, greedy=greedy, top_k=top_k, nucleus=nucleus)
+
     batch, width = ids.shape
     cache = init_cache(module, batch, width + max_new_tokens - 1)  # the last new token is never fed back
     logits, variables = module.apply({"params": params, "cache": cache}, ids, attention_mask=mask, decode=True,
@@ -161,22 +165,26 @@ def check_request(config, prompts, max_new_tokens: int, *, num_samples: int, tem
 
 
 def sample(module, params, prompts, max_new_tokens: int, *, num_samples: int = 1, rng=None, temperature: float = 1.0,
-           top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None) -> Generation:
+           top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None, vocab_size: int | None = None) -> Generation:
     """Continue each prompt (a list of token ids) ``num_samples`` times by up to ``max_new_tokens``.
 
     ``temperature`` 0 is greedy decoding; ``top_k`` > 0 samples among the k likeliest tokens and
     ``top_p`` < 1 among the fewest whose probabilities sum to ``top_p`` (both may apply); a row
-    stops after ``eos_id``.
+    stops after ``eos_id``. ``vocab_size`` (default: the model's) keeps the ids a tokenizer can
+    decode when the model's vocabulary is padded larger.
     """
     prompts = [list(p) for p in prompts]
     config = module.config
     check_request(config, prompts, max_new_tokens, num_samples=num_samples, temperature=temperature, top_k=top_k,
                   top_p=top_p)
+    vocab_size = config.vocab_size if vocab_size is None else vocab_size
+    if not 0 < vocab_size <= config.vocab_size:
+        raise ValueError(f"vocab_size={vocab_size} must lie in 1..{config.vocab_size}, the model's vocabulary")
     width = bucket(max(len(p) for p in prompts), config.n_positions - max_new_tokens)
     ids, mask = left_pad(prompts, width)
     rng = jax.random.PRNGKey(0) if rng is None else rng
     args = (params, ids, mask, rng, jnp.float32(temperature), jnp.float32(top_p),
-            jnp.int32(NO_TOKEN if eos_id is None else eos_id))
+            jnp.int32(NO_TOKEN if eos_id is None else eos_id), jnp.int32(vocab_size))
     t0 = time.perf_counter()
     compiled = decode.lower(module, *args, max_new_tokens=max_new_tokens, num_samples=num_samples,
                             greedy=temperature == 0, top_k=top_k, nucleus=top_p < 1).compile()  # cached after once

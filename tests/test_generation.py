@@ -108,6 +108,12 @@ def test_top_k_and_top_p_cuts():
     assert all(len(ids) == 4 and all(0 <= t < config.vocab_size for t in ids) for ids in both)
 
 
+def test_only_ids_below_the_tokenizer_vocabulary_are_sampled():
+    module, config, params = _model()
+    out = sample(module, params, [[5, 17, 3]], 8, temperature=5.0, num_samples=8, vocab_size=10, rng=jax.random.key(4))
+    assert all(0 <= t < 10 for ids in out.ids for t in ids)
+
+
 def test_prompts_pad_to_power_of_two_buckets():
     assert [bucket(n, 1000) for n in (1, 16, 17, 100)] == [16, 16, 32, 128]
     assert bucket(100, 110) == 110  # never past the room the new tokens leave
@@ -124,6 +130,7 @@ def test_prompts_pad_to_power_of_two_buckets():
     (dict(top_k=-1), "top_k=-1"),
     (dict(num_samples=0), "num_samples=0"),
     (dict(prompts=[[1, 999]]), "token ids out of range"),
+    (dict(vocab_size=300), "vocab_size=300 must lie in 1..256"),
 ])
 def test_bad_requests_are_refused_with_the_fix(kwargs, message):
     module, config, params = _model()
