@@ -300,22 +300,25 @@ class SelfAttention(nn.Module):
     def cached_keys_values(self, k: Array, v: Array) -> tuple[Array, Array]:
         """Decode mode: append this call's keys and values to the cache; return every slot's.
 
-        The cache holds ``cached_key`` and ``cached_value`` [batch, slots, heads, head_dim] and ``index`` [batch], the
-        slots filled so far (the same in every row: rows are aligned, a shorter prompt is left-padded).
-        ``init`` creates an empty cache as long as its input; each later call writes its tokens at
-        ``index``. A call must fit in the slots left: ``dynamic_update_slice`` would move it back.
+        The cache holds ``cached_key`` and ``cached_value`` [batch, heads, slots, head_dim] (heads
+        before slots: the layout attention's products read, so XLA copies nothing at each step)
+        and ``index`` [batch], the slots filled so far (the same in every row: rows are aligned, a
+        shorter prompt is left-padded). ``init`` creates an empty cache as long as its input; each
+        later call writes its tokens at ``index``. A call must fit in the slots left:
+        ``dynamic_update_slice`` would move it back.
         """
+        heads_first = lambda x: x.transpose(0, 2, 1, 3)  # noqa: E731  [b, t, h, d] <-> [b, h, t, d]
         initialized = self.has_variable("cache", "cached_key")
-        cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
-        cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+        cached_k = self.variable("cache", "cached_key", jnp.zeros, heads_first(k).shape, k.dtype)
+        cached_v = self.variable("cache", "cached_value", jnp.zeros, heads_first(v).shape, v.dtype)
         index = self.variable("cache", "index", jnp.zeros, k.shape[:1], jnp.int32)
         if not initialized:
             return k, v
-        start = (0, index.value[0], 0, 0)
-        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), start)
-        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), start)
+        start = (0, 0, index.value[0], 0)
+        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, heads_first(k).astype(cached_k.value.dtype), start)
+        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, heads_first(v).astype(cached_v.value.dtype), start)
         index.value = index.value + k.shape[1]
-        return cached_k.value, cached_v.value
+        return heads_first(cached_k.value), heads_first(cached_v.value)
 
     def explicit_attention(self, q, k, v, mask, dropout_rng):
         """softmax(q k^T / sqrt(d)) v with dropout on the probabilities; logits and softmax in fp32."""
