@@ -3,7 +3,7 @@ measured against fp32, side by side with transformers' own generation and encode
 
 Decoder (``model``: a preset with random weights and dropout off, or a run / Hugging Face folder)
     For each variant of ``models.quantize`` (``float32``; ``bfloat16``: parameters and compute;
-    ``int8``: dense and embedding weights, fp32 compute):
+    ``int8``: dense and embedding weights, fp32 compute; ``int8-bf16``: the same in bf16 compute):
     - decoding: ``models.generation.sample``, greedy, ``new_tokens`` after a ``prompt_len``-token
       prompt, at each of ``batch_sizes`` (no end-of-text: every row runs to the end), the call a
       user makes, compilation excluded. ``ms_per_token`` at batch 1 is the call's time over the new
@@ -14,7 +14,7 @@ Decoder (``model``: a preset with random weights and dropout off, or a run / Hug
     - the memory-bandwidth limit of batch-1 decoding: weight bytes per token over the bandwidth of
       a large fp32 matrix-vector product (``bench.measure.matvec_bandwidth``, measured in this run,
       best of before and after the rounds); ``of_limit`` is the limit's time over the measured one.
-    - quality against fp32, on ``quality_tokens`` tokens of ``data`` (tokenized with the
+    - quality against fp32, on ``quality_tokens`` tokens (0: skipped) of ``data`` (tokenized with the
       checkpoint's tokenizer) or, without data, random tokens: perplexity, how often the next-token
       argmax equals fp32's, the mean KL(fp32 || variant) per token, and how many tokens of the timed
       greedy decodes equal fp32's (position by position).
@@ -61,6 +61,7 @@ VARIANTS = {
     "float32": dict(dtype="float32"),
     "bfloat16": dict(dtype="bfloat16"),
     "int8": dict(dtype="float32", quantize="int8"),
+    "int8-bf16": dict(dtype="bfloat16", quantize="int8"),  # int8 weights dequantized to bf16, bf16 compute
 }
 REFERENCES = ("torch", "flax")
 
@@ -68,7 +69,7 @@ REFERENCES = ("torch", "flax")
 @dataclasses.dataclass
 class InferSpec:
     model: str = "gpt2"
-    variants: tuple[str, ...] = tuple(VARIANTS)
+    variants: tuple[str, ...] = ("float32", "bfloat16", "int8")
     batch_sizes: tuple[int, ...] = (1, 16)
     prompt_len: int = 16
     new_tokens: int = 64
@@ -92,10 +93,12 @@ class InferSpec:
                              "(the baseline)")
         if sorted(set(self.references) - set(REFERENCES)):
             raise ValueError(f"references {list(self.references)}: choose among {list(REFERENCES)}")
-        for name in ("prompt_len", "new_tokens", "rounds", "quality_tokens", "quality_seq", "encoder_batch",
-                     "encoder_seq", "encoder_sentences"):
+        for name in ("prompt_len", "new_tokens", "rounds", "quality_seq", "encoder_batch", "encoder_seq",
+                     "encoder_sentences"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.quality_tokens < 0:
+            raise ValueError(f"quality_tokens={self.quality_tokens}: 0 skips the quality measurement")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise ValueError(f"batch_sizes={self.batch_sizes}: give positive batch sizes")
 
@@ -340,7 +343,7 @@ def compare_inference(spec: InferSpec, reference: str | None = None, log=sys.std
     out["bandwidth_bytes_per_s"] = bandwidth
     out["rounds"] = rounds
 
-    quality = decoder_quality(decoders, tokens)
+    quality = decoder_quality(decoders, tokens) if spec.quality_tokens else {name: {} for name in decoders}
     rows = {}
     for name, result in results.items():
         row: dict[str, Any] = {"kind": "ours" if name in decoders else "reference", "result": result}

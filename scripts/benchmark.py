@@ -86,7 +86,7 @@ def main(argv=None) -> dict:
                          help="E of the factorised ALBERT row")
     sharing.add_argument("--vocab-size", type=int, default=SharingSpec.vocab_size)
     infer = parser.add_argument_group("--mode infer (--model may also be a run or Hugging Face folder)")
-    infer.add_argument("--variants", default=",".join(InferSpec.variants), help="of float32, bfloat16, int8")
+    infer.add_argument("--variants", default=",".join(InferSpec.variants), help="of float32, bfloat16, int8, int8-bf16")
     infer.add_argument("--batch-sizes", default=",".join(map(str, InferSpec.batch_sizes)))
     infer.add_argument("--prompt-len", type=int, default=InferSpec.prompt_len)
     infer.add_argument("--new-tokens", type=int, default=InferSpec.new_tokens)

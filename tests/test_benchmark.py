@@ -113,11 +113,11 @@ def test_inference_benchmark_of_our_variants():
     """--mode infer without references or encoder: every variant's rows, quality and bandwidth limit."""
     from bench.inference import InferSpec, compare_inference
 
-    spec = InferSpec(model="gpt2-tiny", variants=("float32", "int8"), batch_sizes=(1,), new_tokens=4, rounds=1,
+    spec = InferSpec(model="gpt2-tiny", variants=("float32", "int8-bf16"), batch_sizes=(1,), new_tokens=4, rounds=1,
                      quality_tokens=256, encoder=False, references=())
     result = compare_inference(spec)
     _check_inference_rows(result, spec.variants, spec.batch_sizes)
-    assert result["rows"]["int8"]["bytes_vs_fp32"] < 0.35 and result["rows"]["int8"]["quality"]["tokens_from"] == \
+    assert result["rows"]["int8-bf16"]["bytes_vs_fp32"] < 0.35 and result["rows"]["int8-bf16"]["quality"]["tokens_from"] == \
         "random tokens"
     with pytest.raises(ValueError, match="exceed the context of 64"):
         compare_inference(InferSpec(model="gpt2-tiny", new_tokens=60, references=()))
