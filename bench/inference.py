@@ -84,6 +84,7 @@ class InferSpec:
     encoder_sentences: int = 256
     encoder_data: str | None = None
     references: tuple[str, ...] = REFERENCES
+    reference_threads: int | None = None  # PyTorch's threads (default: every core)
     seed: int = 0
 
     def __post_init__(self):
@@ -310,7 +311,7 @@ def compare_inference(spec: InferSpec, reference: str | None = None, log=sys.std
     contenders: dict[str, Any] = {name: ours(name) for name in spec.variants}
     payload = {"hf_config": hf_gpt2_config(config, "off"), "prompts": prompts.tolist(),
                "batch_sizes": list(spec.batch_sizes), "new_tokens": spec.new_tokens, "seed": spec.seed,
-               "threads": None, "warmup": spec.warmup, "encoder": encoder_payload}
+               "threads": spec.reference_threads, "warmup": spec.warmup, "encoder": encoder_payload}
     try:
         for name in spec.references:
             print(f"starting the {name} reference...", file=log, flush=True)

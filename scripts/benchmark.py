@@ -97,6 +97,8 @@ def main(argv=None) -> dict:
     infer.add_argument("--encoder-batch", type=int, default=InferSpec.encoder_batch)
     infer.add_argument("--encoder-sentences", type=int, default=InferSpec.encoder_sentences)
     infer.add_argument("--encoder-data", help="sentences for the encoder's cosines (default: SOTU validation)")
+    infer.add_argument("--reference-threads", type=int,
+                       help="PyTorch's threads (default: every core; on a shared machine 1 can be faster)")
     args = parser.parse_args(argv)
 
     if args.mode == "infer":
@@ -107,6 +109,7 @@ def main(argv=None) -> dict:
             new_tokens=args.new_tokens, rounds=args.steps, warmup=args.warmup, data=args.data,
             quality_tokens=args.quality_tokens, encoder=not args.no_encoder, encoder_batch=args.encoder_batch,
             encoder_sentences=args.encoder_sentences, encoder_data=args.encoder_data, references=refs,
+            reference_threads=args.reference_threads,
         ), args.reference_python)
         return _report(result, args.output)
     if args.mode == "formulations":
