@@ -1,5 +1,6 @@
-"""The Flax reference contender: transformers 4.57.6's ``FlaxGPT2LMHeadModel`` trained with
-``jax.value_and_grad`` + optax AdamW in one jitted step, params and optimizer state donated.
+"""The Flax reference contenders: transformers 4.57.6's ``FlaxGPT2LMHeadModel`` trained with
+``jax.value_and_grad`` + optax AdamW in one jitted step, params and optimizer state donated; and,
+for inference, its ``generate``.
 
 It runs in its own virtual environment with our jax, flax and optax (``bench.workers``) and uses
 only numpy, jax, optax and transformers, never our packages.
@@ -18,6 +19,7 @@ import transformers
 from bench.measure import (
     Contender,
     HostMemory,
+    Workloads,
     device_peak_bytes,
     versions,
     xla_memory,
@@ -90,3 +92,34 @@ def flax_reference_step(spec: BenchSpec, hf_config: dict) -> Contender:
         }
 
     return Contender(call, describe, memory, spec.warmup)
+
+
+def flax_generate(payload: dict) -> Workloads:
+    """transformers' ``FlaxGPT2LMHeadModel.generate`` (greedy, its KV cache), under ``jax.jit``,
+    exactly ``new_tokens`` new tokens per row, at each batch size."""
+    transformers.logging.set_verbosity_error()
+    cfg = transformers.GPT2Config(**payload["hf_config"])
+    model = transformers.FlaxGPT2LMHeadModel(cfg, seed=payload["seed"], dtype=jnp.float32)
+    prompts = jnp.asarray(payload["prompts"], jnp.int32)
+    new = payload["new_tokens"]
+    length = prompts.shape[1] + new
+    generate = jax.jit(lambda params, ids: model.generate(
+        ids, params=params, max_new_tokens=new, min_length=length, do_sample=False, pad_token_id=0).sequences)
+    calls, compile_s = {}, {}
+    for batch in payload["batch_sizes"]:
+        ids = prompts[:batch]
+        t0 = time.perf_counter()
+        jax.block_until_ready(generate(model.params, ids))
+        compile_s[f"decode_b{batch}"] = time.perf_counter() - t0
+        calls[f"decode_b{batch}"] = lambda ids=ids: jax.block_until_ready(generate(model.params, ids))
+
+    def describe():
+        return {
+            "implementation": f"transformers {transformers.__version__} FlaxGPT2LMHeadModel.generate (greedy), "
+                              "jax.jit",
+            "versions": versions("jax", "jaxlib", "flax", "transformers", "numpy"),
+            "python_executable": sys.executable,
+            "compile_s": compile_s,
+        }
+
+    return Workloads(calls, describe, payload.get("warmup", 1))

@@ -48,6 +48,25 @@ def matmul_peak_flops(dtype: str = "float32", n: int | None = None, repeats: int
     return {"flops_per_s": 2 * n**3 / min(times), "n": n, "dtype": dtype, "repeats": repeats}
 
 
+def matvec_bandwidth(n: int = 8192, repeats: int = 10) -> dict:
+    """Bytes/s at which a jitted fp32 ``[n, n] @ [n]`` product reads its matrix (best of ``repeats``):
+    the memory-bandwidth limit of batch-1 decoding, which reads every weight once per token. The
+    default matrix (256 MB) is far larger than any CPU cache."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    x = jax.random.normal(jax.random.key(1), (n,), jnp.float32)
+    f = jax.jit(jnp.matmul)
+    f(a, x).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a, x).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return {"bytes_per_s": a.nbytes / min(times), "matrix": [n, n], "dtype": "float32", "repeats": repeats}
+
+
 def torch_matmul_flops(n: int = 2048, repeats: int = 5) -> float:
     """The same measurement with torch (fp32), for comparing the libraries' matmuls."""
     import torch
@@ -229,6 +248,37 @@ class Contender:
             "steps_peak_rss_delta_bytes": steps_peak,
         }
         return add_mfu(out, flops, peak_flops_per_s)
+
+
+class Workloads:
+    """Named calls to time (each blocks on its result), for contenders that run several kinds of
+    work (e.g. decoding at two batch sizes, and an encoder). Creating one runs each call
+    ``warmup`` times untimed; ``step(name)`` times one call; ``result()`` gives each workload's
+    median, its samples and the other processes' CPU use, with ``describe()``'s fields."""
+
+    def __init__(self, calls: dict[str, Callable[[], Any]], describe: Callable[[], dict] = dict, warmup: int = 1):
+        self.calls, self.describe = calls, describe
+        for call in calls.values():
+            for _ in range(warmup):
+                call()
+        self.samples: dict[str, list[dict]] = {name: [] for name in calls}
+
+    def step(self, name: str) -> dict:
+        sample = time_call(self.calls[name])
+        self.samples[name].append(sample)
+        return sample
+
+    def result(self) -> dict:
+        out = {}
+        for name, samples in self.samples.items():
+            times = [x["time"] for x in samples]
+            others = [x["other_cores"] for x in samples if x["other_cores"] is not None]
+            out[name] = {
+                "median_s": statistics.median(times) if times else None,
+                "times_s": times,
+                "other_processes_cpu_cores": statistics.fmean(others) if others else None,
+            }
+        return {**self.describe(), "workloads": out}
 
 
 def add_mfu(result: dict, flops: dict, peak_flops_per_s: float | None) -> dict:

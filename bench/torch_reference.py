@@ -1,5 +1,6 @@
-"""The PyTorch reference contender: transformers' ``GPT2LMHeadModel`` (eager, its default
-attention) with ``torch.optim.AdamW``, ``clip_grad_norm_`` and ``model.train()``, on the CPU.
+"""The PyTorch reference contenders: transformers' ``GPT2LMHeadModel`` (eager, its default
+attention) trained with ``torch.optim.AdamW``, ``clip_grad_norm_`` and ``model.train()``, on the
+CPU; and, for inference, its ``generate`` and ``BertModel``'s forward pass.
 
 It runs in a subprocess of the main environment (``bench.workers``), so its memory is measured
 alone, and uses only numpy, torch and transformers, never our packages.
@@ -16,6 +17,7 @@ import transformers
 from bench.measure import (
     Contender,
     HostMemory,
+    Workloads,
     cpu_count,
     torch_matmul_flops,
     versions,
@@ -82,3 +84,46 @@ def torch_reference_step(spec: BenchSpec, hf_config: dict, threads: int | None =
         }
 
     return Contender(call, describe, memory, max(spec.warmup - 1, 0))
+
+
+def torch_inference(payload: dict) -> Workloads:
+    """transformers' PyTorch ``GPT2LMHeadModel.generate`` (greedy, with its KV cache, exactly
+    ``new_tokens`` new tokens per row) at each batch size, and ``BertModel`` over the encoder batch
+    (``payload["encoder"]``: the checkpoint folder and the token batch), eval mode, ``no_grad``."""
+    transformers.logging.set_verbosity_error()
+    torch.set_num_threads(payload.get("threads") or cpu_count())
+    torch.manual_seed(payload["seed"])
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**payload["hf_config"])).eval()
+    prompts = torch.tensor(payload["prompts"])
+    new = payload["new_tokens"]
+
+    def decode(batch: int):
+        ids = prompts[:batch]
+
+        def call():
+            with torch.no_grad():
+                model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+                               do_sample=False, use_cache=True, pad_token_id=0)
+        return call
+
+    calls = {f"decode_b{b}": decode(b) for b in payload["batch_sizes"]}
+    encoder = payload.get("encoder")
+    if encoder:
+        bert = transformers.BertModel.from_pretrained(encoder["folder"]).eval()
+        ids, mask = torch.tensor(encoder["ids"]), torch.tensor(encoder["mask"])
+
+        def encode():
+            with torch.no_grad():
+                bert(input_ids=ids, attention_mask=mask).last_hidden_state.sum().item()
+        calls["encode"] = encode
+
+    def describe():
+        return {
+            "implementation": f"transformers {transformers.__version__} GPT2LMHeadModel.generate (greedy, "
+                              f"use_cache=True, attn_implementation={model.config._attn_implementation})"
+                              + (", BertModel forward" if encoder else "") + ", eval, no_grad",
+            "versions": versions("torch", "transformers", "numpy"),
+            "threads": torch.get_num_threads(),
+        }
+
+    return Workloads(calls, describe, payload.get("warmup", 1))

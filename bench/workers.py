@@ -99,8 +99,9 @@ class Worker:
         raise RuntimeError(f"{self.kind} worker ({self.python}) failed with exit code {self.proc.returncode}:\n"
                            f"{self.stderr.read()[-5000:]}")
 
-    def step(self) -> dict:
-        return self.request("step")
+    def step(self, workload: str | None = None) -> dict:
+        """Time one call: the train step, or the named workload of an inference contender."""
+        return self.request("step" if workload is None else {"step": workload})
 
     def finish(self) -> dict:
         result = self.request("finish")
@@ -110,12 +111,18 @@ class Worker:
         return result
 
 
-def _worker_main(kind: str) -> None:
-    """The worker side of :class:`Worker`: a payload, then ``"step"`` commands, then ``"finish"``."""
-    def reply(obj):
-        print(RESULT_TAG + json.dumps(obj), flush=True)
+def _contender(kind: str, payload: dict):
+    """The worker's contender and the function that gives its final result."""
+    if kind == "flax-generate":
+        from bench.flax_reference import flax_generate
 
-    payload = json.loads(sys.stdin.readline())
+        workloads = flax_generate(payload)
+        return workloads, workloads.result
+    if kind == "torch-inference":
+        from bench.torch_reference import torch_inference
+
+        workloads = torch_inference(payload)
+        return workloads, workloads.result
     spec = BenchSpec(**payload["spec"])
     if kind == "flax-reference":
         from bench.flax_reference import flax_reference_step
@@ -128,14 +135,25 @@ def _worker_main(kind: str) -> None:
                                          adamw_impl=payload.get("torch_adamw", "fused"))
     else:
         raise SystemExit(f"unknown worker {kind!r}")
+    return contender, lambda: contender.result(spec, payload["flops"], payload["peak_flops_per_s"])
+
+
+def _worker_main(kind: str) -> None:
+    """The worker side of :class:`Worker`: a payload, then ``"step"`` (or ``{"step": workload}``)
+    commands, then ``"finish"``."""
+    def reply(obj):
+        print(RESULT_TAG + json.dumps(obj), flush=True)
+
+    contender, finish = _contender(kind, json.loads(sys.stdin.readline()))
     reply("ready")
     for line in sys.stdin:
         command = json.loads(line)
         if command == "step":
             reply(contender.step())
+        elif isinstance(command, dict) and "step" in command:
+            reply(contender.step(command["step"]))
         elif command == "finish":
-            result = contender.result(spec, payload["flops"], payload["peak_flops_per_s"])
-            reply({**result, "allocator": WORKER_ALLOCATOR})
+            reply({**finish(), "allocator": WORKER_ALLOCATOR})
             return
 
 

@@ -18,6 +18,7 @@ import dataclasses
 import math
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from models.layers import (
@@ -95,7 +96,16 @@ class GPTConfig:
 
 
 class GPT(nn.Module):
-    """Decoder-only language model; returns next-token logits (or the final hidden states)."""
+    """Decoder-only language model; returns next-token logits (or the final hidden states).
+
+    With ``decode=True`` it reads and extends a ``cache`` collection (flax's lm1b pattern), so
+    generation feeds only the new tokens: ``module.init(rng, ids, decode=True)["cache"]`` gives an
+    empty cache with as many slots as ``ids`` has columns (``models.generation.init_cache``), and
+    each ``apply(..., decode=True, mutable=["cache"])`` appends its tokens. Besides each layer's keys
+    and values the cache holds ``mask`` [batch, slots], which slots hold real tokens, and ``index``
+    [batch], how many slots are filled; padding (0 in ``attention_mask``) takes a slot but is never
+    attended to, and the position of a token is the number of real tokens before it in its row.
+    """
 
     config: GPTConfig
 
@@ -107,13 +117,21 @@ class GPT(nn.Module):
         position_ids=None,
         deterministic: bool = True,
         return_hidden: bool = False,
+        decode: bool = False,
+        last_only: bool = False,
     ):
         """input_ids [batch, length]; attention_mask [batch, length], 1 for real tokens, 0 for
-        padding; position_ids default to 0..length-1."""
+        padding; position_ids default to 0..length-1 (in decode mode, to the count of real tokens
+        before each one). ``last_only``: the last position's logits alone ([batch, 1, vocab]), all
+        that a prompt's prefill needs."""
         c = self.config
         kw = dict(dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype))
         length = input_ids.shape[-1]
         check_length(length, c.n_positions)
+        if decode:
+            mask, position_ids = self.cache_mask(attention_mask, position_ids, input_ids.shape)
+        else:
+            mask = padding_mask(attention_mask)
         if position_ids is None:
             position_ids = jnp.arange(length)[None, :]
         wte = Embed(c.vocab_size, c.d_model, c.initializer_range, name="wte", **kw)
@@ -123,15 +141,36 @@ class GPT(nn.Module):
         )
         x = wte(input_ids) + wpe(position_ids)
         x = constrain(nn.Dropout(c.embd_dropout, deterministic=deterministic)(x))
-        blocks = repeat_layers(TransformerBlock, c.n_layer, scanned=c.scan_layers, remat=c.remat, name="blocks")(
-            **c.block_kwargs()
-        )
-        x = blocks(x, padding_mask(attention_mask), deterministic)
+        # Decoding computes no gradients: nothing to rematerialise (the parameters are the same either way).
+        blocks = repeat_layers(TransformerBlock, c.n_layer, scanned=c.scan_layers, remat="none" if decode else c.remat,
+                               name="blocks")(**c.block_kwargs(), decode=decode)
+        x = blocks(x, mask, deterministic)
+        if last_only:
+            x = x[:, -1:]
         if c.final_ln:
             x = LayerNorm(c.layer_norm_eps, name="ln_f", **kw)(x)
         if return_hidden:
             return x
         return wte.attend(x)
+
+    def cache_mask(self, attention_mask, position_ids, shape):
+        """Decode mode: record which new slots hold real tokens; return the attention mask over all
+        slots ([batch, 1, length, slots]: real, and not after the query) and the positions."""
+        batch, length = shape
+        real = jnp.ones(shape, bool) if attention_mask is None else jnp.asarray(attention_mask, bool)
+        initialized = self.has_variable("cache", "mask")
+        slots = self.variable("cache", "mask", jnp.zeros, shape, bool)
+        index = self.variable("cache", "index", jnp.zeros, (batch,), jnp.int32)
+        start, seen = 0, 0
+        if initialized:  # init only creates the (empty) cache
+            start, seen = index.value[0], slots.value.sum(-1, keepdims=True)
+            slots.value = jax.lax.dynamic_update_slice(slots.value, real, (0, start))
+            index.value = index.value + length
+        if position_ids is None:  # padding before a row's first token gets position 0, and is never attended to
+            position_ids = jnp.maximum(seen + jnp.cumsum(real, axis=1) - 1, 0)
+        visible = slots.value if initialized else real
+        causal = jnp.arange(visible.shape[1])[None, :] <= start + jnp.arange(length)[:, None]
+        return visible[:, None, None, :] & causal[None, None], position_ids
 
 
 _GPT2 = GPTConfig()

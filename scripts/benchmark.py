@@ -5,6 +5,11 @@ model FLOPs per token and MFU (see ``bench/train_step.py`` for what each number 
 ``--compare-reference`` adds transformers' Flax GPT-2 (transformers 4.57.6, in its own virtual
 environment, created on first use under ``.cache/bench-venv``) and PyTorch GPT-2 train steps,
 measured in the same invocation, and the ratios of their step times to ours.
+
+``--mode infer`` measures fp32, bf16 and int8 decoding (batch 1 and 16) and encoding (all-MiniLM-L6-v2)
+against transformers' PyTorch and Flax generate and PyTorch BertModel, with parameter bytes, the
+memory-bandwidth limit and the quality change (``bench/inference.py``); ``--steps`` is the number of
+interleaved rounds, and ``--output X.json`` also writes the markdown table to ``X.md``.
 """
 
 import argparse
@@ -22,6 +27,8 @@ from train.malloc import retain_freed_memory
 # Before numpy and JAX start their threads (see train/malloc.py); JAXLM_MALLOC=default turns it off.
 ALLOCATOR = retain_freed_memory() if __name__ == "__main__" else "default"
 
+from bench.formulations import compare_formulations  # noqa: E402
+from bench.inference import InferSpec, compare_inference  # noqa: E402
 from bench.loop_idle import measure_loop_idle  # noqa: E402
 from bench.memory import DEVICES, MemorySpec, compiled_memory, plan  # noqa: E402
 from bench.sharing import SharingSpec, compare_sharing  # noqa: E402
@@ -61,10 +68,14 @@ def memory_mode(args) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=["train-step", "sharing", "loop-idle", "memory"], default="train-step",
+    parser.add_argument("--mode", choices=["train-step", "sharing", "loop-idle", "memory", "infer", "formulations"],
+                        default="train-step",
                         help="sharing: BERT vs ALBERT with and without cross-layer sharing (bench/sharing.py); "
                              "loop-idle: the training loop's step time against the device's (bench/loop_idle.py); "
-                             "memory: bytes per device of a training configuration, from shapes (bench/memory.py)")
+                             "memory: bytes per device of a training configuration, from shapes (bench/memory.py); "
+                             "infer: fp32/bf16/int8 decoding and encoding against transformers (bench/inference.py); "
+                             "formulations: 16- and 8-bit matrix-vector products under XLA's CPU flags "
+                             "(bench/formulations.py, at the first of --batch-sizes, --steps rounds)")
     parser.add_argument("--model", default="gpt2", help="a preset of models.PRESETS")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a model config field (repeatable), e.g. --set scan_layers=true")
@@ -79,7 +90,8 @@ def main(argv=None) -> dict:
                         help="peak FLOP/s for MFU; default: measured with a large matmul in this process")
     parser.add_argument("--compare-reference", action="store_true",
                         help="also time transformers' Flax and PyTorch GPT-2 train steps")
-    parser.add_argument("--references", default="flax,torch", help="which references to compare against")
+    parser.add_argument("--references", default="flax,torch",
+                        help="which references to compare against (none: ours alone)")
     parser.add_argument("--reference-python", default=None,
                         help="venv folder or interpreter for the Flax reference (default .cache/bench-venv)")
     parser.add_argument("--torch-adamw", choices=["fused", "foreach", "for-loop"], default="fused",
@@ -111,8 +123,35 @@ def main(argv=None) -> dict:
     memory.add_argument("--compile", action="store_true",
                         help="also compile the train step from shapes on this machine (simulated CPU devices when "
                              "the mesh needs more) and report XLA's memory analysis next to the plan")
+    infer = parser.add_argument_group("--mode infer (--model may also be a run or Hugging Face folder)")
+    infer.add_argument("--variants", default=",".join(InferSpec.variants), help="of float32, bfloat16, int8, int8-bf16")
+    infer.add_argument("--batch-sizes", default=",".join(map(str, InferSpec.batch_sizes)))
+    infer.add_argument("--prompt-len", type=int, default=InferSpec.prompt_len)
+    infer.add_argument("--new-tokens", type=int, default=InferSpec.new_tokens)
+    infer.add_argument("--data", help="text/JSONL to measure quality on (needs a run folder as --model); "
+                                      "default: random tokens")
+    infer.add_argument("--quality-tokens", type=int, default=InferSpec.quality_tokens)
+    infer.add_argument("--no-encoder", action="store_true", help="skip the all-MiniLM-L6-v2 encoder rows")
+    infer.add_argument("--encoder-batch", type=int, default=InferSpec.encoder_batch)
+    infer.add_argument("--encoder-sentences", type=int, default=InferSpec.encoder_sentences)
+    infer.add_argument("--encoder-data", help="sentences for the encoder's cosines (default: SOTU validation)")
+    infer.add_argument("--reference-threads", type=int,
+                       help="PyTorch's threads (default: every core; on a shared machine 1 can be faster)")
     args = parser.parse_args(argv)
 
+    if args.mode == "infer":
+        refs = tuple(r for r in args.references.split(",") if r and r != "none")
+        result = compare_inference(InferSpec(
+            model=args.model, variants=tuple(args.variants.split(",")),
+            batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")), prompt_len=args.prompt_len,
+            new_tokens=args.new_tokens, rounds=args.steps, warmup=args.warmup, data=args.data,
+            quality_tokens=args.quality_tokens, encoder=not args.no_encoder, encoder_batch=args.encoder_batch,
+            encoder_sentences=args.encoder_sentences, encoder_data=args.encoder_data, references=refs,
+            reference_threads=args.reference_threads,
+        ), args.reference_python)
+        return _report(result, args.output)
+    if args.mode == "formulations":
+        return _report(compare_formulations(batch=int(args.batch_sizes.split(",")[0]), rounds=args.steps), args.output)
     if args.mode == "sharing":
         result = compare_sharing(SharingSpec(
             num_hidden_layers=args.layers, hidden_size=args.hidden_size, num_attention_heads=args.heads,
@@ -140,10 +179,18 @@ def main(argv=None) -> dict:
                                    allocator=ALLOCATOR, reference_allocator=args.reference_allocator)
     else:
         result = benchmark_train_step(spec, args.peak_tflops, allocator=ALLOCATOR)
+    return _report(result, args.output)
+
+
+def _report(result: dict, output: str | None) -> dict:
+    """Print the JSON; with ``--output``, also write it there (and the markdown table, if any, next
+    to it with the suffix ``.md``)."""
     text = json.dumps(result, indent=2)
     print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
+    if output:
+        Path(output).write_text(text + "\n")
+        if "markdown" in result:
+            Path(output).with_suffix(".md").write_text(result["markdown"])
     return result
 
 

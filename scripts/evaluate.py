@@ -14,6 +14,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from models.quantize import QUANTIZATIONS  # noqa: E402
 from train import cli  # noqa: E402
 from train.evaluation import evaluate_checkpoint
 
@@ -33,11 +34,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--step", type=int, help="checkpoint step (default: latest)")
     parser.add_argument("--unigram-baseline", metavar="TRAIN_DATA",
                         help="also report a unigram model of TRAIN_DATA on the same tokens (needs a full pass)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], help="parameters and compute (default: the run's)")
+    parser.add_argument("--quantize", choices=QUANTIZATIONS, help="int8 dense and embedding weights")
     args = parser.parse_args(argv)
     result = evaluate_checkpoint(
         args.checkpoint, args.data, tokenizer=args.tokenizer, task=args.task, seq_len=args.seq_len, batch_size=args.batch_size,
         text_field=args.text_field, max_batches=args.max_batches, step=args.step, split=args.split,
-        unigram_from=args.unigram_baseline,
+        unigram_from=args.unigram_baseline, dtype=args.dtype, quantize=args.quantize,
     )
     print(json.dumps(result, indent=2))
     return result

@@ -1,4 +1,10 @@
-"""Continue a prompt with a trained decoder: ``python scripts/generate.py runs/gpt2-mini-sotu --prompt "..."``."""
+"""Continue a prompt with a trained decoder: ``python scripts/generate.py runs/gpt2-mini-sotu --prompt "..."``.
+
+Decodes with the KV cache (``models.generation``), stops a sample at the tokenizer's end-of-text
+token, and prints JSON with the continuations and the decoding speed (new tokens per second,
+compilation excluded). ``--dtype bfloat16`` and ``--quantize int8`` run the cheaper variants
+(``models.quantize``).
+"""
 
 import argparse
 import json
@@ -10,8 +16,9 @@ if __package__ in (None, ""):  # run as a file: make the repository's packages i
 
 import jax
 
+from models import quantize
 from models.classifier import ClassifierConfig
-from models.generation import generate
+from models.generation import sample
 from models.gpt import GPTConfig
 from train import cli  # noqa: E402
 from train.data.tokenizers import load_tokenizer
@@ -19,14 +26,18 @@ from train.evaluation import load_for_eval
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="a run folder of ours or a Hugging Face GPT/GPT-2 folder")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--tokenizer", help="default: the run's tokenizer")
     parser.add_argument("--max-new-tokens", type=int, default=40)
-    parser.add_argument("--temperature", type=float, default=0.8)
-    parser.add_argument("--top-k", type=int, default=40)
+    parser.add_argument("--num-samples", type=int, default=1, help="continuations of the prompt (computed once)")
+    parser.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
+    parser.add_argument("--top-k", type=int, default=40, help="0: no top-k cut")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling; 1: no cut")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], help="parameters and compute (default: the run's)")
+    parser.add_argument("--quantize", choices=quantize.QUANTIZATIONS, help="int8 dense and embedding weights")
     args = parser.parse_args(argv)
     module, config, params, run = load_for_eval(args.checkpoint)
     if not isinstance(config, GPTConfig):
@@ -34,10 +45,22 @@ def main(argv=None) -> dict:
                 if isinstance(config, ClassifierConfig) else "")
         raise ValueError(f"{args.checkpoint} holds a {type(config).__name__}, but generate.py continues text with a "
                          f"GPT/GPT-2 language model{hint}")
+    module, params = quantize.prepare(module, params, args.dtype, args.quantize)
     tokenizer = load_tokenizer(args.tokenizer or run["tokenizer"])
-    ids = generate(module, params, tokenizer.encode(args.prompt), args.max_new_tokens,
-                   rng=jax.random.PRNGKey(args.seed), temperature=args.temperature, top_k=args.top_k)
-    result = {"prompt": args.prompt, "continuation": tokenizer.decode(ids)}
+    out = sample(module, params, [tokenizer.encode(args.prompt)], args.max_new_tokens, num_samples=args.num_samples,
+                 rng=jax.random.PRNGKey(args.seed), temperature=args.temperature, top_k=args.top_k,
+                 top_p=args.top_p, eos_id=tokenizer.eos_id, vocab_size=min(tokenizer.vocab_size, config.vocab_size))
+    texts = [tokenizer.decode(ids) for ids in out.ids]
+    result = {
+        "prompt": args.prompt,
+        **({"continuation": texts[0]} if len(texts) == 1 else {"continuations": texts}),
+        "new_tokens": out.new_tokens,
+        "tokens_per_s": round(out.tokens_per_s, 1),
+        "decode_s": round(out.seconds, 3),
+        "compile_s": round(out.compile_seconds, 2),
+        "dtype": module.config.dtype,
+        "quantize": args.quantize,
+    }
     print(json.dumps(result, indent=2))
     return result
 

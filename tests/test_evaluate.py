@@ -57,3 +57,28 @@ def test_greedy_generation_matches_step_by_step_argmax():
     assert len(sampled) == 6 and all(0 <= t < config.vocab_size for t in sampled)
     with pytest.raises(ValueError, match="exceed the context of 64"):
         generate(module, params, prompt, 62)
+
+
+def test_cheaper_variants_evaluate_and_generate(corpus, run, capsys):
+    """--dtype bfloat16 and --quantize int8 on a trained run: evaluation and generation scripts."""
+    import sys
+
+    from test_benchmark import ROOT
+
+    root, _ = corpus
+    data = str(root / "validation.jsonl")
+    fp32 = evaluate_checkpoint(run, data)
+    for variant, ratio in (({"dtype": "bfloat16"}, 0.5), ({"quantize": "int8"}, 0.35)):
+        cheaper = evaluate_checkpoint(run, data, **variant)
+        assert cheaper["loss"] == pytest.approx(fp32["loss"], abs=0.05), variant
+        assert cheaper["param_bytes"] <= ratio * fp32["param_bytes"], variant
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import generate as script
+    finally:
+        sys.path.pop(0)
+    result = script.main([str(run), "--prompt", "the union", "--max-new-tokens", "5", "--num-samples", "2",
+                          "--quantize", "int8", "--dtype", "bfloat16", "--top-p", "0.9"])
+    assert len(result["continuations"]) == 2 and result["tokens_per_s"] > 0
+    assert result["dtype"] == "bfloat16" and result["quantize"] == "int8"
+    assert '"tokens_per_s"' in capsys.readouterr().out

@@ -11,6 +11,7 @@ import numpy as np
 
 from models import hf
 from models.classifier import ClassifierConfig
+from models.quantize import param_bytes, prepare
 from train import sharding
 from train.checkpoint import load_variables
 from train.config import TrainConfig
@@ -68,14 +69,16 @@ DEFAULT_TASKS = {"gpt": "lm", "bert": "mlm_nsp", "albert": "mlm_sop", "classifie
 
 def evaluate_checkpoint(checkpoint, data_source, *, tokenizer=None, task=None, seq_len=None, batch_size=8,
                         text_field="text", max_batches=None, step=None, split="validation",
-                        unigram_from=None) -> dict:
+                        unigram_from=None, dtype=None, quantize=None) -> dict:
     """Evaluate a checkpoint on a corpus; returns the metrics, the token count and the model config.
 
     ``tokenizer`` defaults to the one the run was trained with (an HF folder needs one given);
     ``task`` to the run's, else the family's pretraining task (``DEFAULT_TASKS``);
     ``seq_len`` to the run's, else the model's context. ``unigram_from`` (training data) adds
     the unigram baseline on the same tokens. A classifier reports accuracy, macro-F1 and
-    per-class counts on ``data_source``'s labelled rows (the run's ``label_field``).
+    per-class counts on ``data_source``'s labelled rows (the run's ``label_field``). ``dtype``
+    (parameters and compute) and ``quantize`` (``"int8"`` weights) evaluate a cheaper variant
+    (``models.quantize.prepare``).
     """
     module, model_config, variables, run = load_variables_for_eval(checkpoint, step)
     tokenizer = tokenizer or run.get("tokenizer")
@@ -107,9 +110,14 @@ def evaluate_checkpoint(checkpoint, data_source, *, tokenizer=None, task=None, s
     shardings = {"params": params_sharding(module, mesh),
                  **jax.tree.map(lambda _: sharding.replicated(mesh), {k: v for k, v in variables.items() if k != "params"})}
     variables = jax.device_put(variables, shardings)
+    module, params = prepare(module, variables["params"], dtype, quantize)
+    variables = {**variables, "params": params}
+    if quantize:  # int8 leaves have their own layout: they stay where quantization put them
+        shardings = None
     metrics = evaluate(make_eval_step(module, task_obj, shardings, mesh), variables, task_obj,
                        task_obj.eval_batches(corpus, batch_size // count, index, count), mesh, max_batches)
-    result = {**metrics, "checkpoint": str(checkpoint), "step": run.get("step"), "seq_len": seq_len}
+    result = {**metrics, "checkpoint": str(checkpoint), "step": run.get("step"), "seq_len": seq_len,
+              "dtype": module.config.dtype, "quantize": quantize, "param_bytes": param_bytes(params)}
     if unigram_from is not None and max_batches is None:
         if task_obj.name != "lm":
             raise ValueError("the unigram baseline applies to the language-modelling task only")

