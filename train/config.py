@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from models.registry import check_type, get_config
+from optim.pruning import PruningConfig
 from train.data.downloads import cache_dir
 
 
@@ -50,6 +51,12 @@ class TrainConfig:
     b1: float = 0.9
     b2: float = 0.95
     clip_norm: float = 1.0
+    # Gradual magnitude pruning: optim.PruningConfig's fields (target_sparsity, begin_step,
+    # end_step, every, initial_sparsity, pattern); empty: no pruning.
+    pruning: dict = dataclasses.field(default_factory=dict)
+    # Knowledge distillation (task "distill"): train.distill.DistillConfig's fields (teacher,
+    # temperature, alpha, task).
+    distill: dict = dataclasses.field(default_factory=dict)
     seed: int = 0
     # Devices: mesh axis sizes, -1 for "all remaining devices".
     mesh: dict = dataclasses.field(default_factory=lambda: {"data": -1, "model": 1})
@@ -80,6 +87,11 @@ class TrainConfig:
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size={self.batch_size} is not divisible by grad_accum={self.grad_accum}")
         self.model_config()  # an unknown preset or a bad model override fails here, before any work
+        self.pruning_config()
+
+    def pruning_config(self):
+        """``pruning`` as an ``optim.PruningConfig`` (None when empty), checked."""
+        return section(PruningConfig, self.pruning, "pruning") if self.pruning else None
 
     def model_config(self):
         """The model's config: the preset ``model`` with ``model_overrides``, type-checked."""
@@ -91,6 +103,17 @@ class TrainConfig:
     def identity(self) -> dict:
         """The fields that define a run: a checkpoint of another identity is never resumed."""
         return {k: v for k, v in self.to_dict().items() if k not in self.RESUMABLE}
+
+
+def section(cls, values: dict, name: str):
+    """A dict field of the run config as the dataclass ``cls``: unknown keys and values of the
+    wrong type are named in the error."""
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"{name} has no field(s) {unknown}; valid fields: {', '.join(fields)}")
+    return cls(**{k: check_type(v, hints[k], f"{name}.{k}") for k, v in values.items()})
 
 
 CONFIGS: dict[str, Callable[[], TrainConfig]] = {}

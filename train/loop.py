@@ -14,6 +14,7 @@ import time
 
 import jax
 import numpy as np
+import optax
 from tqdm import tqdm
 
 import models
@@ -67,6 +68,9 @@ def train(config: TrainConfig) -> dict:
         config.learning_rate, config.warmup_steps, config.steps, config.end_lr_ratio
     )
     tx = optim.adamw(schedule, weight_decay=config.weight_decay, b1=config.b1, b2=config.b2, clip_norm=config.clip_norm)
+    if config.pruning:  # last in the chain: it zeroes the final updates of the masked weights
+        stacked = r"(^|/)blocks/" if model_config.scan_layers else None  # a leading layers axis
+        tx = optax.chain(tx, optim.magnitude_pruning(config.pruning_config(), stacked=stacked))
     mesh = sharding.make_mesh(config.mesh)
     task = make_task(config, tokenizer, tokenizer_id(config.tokenizer))
     train_corpus = task.load_corpus(config.train_data, "train")
