@@ -19,6 +19,7 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
+from models.heads_pruning import normalize_pruned_heads, per_layer_kwargs
 from models.layers import (
     Embed,
     LayerNorm,
@@ -52,12 +53,16 @@ class GPTConfig:
     param_dtype: str = "float32"
     scan_layers: bool = False  # True: one nn.scan over the layers (one compiled layer)
     remat: str = "none"  # one of models.layers.REMAT_POLICIES
+    # Attention heads removed, per layer (original indices; models.heads_pruning); () for none.
+    pruned_heads: tuple[tuple[int, ...], ...] = ()
 
     family = "gpt"
 
     def __post_init__(self):
         validate_config(self, width="d_model", heads="n_head", activation="activation",
                         dropouts=("embd_dropout", "attn_dropout", "resid_dropout"))
+        object.__setattr__(self, "pruned_heads", normalize_pruned_heads(
+            self.pruned_heads, self.n_layer, self.n_head, self.scan_layers))
 
     @property
     def head_dim(self) -> int:
@@ -77,7 +82,7 @@ class GPTConfig:
             num_heads=self.n_head, features=self.d_model, d_ff=self.d_ff, activation=self.activation,
             layer_norm_eps=self.layer_norm_eps, causal=True, pre_ln=self.pre_ln, attn_dropout=self.attn_dropout,
             resid_dropout=self.resid_dropout, init_std=self.initializer_range, out_init_std=self.residual_init_std,
-            dtype=jnp.dtype(self.dtype), param_dtype=jnp.dtype(self.param_dtype),
+            dtype=jnp.dtype(self.dtype), param_dtype=jnp.dtype(self.param_dtype), head_dim=self.head_dim,
         )
 
 
@@ -111,7 +116,7 @@ class GPT(nn.Module):
         x = wte(input_ids) + wpe(position_ids)
         x = constrain(nn.Dropout(c.embd_dropout, deterministic=deterministic)(x))
         blocks = repeat_layers(TransformerBlock, c.n_layer, scanned=c.scan_layers, remat=c.remat, name="blocks")(
-            **c.block_kwargs()
+            **c.block_kwargs(), per_layer=per_layer_kwargs(c)
         )
         x = blocks(x, padding_mask(attention_mask), deterministic)
         if c.pre_ln:
