@@ -19,6 +19,7 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
+from models.adaptive_softmax import adaptive_softmax, check_cutoffs
 from models.heads_pruning import normalize_pruned_heads, per_layer_kwargs
 from models.layers import (
     Embed,
@@ -55,6 +56,10 @@ class GPTConfig:
     remat: str = "none"  # one of models.layers.REMAT_POLICIES
     # Attention heads removed, per layer (original indices; models.heads_pruning); () for none.
     pruned_heads: tuple[tuple[int, ...], ...] = ()
+    # Adaptive softmax output layer (models.adaptive_softmax) for frequency-sorted ids: the
+    # shortlist size and the starts of the tail clusters; () for the full, tied softmax.
+    adaptive_cutoffs: tuple[int, ...] = ()
+    adaptive_div: float = 4.0  # tail cluster i projects to d_model / adaptive_div**(i+1)
 
     family = "gpt"
 
@@ -63,6 +68,9 @@ class GPTConfig:
                         dropouts=("embd_dropout", "attn_dropout", "resid_dropout"))
         object.__setattr__(self, "pruned_heads", normalize_pruned_heads(
             self.pruned_heads, self.n_layer, self.n_head, self.scan_layers))
+        object.__setattr__(self, "adaptive_cutoffs", check_cutoffs(self.adaptive_cutoffs, self.vocab_size))
+        if self.adaptive_div < 1:
+            raise ValueError(f"adaptive_div={self.adaptive_div} must be at least 1 (4 in Grave et al.)")
 
     @property
     def head_dim(self) -> int:
@@ -87,7 +95,8 @@ class GPTConfig:
 
 
 class GPT(nn.Module):
-    """Decoder-only language model; returns next-token logits (or the final hidden states)."""
+    """Decoder-only language model; returns next-token logits (or the final hidden states); with
+    ``adaptive_cutoffs``, log-probabilities from an adaptive softmax."""
 
     config: GPTConfig
 
@@ -123,6 +132,8 @@ class GPT(nn.Module):
             x = LayerNorm(c.layer_norm_eps, name="ln_f", **kw)(x)
         if return_hidden:
             return x
+        if c.adaptive_cutoffs:  # exact log-probabilities, which sampling treats as logits
+            return adaptive_softmax(c)(x, wte.embedding)
         return wte.attend(x)
 
 

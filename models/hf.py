@@ -424,6 +424,9 @@ class GPTConverter(Converter):
 
     @classmethod
     def entries(cls, c: GPTConfig) -> list[_Entry]:
+        if c.adaptive_cutoffs:
+            raise ValueError("transformers' GPT-2 has no adaptive softmax: a model with adaptive_cutoffs cannot be "
+                             "converted to or from a Hugging Face checkpoint")
         d = c.d_model
         wte, wpe = ("wte", "wpe") if c.pre_ln else ("tokens_embed", "positions_embed")
         entries = [*_table(("wte",), wte, (c.vocab_size, d)), *_table(("wpe",), wpe, (c.n_positions, d))]

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from models import adaptive_softmax
 from train import data
 from train.data import sentence_pairs
 from train.data.downloads import cache_dir
@@ -83,11 +84,18 @@ class LanguageModeling:
 
     @staticmethod
     def loss(module, params, batch, rng, deterministic: bool):
-        logits = module.apply(
-            {"params": params}, batch["inputs"], deterministic=deterministic, rngs={"dropout": rng}
-        )
         weights = batch.get("weights", jnp.ones(batch["targets"].shape, jnp.float32))
-        sums = cross_entropy_sums(logits, batch["targets"], weights)
+        if getattr(module.config, "adaptive_cutoffs", ()):  # the target's log-probability alone
+            hidden = module.apply({"params": params}, batch["inputs"], deterministic=deterministic,
+                                  rngs={"dropout": rng}, return_hidden=True)
+            nll, correct = adaptive_softmax.token_nll(module.config, params, hidden, batch["targets"])
+            sums = {"nll": jnp.sum(nll * weights), "weight": jnp.sum(weights),
+                    "correct": jnp.sum(correct.astype(jnp.float32) * weights)}
+        else:
+            logits = module.apply(
+                {"params": params}, batch["inputs"], deterministic=deterministic, rngs={"dropout": rng}
+            )
+            sums = cross_entropy_sums(logits, batch["targets"], weights)
         return sums["nll"] / jnp.maximum(sums["weight"], 1.0), sums
 
     @staticmethod
