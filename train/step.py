@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax
@@ -48,6 +49,19 @@ def init_state(module, tx, rng, mesh):
     return jax.jit(init, out_shardings=shardings)(rng), shardings
 
 
+def frozen_arrays(task, mesh):
+    """``(loss, arrays)``: arrays a task's loss reads but never trains (a distillation teacher's
+    parameters, ``task.frozen(mesh)``), passed to the jitted steps as an argument rather than
+    compiled in as constants, and the loss that takes them; ``(task.loss, None)`` for most tasks."""
+    if not hasattr(task, "frozen"):
+        return task.loss, None
+
+    def loss(module, params, batch, rng, deterministic, frozen):
+        return task.loss(module, params, batch, rng, deterministic, frozen=frozen)
+
+    return loss, task.frozen(mesh)
+
+
 def make_train_step(module, task, tx, base_rng, shardings, mesh, grad_accum: int):
     """One optimizer update from a batch of shape [grad_accum, micro_batch, ...].
 
@@ -56,10 +70,12 @@ def make_train_step(module, task, tx, base_rng, shardings, mesh, grad_accum: int
     step, so a resumed run draws the same dropout masks as an uninterrupted one. The state is
     donated.
     """
+    task_loss, frozen = frozen_arrays(task, mesh)
 
-    def step(state: TrainState, batch):
+    def step(state: TrainState, batch, *frozen):
         rng = jax.random.fold_in(base_rng, state.step)
-        grad_fn = jax.value_and_grad(task.loss, argnums=1, has_aux=True)
+        loss = functools.partial(task_loss, frozen=frozen[0]) if frozen else task_loss
+        grad_fn = jax.value_and_grad(loss, argnums=1, has_aux=True)
 
         def micro_grads(i, mb):
             (_, sums), grads = grad_fn(module, state.params, mb, jax.random.fold_in(rng, i), False)
@@ -82,13 +98,28 @@ def make_train_step(module, task, tx, base_rng, shardings, mesh, grad_accum: int
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), sums
 
     batch_sh = sharding.batch_sharding(mesh, leading=1)
-    return jax.jit(step, in_shardings=(shardings, batch_sh), out_shardings=(shardings, None), donate_argnums=0)
+    return _bind(jax.jit(step, in_shardings=(shardings, batch_sh, *_shardings_of(frozen)),
+                         out_shardings=(shardings, None), donate_argnums=0), frozen)
 
 
 def make_eval_step(module, task, param_shardings, mesh):
     """Summed statistics of one eval batch (no dropout)."""
+    task_loss, frozen = frozen_arrays(task, mesh)
 
-    def step(params, batch):
-        return task.loss(module, params, batch, jax.random.PRNGKey(0), True)[1]
+    def step(params, batch, *frozen):
+        extra = {"frozen": frozen[0]} if frozen else {}
+        return task_loss(module, params, batch, jax.random.PRNGKey(0), True, **extra)[1]
 
-    return jax.jit(step, in_shardings=(param_shardings, sharding.batch_sharding(mesh)))
+    return _bind(jax.jit(step, in_shardings=(param_shardings, sharding.batch_sharding(mesh),
+                                             *_shardings_of(frozen))), frozen)
+
+
+def _shardings_of(frozen) -> tuple:
+    return () if frozen is None else (jax.tree.map(lambda x: x.sharding, frozen),)
+
+
+def _bind(jitted, frozen):
+    """The jitted step as ``(first, batch) -> ...``, passing ``frozen`` as its last argument."""
+    if frozen is None:
+        return jitted
+    return lambda first, batch: jitted(first, batch, frozen)

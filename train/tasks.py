@@ -178,10 +178,17 @@ class MaskedLMWithPairs:
         }
 
 
+def _distillation(config, tokenizer, tokenizer_key: str):
+    from train.distill import Distillation  # it builds the teacher's task from this module
+
+    return Distillation(config, tokenizer, tokenizer_key)
+
+
 TASKS = {
     "lm": LanguageModeling,
     "mlm_nsp": functools.partial(MaskedLMWithPairs, objective="nsp"),
     "mlm_sop": functools.partial(MaskedLMWithPairs, objective="sop"),
+    "distill": _distillation,
 }
 
 
