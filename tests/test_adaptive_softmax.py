@@ -7,7 +7,7 @@ import pytest
 from conftest import tiny_config
 
 import models
-from models import hf
+from models import generation, hf
 from models.adaptive_softmax import token_nll
 from models.generation import generate
 from train.data.downloads import GPT2_ENCODER, fetch_npm_package
@@ -104,3 +104,22 @@ def test_trains_and_evaluates(corpus, tmp_path):
                                                                             "adaptive_cutoffs": [30, 80]}))
     losses = [row["loss"] for row in read_metrics(tmp_path / "run") if row["split"] == "train"]
     assert losses[-1] < losses[0] - 0.5 and np.isfinite(summary["validation"]["loss"])
+
+
+def cached_equals_recomputed(module, params):
+    """Log-probabilities or logits of a prefill + one token at a time through the KV cache against
+    the full forward pass."""
+    ids = np.random.RandomState(0).randint(0, module.config.vocab_size, (2, 10))
+    full = np.asarray(module.apply({"params": params}, ids))
+    cache, outs = generation.init_cache(module, 2, 10), []
+    for chunk in (ids[:, :4], *np.split(ids[:, 4:], 6, axis=1)):
+        out, variables = module.apply({"params": params, "cache": cache}, chunk, decode=True, mutable=["cache"])
+        cache = variables["cache"]
+        outs.append(np.asarray(out))
+    np.testing.assert_allclose(np.concatenate(outs, 1), full, atol=1e-5)
+
+
+@pytest.mark.skipif(not hasattr(generation, "init_cache"), reason="needs the KV-cache decoder of issue 10")
+def test_cached_decoding(adaptive):
+    module, _, params = adaptive
+    cached_equals_recomputed(module, params)

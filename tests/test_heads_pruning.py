@@ -11,9 +11,10 @@ import optax
 import pytest
 import torch
 import transformers
+from test_adaptive_softmax import cached_equals_recomputed
 
 import models
-from models import hf
+from models import generation, hf
 from models.heads_pruning import head_importance, prune_heads, restore_heads, select_heads
 from models.layers import stack_layers, unstack_layers
 from train.checkpoint import load_params, save_params
@@ -162,3 +163,11 @@ def test_pruned_checkpoint_and_hf_round_trip(tmp_path):
     with torch.no_grad():
         theirs = reference(torch.tensor(ids)).logits.numpy()
     np.testing.assert_allclose(_logits(config.module(), params, ids), theirs, atol=1e-4, rtol=0)
+
+
+@pytest.mark.skipif(not hasattr(generation, "init_cache"), reason="needs the KV-cache decoder of issue 10")
+@pytest.mark.parametrize("scanned, pruned", [(False, [[0, 1], [3]]), (True, [[0, 1], [2, 3]])])
+def test_cached_decoding(scanned, pruned):
+    _, config, params = _model("gpt2-tiny", scan_layers=scanned)
+    small_config, small = prune_heads(config, params, pruned)
+    cached_equals_recomputed(small_config.module(), small)
