@@ -96,3 +96,9 @@ def test_zeros_survive_training_and_resumption(corpus, tmp_path, scanned):
         assert int((x == 0).sum()) == round(0.75 * x.size), name  # exactly the target, in every layer
         np.testing.assert_array_equal(x, y)
     assert float(np.abs(np.asarray(a["wte"]["embedding"])).min()) > 0  # not matched by the pattern
+
+
+def test_runs_from_before_pruning_keep_their_identity():
+    """An empty pruning section is left out of the run's identity: older run folders still resume."""
+    assert "pruning" not in TrainConfig().identity() and "distill" not in TrainConfig().identity()
+    assert TrainConfig(pruning={"target_sparsity": 0.5}).identity()["pruning"] == {"target_sparsity": 0.5}

@@ -100,9 +100,14 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    # Sections that, left empty, are left out of a run's identity, so run folders written before
+    # they existed still resume.
+    OPTIONAL = ("pruning", "distill")
+
     def identity(self) -> dict:
         """The fields that define a run: a checkpoint of another identity is never resumed."""
-        return {k: v for k, v in self.to_dict().items() if k not in self.RESUMABLE}
+        return {k: v for k, v in self.to_dict().items()
+                if k not in self.RESUMABLE and not (k in self.OPTIONAL and not v)}
 
 
 def section(cls, values: dict, name: str):
