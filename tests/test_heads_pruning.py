@@ -171,3 +171,18 @@ def test_cached_decoding(scanned, pruned):
     _, config, params = _model("gpt2-tiny", scan_layers=scanned)
     small_config, small = prune_heads(config, params, pruned)
     cached_equals_recomputed(small_config.module(), small)
+
+
+@pytest.mark.slow
+def test_prune_heads_of_a_run(corpus, tmp_path):
+    from train.heads import prune_run
+
+    module, config, params = _model("gpt2-tiny", n_positions=32)
+    root, spm = corpus
+    save_params(tmp_path / "run", config, params, {"tokenizer": str(spm), "train_data": str(root / "train.jsonl"),
+                                                   "seq_len": 32, "task": "lm"})
+    pruned = prune_run(tmp_path / "run", tmp_path / "pruned", 3, batches=1)
+    _, loaded_config, loaded, run = load_params(tmp_path / "pruned")
+    assert loaded_config == pruned and sum(len(h) for h in pruned.pruned_heads) == 3
+    assert models.count_params(loaded) == models.count_params(params) - 3 * (4 * 8 * 32 + 3 * 8)
+    assert run["source"] == str(tmp_path / "run") and len(run["importance"]) == 2
