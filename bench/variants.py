@@ -106,5 +106,39 @@ def compare(variants: list[Variant], spec: InferSpec = InferSpec()) -> list[dict
     return rows
 
 
+def compare_train_steps(modules: list, spec: InferSpec = InferSpec(), learning_rate: float = 1e-3) -> list[float]:
+    """Median train-step seconds (the loop's jitted AdamW step, language modelling, a random batch
+    of ``batch_size`` x ``seq_len``) of each module, timed in ``steps`` interleaved rounds."""
+    import optim
+    from train import sharding
+    from train.step import init_state, make_train_step
+    from train.tasks import LanguageModeling
+
+    mesh = sharding.make_mesh()
+    rng = np.random.default_rng(0)
+    steps = []
+    for module in modules:
+        tx = optim.adamw(learning_rate)
+        state, shardings = init_state(module, tx, jax.random.key(0), mesh)
+        step = make_train_step(module, LanguageModeling, tx, jax.random.key(1), shardings, mesh, grad_accum=1)
+        ids = rng.integers(0, module.config.vocab_size, (1, spec.batch_size, spec.seq_len + 1)).astype(np.int32)
+        batch = {"inputs": ids[..., :-1], "targets": ids[..., 1:]}
+        holder = {"state": state}
+
+        def call(step=step, batch=batch, holder=holder):
+            holder["state"], sums = step(holder["state"], batch)
+            jax.block_until_ready(sums)
+
+        steps.append(call)
+    for call in steps:
+        for _ in range(1 + spec.warmup):
+            call()
+    times = [[] for _ in steps]
+    for _ in range(spec.steps):
+        for call, t in zip(steps, times):
+            t.append(_timed(call))
+    return [statistics.median(t) for t in times]
+
+
 def environment() -> dict:
     return {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__}

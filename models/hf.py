@@ -642,8 +642,10 @@ def config_from_hf(path, **overrides):
 
 
 def _shapes(config) -> dict[str, tuple[int, ...]]:
-    """Parameter path -> shape, in the unrolled layout (``scan_layers`` only moves parameters)."""
-    tree = models.param_shapes(dataclasses.replace(config, scan_layers=False).module())
+    """Parameter path -> shape, in the stacked layout (``scan_layers`` only moves parameters), or
+    unrolled where pruning left the layers with different head counts, which do not stack."""
+    stackable = len({len(heads) for heads in getattr(config, "pruned_heads", ())}) <= 1
+    tree = models.param_shapes(dataclasses.replace(config, scan_layers=stackable).module())
     return {"/".join(path): leaf.shape for path, leaf in flax.traverse_util.flatten_dict(tree).items()}
 
 

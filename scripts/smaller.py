@@ -32,7 +32,7 @@ if __name__ == "__main__":
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.variants import InferSpec, Variant, compare, environment  # noqa: E402
+from bench.variants import InferSpec, Variant, compare, compare_train_steps, environment  # noqa: E402
 from models.heads_pruning import prune_heads, select_heads  # noqa: E402
 from train import data  # noqa: E402
 from train.checkpoint import load_params, save_params  # noqa: E402
@@ -140,10 +140,12 @@ def adaptive(args) -> dict:
     full = run(base_config(args, "bpe-full-softmax", tokenizer=tokenizer, model_overrides=shape))
     ada = run(base_config(args, "bpe-adaptive-softmax", tokenizer=tokenizer,
                           model_overrides={**shape, "adaptive_cutoffs": list(cutoffs)}))
-    rows = compare([variant("full softmax", full["run"], full), variant(f"adaptive {list(cutoffs)}", ada["run"], ada)],
-                   InferSpec())
-    for row, train_row in zip(rows, (full, ada)):
-        row.update(train_step_s=train_row["train_step_s"], steps=train_row["steps"])
+    variants = [variant("full softmax", full["run"], full), variant(f"adaptive {list(cutoffs)}", ada["run"], ada)]
+    rows = compare(variants, InferSpec())
+    # The runs' own speeds come from different times of a shared machine; these steps are interleaved.
+    step_s = compare_train_steps([v.module for v in variants], InferSpec(batch_size=16, seq_len=128, steps=5))
+    for row, train_row, seconds in zip(rows, (full, ada), step_s):
+        row.update(run_train_step_s=train_row["train_step_s"], steps=train_row["steps"], train_step_s=seconds)
     rows[1]["train_step_s_vs_baseline"] = rows[1]["train_step_s"] / rows[0]["train_step_s"]
     return finish(args, "adaptive", {"cutoffs": list(cutoffs), "tokenizer": tokenizer, "rows": rows},
                   QUALITY + [("train step (s)", "train_step_s", "{:.3f}"),
