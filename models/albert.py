@@ -47,6 +47,9 @@ class AlbertConfig(BertConfig):
             raise ValueError(
                 f"num_hidden_groups={self.num_hidden_groups} must lie in 1..num_hidden_layers={self.num_hidden_layers}"
             )
+        if self.pruned_heads:
+            raise ValueError("head pruning is not supported for ALBERT: its layers are shared across depth, so a "
+                             "head cannot be removed from one depth alone")
         for name in ("inner_group_num", "embedding_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")

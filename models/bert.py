@@ -20,6 +20,7 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
+from models.heads_pruning import normalize_pruned_heads, per_layer_kwargs
 from models.layers import (
     EncoderEmbeddings,
     MLMHead,
@@ -63,6 +64,8 @@ class BertConfig:
     param_dtype: str = "float32"
     scan_layers: bool = False  # True: one nn.scan over the layers (one compiled layer)
     remat: str = "none"  # one of models.layers.REMAT_POLICIES
+    # Attention heads removed, per layer (original indices; models.heads_pruning); () for none.
+    pruned_heads: tuple[tuple[int, ...], ...] = ()
 
     family = "bert"
     sentence_task = "nsp"  # the sentence-pair head of the pretraining objective
@@ -72,6 +75,8 @@ class BertConfig:
                         dropouts=("hidden_dropout_prob", "attention_probs_dropout_prob"))
         if self.head not in HEADS:
             raise ValueError(f"unknown head {self.head!r}; choose one of {list(HEADS)}")
+        object.__setattr__(self, "pruned_heads", normalize_pruned_heads(
+            self.pruned_heads, self.num_hidden_layers, self.num_attention_heads, self.scan_layers))
 
     @property
     def heads(self) -> tuple[str, ...]:
@@ -84,6 +89,7 @@ class BertConfig:
             activation=self.hidden_act, layer_norm_eps=self.layer_norm_eps, causal=False, pre_ln=False,
             attn_dropout=self.attention_probs_dropout_prob, resid_dropout=self.hidden_dropout_prob,
             init_std=self.initializer_range, out_init_std=self.initializer_range, **self.dtypes(),
+            head_dim=self.hidden_size // self.num_attention_heads,
         )
 
     def dtypes(self) -> dict:
@@ -152,7 +158,7 @@ class BERT(nn.Module):
         """Embeddings -> final hidden states: ``num_hidden_layers`` layers, each its own parameters."""
         c = self.config
         layers = repeat_layers(TransformerBlock, c.num_hidden_layers, scanned=c.scan_layers, remat=c.remat, name="blocks")
-        return layers(**c.block_kwargs())(constrain(x), mask, deterministic)
+        return layers(**c.block_kwargs(), per_layer=per_layer_kwargs(c))(constrain(x), mask, deterministic)
 
 
 _BASE = BertConfig()

@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from models.adaptive_softmax import adaptive_softmax, check_cutoffs
+from models.heads_pruning import normalize_pruned_heads, per_layer_kwargs
 from models.layers import (
     Embed,
     LayerNorm,
@@ -56,12 +58,23 @@ class GPTConfig:
     param_dtype: str = "float32"
     scan_layers: bool = False  # True: one nn.scan over the layers (one compiled layer)
     remat: str = "none"  # one of models.layers.REMAT_POLICIES
+    # Attention heads removed, per layer (original indices; models.heads_pruning); () for none.
+    pruned_heads: tuple[tuple[int, ...], ...] = ()
+    # Adaptive softmax output layer (models.adaptive_softmax) for frequency-sorted ids: the
+    # shortlist size and the starts of the tail clusters; () for the full, tied softmax.
+    adaptive_cutoffs: tuple[int, ...] = ()
+    adaptive_div: float = 4.0  # tail cluster i projects to d_model / adaptive_div**(i+1)
 
     family = "gpt"
 
     def __post_init__(self):
         validate_config(self, width="d_model", heads="n_head", activation="activation",
                         dropouts=("embd_dropout", "attn_dropout", "resid_dropout"))
+        object.__setattr__(self, "pruned_heads", normalize_pruned_heads(
+            self.pruned_heads, self.n_layer, self.n_head, self.scan_layers))
+        object.__setattr__(self, "adaptive_cutoffs", check_cutoffs(self.adaptive_cutoffs, self.vocab_size))
+        if self.adaptive_div < 1:
+            raise ValueError(f"adaptive_div={self.adaptive_div} must be at least 1 (4 in Grave et al.)")
 
     @property
     def head_dim(self) -> int:
@@ -91,7 +104,7 @@ class GPTConfig:
             num_heads=self.n_head, features=self.d_model, d_ff=self.d_ff, activation=self.activation,
             layer_norm_eps=self.layer_norm_eps, causal=True, pre_ln=self.pre_ln, attn_dropout=self.attn_dropout,
             resid_dropout=self.resid_dropout, init_std=self.initializer_range, out_init_std=self.residual_init_std,
-            dtype=jnp.dtype(self.dtype), param_dtype=jnp.dtype(self.param_dtype),
+            dtype=jnp.dtype(self.dtype), param_dtype=jnp.dtype(self.param_dtype), head_dim=self.head_dim,
         )
 
 
@@ -105,6 +118,7 @@ class GPT(nn.Module):
     and values the cache holds ``mask`` [batch, slots], which slots hold real tokens, and ``index``
     [batch], how many slots are filled; padding (0 in ``attention_mask``) takes a slot but is never
     attended to, and the position of a token is the number of real tokens before it in its row.
+    ``adaptive_cutoffs`` makes it return log-probabilities from an adaptive softmax instead of logits.
     """
 
     config: GPTConfig
@@ -143,7 +157,7 @@ class GPT(nn.Module):
         x = constrain(nn.Dropout(c.embd_dropout, deterministic=deterministic)(x))
         # Decoding computes no gradients: nothing to rematerialise (the parameters are the same either way).
         blocks = repeat_layers(TransformerBlock, c.n_layer, scanned=c.scan_layers, remat="none" if decode else c.remat,
-                               name="blocks")(**c.block_kwargs(), decode=decode)
+                               name="blocks")(**c.block_kwargs(), per_layer=per_layer_kwargs(c), decode=decode)
         x = blocks(x, mask, deterministic)
         if last_only:
             x = x[:, -1:]
@@ -151,6 +165,8 @@ class GPT(nn.Module):
             x = LayerNorm(c.layer_norm_eps, name="ln_f", **kw)(x)
         if return_hidden:
             return x
+        if c.adaptive_cutoffs:  # exact log-probabilities, which sampling treats as logits
+            return adaptive_softmax(c)(x, wte.embedding)
         return wte.attend(x)
 
     def cache_mask(self, attention_mask, position_ids, shape):

@@ -36,6 +36,7 @@ import models
 from models.albert import AlbertConfig
 from models.bert import BertConfig
 from models.gpt import GPTConfig
+from models.heads_pruning import layer_heads, normalize_pruned_heads
 from models.layers import HF_ACTIVATIONS, stack_layers, unstack_layers
 from models.registry import get_config
 
@@ -240,11 +241,12 @@ def _table(path, name, shape) -> list[_Entry]:
 
 
 def _block(path, prefix: str, names: dict[str, str], width: int, heads: int, d_ff: int,
-           conv1d: bool = False) -> list[_Entry]:
+           conv1d: bool = False, kept: int | None = None) -> list[_Entry]:
     """One ``models.layers.TransformerBlock``. ``names`` gives transformers' module names for the
     attention's query/key/value (or ``qkv``: one projection fused in that order) and out, ln_1,
-    the MLP's fc and proj, and ln_2; ``conv1d`` for GPT's [in, out] weights."""
-    per_head = (heads, width // heads)
+    the MLP's fc and proj, and ln_2; ``conv1d`` for GPT's [in, out] weights; ``kept``: the heads
+    left after pruning (of ``heads``, each width / heads wide)."""
+    per_head = (heads if kept is None else kept, width // heads)
     qkv = names.get("qkv")
     entries = []
     for i, n in enumerate(("query", "key", "value")):
@@ -282,6 +284,19 @@ def _put(tree, path, value):
     for key in path[:-1]:
         tree = tree.setdefault(key, {})
     tree[path[-1]] = value
+
+
+def _pruned_from_hf(hf: dict, n_layer: int, n_head: int) -> tuple:
+    """config.json's ``pruned_heads`` ({"layer": [heads]}, transformers 4's format) as ours."""
+    return normalize_pruned_heads(hf.get("pruned_heads") or {}, n_layer, n_head, scanned=False)
+
+
+def _pruned_to_hf(c) -> dict:
+    """``pruned_heads`` for config.json: transformers up to 4.x prunes those heads before loading the
+    smaller tensors (transformers 5 removed head pruning; see ``heads_pruning.restore_heads``)."""
+    if not c.pruned_heads:
+        return {}
+    return {"pruned_heads": {str(i): list(h) for i, h in enumerate(c.pruned_heads) if h}}
 
 
 # Our activation names -> transformers' (the inverse of models.layers.HF_ACTIVATIONS).
@@ -384,6 +399,7 @@ class GPTConverter(Converter):
             resid_dropout=hf.get("resid_pdrop", 0.1),
             initializer_range=hf.get("initializer_range", 0.02),
             scale_residual_init=gpt2,
+            pruned_heads=_pruned_from_hf(hf, hf["n_layer"], hf["n_head"]),
             **overrides,
         )
 
@@ -394,7 +410,7 @@ class GPTConverter(Converter):
             vocab_size=c.vocab_size, n_positions=c.n_positions, n_embd=c.d_model, n_layer=c.n_layer,
             n_head=c.n_head, layer_norm_epsilon=c.layer_norm_eps, embd_pdrop=c.embd_dropout,
             attn_pdrop=c.attn_dropout, resid_pdrop=c.resid_dropout, initializer_range=c.initializer_range,
-            tie_word_embeddings=True,
+            tie_word_embeddings=True, **_pruned_to_hf(c),
         )
         if c.final_ln != c.pre_ln:
             raise ValueError(
@@ -414,11 +430,14 @@ class GPTConverter(Converter):
 
     @classmethod
     def entries(cls, c: GPTConfig) -> list[_Entry]:
+        if c.adaptive_cutoffs:
+            raise ValueError("transformers' GPT-2 has no adaptive softmax: a model with adaptive_cutoffs cannot be "
+                             "converted to or from a Hugging Face checkpoint")
         d = c.d_model
         wte, wpe = ("wte", "wpe") if c.pre_ln else ("tokens_embed", "positions_embed")
         entries = [*_table(("wte",), wte, (c.vocab_size, d)), *_table(("wpe",), wpe, (c.n_positions, d))]
-        for i in range(c.n_layer):
-            entries += _block((f"blocks_{i}",), f"h.{i}.", cls.layer_names, d, c.n_head, c.d_ff, conv1d=True)
+        for i, kept in enumerate(layer_heads(c)):
+            entries += _block((f"blocks_{i}",), f"h.{i}.", cls.layer_names, d, c.n_head, c.d_ff, conv1d=True, kept=kept)
         if c.final_ln:
             entries += _layer_norm(("ln_f",), "ln_f", d)
         return entries
@@ -462,6 +481,7 @@ class EncoderConverter(Converter):
         architectures = " ".join(hf.get("architectures") or [])
         head = next((h for h in ("pretraining", "mlm") if cls.class_suffixes[h] in architectures), "pooler")
         fields = {k: hf[k] for k in cls._shared_fields() if k in hf}
+        fields["pruned_heads"] = _pruned_from_hf(hf, hf["num_hidden_layers"], hf["num_attention_heads"])
         return cls.config_cls(**{**fields, "hidden_act": HF_ACTIVATIONS[act], "head": head, **overrides})
 
     @classmethod
@@ -478,7 +498,8 @@ class EncoderConverter(Converter):
             architectures=[cls.class_prefix + cls.class_suffixes[c.head]],
             hidden_act=HF_ACTIVATION_NAMES[c.hidden_act],
             tie_word_embeddings=True,
-            **{k: getattr(c, k) for k in cls._shared_fields()},
+            **{k: getattr(c, k) for k in cls._shared_fields() if k != "pruned_heads"},
+            **_pruned_to_hf(c),
         )
 
     @classmethod
@@ -553,9 +574,9 @@ class BertConverter(EncoderConverter):
     @classmethod
     def entries(cls, c: BertConfig) -> list[_Entry]:
         entries = cls._embedding_entries(c, c.hidden_size)
-        for i in range(c.num_hidden_layers):
+        for i, kept in enumerate(layer_heads(c)):
             entries += _block((f"blocks_{i}",), f"encoder.layer.{i}.", cls.layer_names,
-                              c.hidden_size, c.num_attention_heads, c.intermediate_size)
+                              c.hidden_size, c.num_attention_heads, c.intermediate_size, kept=kept)
         mlm = ("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm", "cls.predictions.bias")
         return entries + cls._head_entries(c, mlm, "pooler.dense", "cls.seq_relationship", c.hidden_size)
 
@@ -627,8 +648,10 @@ def config_from_hf(path, **overrides):
 
 
 def _shapes(config) -> dict[str, tuple[int, ...]]:
-    """Parameter path -> shape, in the stacked layout (``scan_layers`` only moves parameters)."""
-    tree = models.param_shapes(dataclasses.replace(config, scan_layers=True).module())
+    """Parameter path -> shape, in the stacked layout (``scan_layers`` only moves parameters), or
+    unrolled where pruning left the layers with different head counts, which do not stack."""
+    stackable = len({len(heads) for heads in getattr(config, "pruned_heads", ())}) <= 1
+    tree = models.param_shapes(dataclasses.replace(config, scan_layers=stackable).module())
     return {"/".join(path): leaf.shape for path, leaf in flax.traverse_util.flatten_dict(tree).items()}
 
 

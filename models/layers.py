@@ -374,13 +374,14 @@ class TransformerBlock(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     decode: bool = False  # decoders only: attend over the ``cache`` collection (SelfAttention.cached_keys_values)
+    head_dim: int | None = None  # default features // num_heads; kept when heads are pruned
 
     @nn.compact
     def __call__(self, x, mask, deterministic: bool):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         attn = SelfAttention(
             num_heads=self.num_heads,
-            head_dim=self.features // self.num_heads,
+            head_dim=self.head_dim or self.features // self.num_heads,
             features=self.features,
             causal=self.causal,
             dropout_rate=self.attn_dropout,
@@ -500,14 +501,23 @@ def repeat_layers(block: type[nn.Module], n: int, *, scanned: bool, remat: str, 
     serves every application (ALBERT), broadcast to every step of the scan or held by one module
     instance called ``n`` times, so it appears once in the parameter tree either way.
     ``block.__call__(x, mask, deterministic)`` must return ``(x, None)``.
-    Returns a function ``(module_kwargs) -> (x, mask, deterministic) -> x``."""
+    Returns a function ``(module_kwargs) -> (x, mask, deterministic) -> x``; its ``per_layer``
+    argument, one dict per layer, changes the kwargs of single layers (pruned attention heads),
+    and must be the same for every layer when scanned or shared."""
     if remat not in REMAT_POLICIES:
         raise ValueError(f"unknown remat policy {remat!r}; choose one of {sorted(REMAT_POLICIES)}")
     if remat != "none":
         # argnum 3 is `deterministic` (self is 0): a Python bool that must stay static.
         block = nn.remat(block, policy=REMAT_POLICIES[remat], prevent_cse=not scanned, static_argnums=(3,))
 
-    def build(**kwargs):
+    def build(per_layer: Sequence[dict] = (), **kwargs):
+        per_layer = list(per_layer) or [{}] * n
+        if len(per_layer) != n:
+            raise ValueError(f"per_layer has {len(per_layer)} entries for {n} layers")
+        if (scanned or shared) and any(p != per_layer[0] for p in per_layer):
+            raise ValueError("scanned or shared layers have one shape: per_layer must be the same for every layer")
+        if scanned or shared:
+            kwargs = {**kwargs, **per_layer[0]}
         if scanned:
             if shared:
                 variables = dict(variable_broadcast="params", split_rngs={"params": False, "dropout": True})
@@ -520,7 +530,8 @@ def repeat_layers(block: type[nn.Module], n: int, *, scanned: bool, remat: str, 
                 )
             stack = nn.scan(block, in_axes=(nn.broadcast, nn.broadcast), length=n, **variables)(name=name, **kwargs)
             return lambda x, mask, deterministic: stack(x, mask, deterministic)[0]
-        blocks = [block(name=name, **kwargs)] * n if shared else [block(name=f"{name}_{i}", **kwargs) for i in range(n)]
+        blocks = ([block(name=name, **kwargs)] * n if shared
+                  else [block(name=f"{name}_{i}", **{**kwargs, **per_layer[i]}) for i in range(n)])
 
         def run(x, mask, deterministic):
             for b in blocks:

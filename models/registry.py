@@ -49,6 +49,8 @@ def check_type(value, annotation, what: str):
         if option is int and isinstance(value, bool):
             continue
         origin = typing.get_origin(option) or option
+        if origin is tuple and isinstance(value, list):  # JSON has lists only
+            return tuple(value)
         if origin is not type(None) and isinstance(origin, type) and isinstance(value, origin):
             return value
     expected = " or ".join("null" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)

@@ -7,10 +7,12 @@ Pure functions of pytrees; nothing here knows about models or the training loop.
 from optim.depths import NEVER, discriminative_rates, freeze, gradual_unfreezing, train_from_step
 from optim.groups import check_depths, param_paths, path_mask, per_slice
 from optim.optimizers import adamw, clip_by_global_norm, decay_mask, scale_by_adam
+from optim.pruning import PruningConfig, magnitude_pruning, sparsity_report
 from optim.schedules import SCHEDULES, stlr, warmup_constant, warmup_cosine, warmup_linear
 
 __all__ = [
-    "NEVER", "SCHEDULES", "adamw", "check_depths", "clip_by_global_norm", "decay_mask", "discriminative_rates",
-    "freeze", "gradual_unfreezing", "param_paths", "path_mask", "per_slice", "scale_by_adam", "stlr",
-    "train_from_step", "warmup_constant", "warmup_cosine", "warmup_linear",
+    "NEVER", "SCHEDULES", "PruningConfig", "adamw", "check_depths", "clip_by_global_norm", "decay_mask",
+    "discriminative_rates", "freeze", "gradual_unfreezing", "magnitude_pruning", "param_paths", "path_mask",
+    "per_slice", "scale_by_adam", "sparsity_report", "stlr", "train_from_step", "warmup_constant", "warmup_cosine",
+    "warmup_linear",
 ]

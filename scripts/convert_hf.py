@@ -40,6 +40,7 @@ from sentencepiece import sentencepiece_model_pb2
 
 import models
 from models import hf
+from models.heads_pruning import restore_heads
 from train import cli  # noqa: E402
 from train.checkpoint import load_params, save_params
 from train.data.tokenizers import SentencePieceTokenizer, WordPieceTokenizer, load_tokenizer
@@ -80,6 +81,9 @@ def main(argv=None) -> dict:
     to_hf.add_argument("dest")
     to_hf.add_argument("--step", type=int, help="checkpoint step (default: latest)")
     to_hf.add_argument("--overwrite", action="store_true", help="replace a non-empty destination")
+    to_hf.add_argument("--restore-heads", action="store_true",
+                       help="write pruned heads back as zeros in the full shapes, for transformers 5, which has no "
+                            "pruned_heads (by default: the smaller tensors and pruned_heads, as transformers 4 reads)")
     which = to_hf.add_mutually_exclusive_group()
     which.add_argument("--tokenizer", help="tokenizer to write beside the weights (default: the run's)")
     which.add_argument("--no-tokenizer", action="store_true", help="write the weights alone")
@@ -91,6 +95,8 @@ def main(argv=None) -> dict:
         written = {}
     else:
         module, config, params, run = load_params(args.source, args.step)
+        if args.restore_heads:
+            config, params = restore_heads(config, params)
         tokenizer = None if args.no_tokenizer else args.tokenizer or run.get("tokenizer")
         files = {}
         if tokenizer:

@@ -195,7 +195,7 @@ def test_runs_saved_before_the_fine_tuning_fields_existed_still_resume(corpus, t
     run_file = tmp_path / "run" / "run.json"
     record = json.loads(run_file.read_text())
     added = ("init_from", "label_field", "classifier", "stlr_cut_frac", "stlr_ratio", "discriminative_factor",
-             "unfreeze_every", "unfreeze_stages", "feature_extraction")
+             "unfreeze_every", "unfreeze_stages", "feature_extraction", "pruning", "distill")
     record["run"] = {k: v for k, v in record["run"].items() if k not in added}
     run_file.write_text(json.dumps(record))
     assert train(tiny_config(corpus, tmp_path / "run", steps=3, warmup_steps=1, eval_data=None))["start_step"] == 2

@@ -17,6 +17,7 @@ from typing import Callable
 import optim
 from models.classifier import ClassifierConfig
 from models.registry import check_type, get_config
+from optim.pruning import PruningConfig
 from train.data.downloads import cache_dir
 from train.sharding import check_mesh_axes
 
@@ -74,6 +75,12 @@ class TrainConfig:
     b1: float = 0.9
     b2: float = 0.95
     clip_norm: float = 1.0
+    # Gradual magnitude pruning: optim.PruningConfig's fields (target_sparsity, begin_step,
+    # end_step, every, initial_sparsity, pattern); empty: no pruning.
+    pruning: dict = dataclasses.field(default_factory=dict)
+    # Knowledge distillation (task "distill"): train.distill.DistillConfig's fields (teacher,
+    # temperature, alpha, task).
+    distill: dict = dataclasses.field(default_factory=dict)
     seed: int = 0
     # Devices: mesh axis sizes (train.sharding: data, fsdp, model), -1 for "all remaining
     # devices", e.g. {"data": 2, "fsdp": 2, "model": 2}; absent axes have size 1.
@@ -108,6 +115,7 @@ class TrainConfig:
         self.model_config()  # an unknown preset or a bad model override fails here, before any work
         check_mesh_axes(self.mesh)
         self._check_finetuning()
+        self.pruning_config()
 
     def _check_finetuning(self) -> None:
         """The schedule and the ULMFiT settings, before any work."""
@@ -138,6 +146,10 @@ class TrainConfig:
         elif self.classifier:
             raise ValueError(f"classifier settings {self.classifier} apply to task='classify' only (task is {self.task!r})")
 
+    def pruning_config(self):
+        """``pruning`` as an ``optim.PruningConfig`` (None when empty), checked."""
+        return section(PruningConfig, self.pruning, "pruning") if self.pruning else None
+
     def model_config(self):
         """The model's config: the preset ``model`` with ``model_overrides``, type-checked."""
         return get_config(self.model, **self.model_overrides)
@@ -152,7 +164,18 @@ class TrainConfig:
     @classmethod
     def identity_defaults(cls) -> dict:
         """Default values of the identity fields (what a run saved before a field existed had)."""
-        return {k: v for k, v in dataclasses.asdict(cls()).items() if k not in cls.RESUMABLE}
+        return cls().identity()
+
+
+def section(cls, values: dict, name: str):
+    """A dict field of the run config as the dataclass ``cls``: unknown keys and values of the
+    wrong type are named in the error."""
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"{name} has no field(s) {unknown}; valid fields: {', '.join(fields)}")
+    return cls(**{k: check_type(v, hints[k], f"{name}.{k}") for k, v in values.items()})
 
 
 CONFIGS: dict[str, Callable[[], TrainConfig]] = {}

@@ -34,26 +34,29 @@ def make_schedule(config) -> optax.Schedule:
 
 
 def make_optimizer(config, model_config, steps_per_epoch: int | None = None):
-    """AdamW on the config's schedule, then the depth-wise methods the config asks for
-    -> ``(optimizer, schedule)``. ``steps_per_epoch`` serves ``unfreeze_every='epoch'``."""
+    """AdamW on the config's schedule, then the depth-wise methods the config asks for, then
+    magnitude pruning -> ``(optimizer, schedule)``. ``steps_per_epoch`` serves
+    ``unfreeze_every='epoch'``."""
     schedule = make_schedule(config)
     tx = optim.adamw(schedule, weight_decay=config.weight_decay, b1=config.b1, b2=config.b2,
                      clip_norm=config.clip_norm)
-    if config.discriminative_factor == 1 and not config.unfreeze_every and not config.feature_extraction:
-        return tx, schedule
-    depths = models.param_depths(model_config, models.param_shapes(model_config.module()))
-    if config.discriminative_factor != 1:
-        tx = optax.chain(tx, optim.discriminative_rates(depths, config.discriminative_factor))
-    if config.feature_extraction:
-        tx = optim.freeze(tx, depths)
-    elif config.unfreeze_every:
-        every = config.unfreeze_every
-        if every == "epoch":
-            if steps_per_epoch is None:
-                raise ValueError("unfreeze_every='epoch' needs data with a known epoch length (not streamed); "
-                                 "give a number of steps")
-            every = steps_per_epoch
-        tx = optim.gradual_unfreezing(tx, depths, every, config.unfreeze_stages)
+    if config.discriminative_factor != 1 or config.unfreeze_every or config.feature_extraction:
+        depths = models.param_depths(model_config, models.param_shapes(model_config.module()))
+        if config.discriminative_factor != 1:
+            tx = optax.chain(tx, optim.discriminative_rates(depths, config.discriminative_factor))
+        if config.feature_extraction:
+            tx = optim.freeze(tx, depths)
+        elif config.unfreeze_every:
+            every = config.unfreeze_every
+            if every == "epoch":
+                if steps_per_epoch is None:
+                    raise ValueError("unfreeze_every='epoch' needs data with a known epoch length (not streamed); "
+                                     "give a number of steps")
+                every = steps_per_epoch
+            tx = optim.gradual_unfreezing(tx, depths, every, config.unfreeze_stages)
+    if config.pruning:  # last in the chain: it zeroes the final updates of the masked weights
+        stacked = r"(^|/)blocks/" if getattr(model_config, "scan_layers", False) else None  # a leading layers axis
+        tx = optax.chain(tx, optim.magnitude_pruning(config.pruning_config(), stacked=stacked))
     return tx, schedule
 
 

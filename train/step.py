@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax
@@ -63,6 +64,19 @@ def init_state(module, tx, rng, mesh):
     return jax.jit(sharding.with_axis_rules(init, mesh), out_shardings=shardings)(rng), shardings
 
 
+def frozen_arrays(task, mesh):
+    """``(loss, arrays)``: arrays a task's loss reads but never trains (a distillation teacher's
+    parameters, ``task.frozen(mesh)``), passed to the jitted steps as an argument rather than
+    compiled in as constants, and the loss that takes them; ``(task.loss, None)`` for most tasks."""
+    if not hasattr(task, "frozen"):
+        return task.loss, None
+
+    def loss(module, variables, batch, rng, deterministic, frozen):
+        return task.loss(module, variables, batch, rng, deterministic, frozen=frozen)
+
+    return loss, task.frozen(mesh)
+
+
 def make_train_step(module, task, tx, base_rng, shardings, mesh, grad_accum: int):
     """One optimizer update from a batch of shape [grad_accum, micro_batch, ...].
 
@@ -74,13 +88,15 @@ def make_train_step(module, task, tx, base_rng, shardings, mesh, grad_accum: int
     constraints take effect. Its metrics (the task's sums and ``grad_norm``) stay on the device:
     reading one blocks until the step is done.
     """
+    task_loss, frozen = frozen_arrays(task, mesh)
 
-    def step(state: TrainState, batch):
+    def step(state: TrainState, batch, *frozen):
         rng = jax.random.fold_in(base_rng, state.step)
+        step_loss = functools.partial(task_loss, frozen=frozen[0]) if frozen else task_loss
 
         def micro_grads(i, mb, model_state):
             def loss(params):
-                return task.loss(module, {"params": params, **model_state}, mb, jax.random.fold_in(rng, i), False)
+                return step_loss(module, {"params": params, **model_state}, mb, jax.random.fold_in(rng, i), False)
 
             (_, (sums, model_state)), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
             return (grads, sums), model_state
@@ -104,15 +120,29 @@ def make_train_step(module, task, tx, base_rng, shardings, mesh, grad_accum: int
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state), sums
 
     batch_sh = sharding.batch_sharding(mesh, leading=1)
-    return jax.jit(sharding.with_axis_rules(step, mesh), in_shardings=(shardings, batch_sh),
-                   out_shardings=(shardings, None), donate_argnums=0)
+    return _bind(jax.jit(sharding.with_axis_rules(step, mesh), in_shardings=(shardings, batch_sh, *_shardings_of(frozen)),
+                         out_shardings=(shardings, None), donate_argnums=0), frozen)
 
 
 def make_eval_step(module, task, variable_shardings, mesh):
     """Summed statistics of one eval batch (no dropout), from the model's variables
     (``{"params": ..., **model_state}``; ``variable_shardings`` laid out alike)."""
+    task_loss, frozen = frozen_arrays(task, mesh)
 
-    def step(variables, batch):
-        return task.loss(module, variables, batch, jax.random.PRNGKey(0), True)[1][0]
+    def step(variables, batch, *frozen):
+        extra = {"frozen": frozen[0]} if frozen else {}
+        return task_loss(module, variables, batch, jax.random.PRNGKey(0), True, **extra)[1][0]
 
-    return jax.jit(sharding.with_axis_rules(step, mesh), in_shardings=(variable_shardings, sharding.batch_sharding(mesh)))
+    return _bind(jax.jit(sharding.with_axis_rules(step, mesh),
+                         in_shardings=(variable_shardings, sharding.batch_sharding(mesh), *_shardings_of(frozen))), frozen)
+
+
+def _shardings_of(frozen) -> tuple:
+    return () if frozen is None else (jax.tree.map(lambda x: x.sharding, frozen),)
+
+
+def _bind(jitted, frozen):
+    """The jitted step as ``(first, batch) -> ...``, passing ``frozen`` as its last argument."""
+    if frozen is None:
+        return jitted
+    return lambda first, batch: jitted(first, batch, frozen)

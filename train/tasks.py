@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from models import adaptive_softmax
 from models.classifier import ClassifierConfig
 from train import data
 from train.data import labelled, sentence_pairs
@@ -103,9 +104,16 @@ class LanguageModeling:
 
     @staticmethod
     def loss(module, variables, batch, rng, deterministic: bool):
-        logits, state = apply_model(module, variables, batch["inputs"], rng=rng, deterministic=deterministic)
         weights = batch.get("weights", jnp.ones(batch["targets"].shape, jnp.float32))
-        sums = cross_entropy_sums(logits, batch["targets"], weights)
+        if getattr(module.config, "adaptive_cutoffs", ()):  # the target's log-probability alone
+            hidden, state = apply_model(module, variables, batch["inputs"], rng=rng, deterministic=deterministic,
+                                        return_hidden=True)
+            nll, correct = adaptive_softmax.token_nll(module.config, variables["params"], hidden, batch["targets"])
+            sums = {"nll": jnp.sum(nll * weights), "weight": jnp.sum(weights),
+                    "correct": jnp.sum(correct.astype(jnp.float32) * weights)}
+        else:
+            logits, state = apply_model(module, variables, batch["inputs"], rng=rng, deterministic=deterministic)
+            sums = cross_entropy_sums(logits, batch["targets"], weights)
         return sums["nll"] / jnp.maximum(sums["weight"], 1.0), (sums, state)
 
     @staticmethod
@@ -282,12 +290,19 @@ class Classification:
         return {"loss": float(sums["nll"]) / weight, **metrics, "tokens": int(sums["tokens"])}
 
 
+def _distillation(config, tokenizer, tokenizer_key: str):
+    from train.distill import Distillation  # it builds the teacher's task from this module
+
+    return Distillation(config, tokenizer, tokenizer_key)
+
+
 TASKS = {
     "lm": LanguageModeling,
     "classify": Classification,
     "mlm_nsp": functools.partial(MaskedLMWithPairs, objective="nsp"),
     "mlm_sop": functools.partial(MaskedLMWithPairs, objective="sop"),
     "mlm": functools.partial(MaskedLMWithPairs, objective="nsp", pair_loss=False),
+    "distill": _distillation,
 }
 
 

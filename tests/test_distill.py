@@ -1,0 +1,123 @@
+"""Knowledge distillation: Hinton et al.'s loss for the causal LM and the masked LM, refusals, and a
+distilled run that trains and resumes like any other."""
+
+import dataclasses
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+import models
+from bench.sharing import SharingSpec, random_batch
+from train.checkpoint import load_params, save_params
+from train.data.tokenizers import load_tokenizer
+from train.distill import Distillation, DistillConfig, soft_kl
+from train.loop import train
+from train.metrics import read_metrics
+from train.tasks import LanguageModeling, make_task, pair_pretraining_loss
+
+
+def test_soft_kl():
+    logits = jax.random.normal(jax.random.key(0), (3, 11))
+    np.testing.assert_allclose(soft_kl(logits, logits, 2.0), 0.0, atol=1e-6)
+    other = logits[::-1]
+    t, s = jax.nn.softmax(other / 3.0), jax.nn.softmax(logits / 3.0)
+    np.testing.assert_allclose(soft_kl(logits, other, 3.0), np.sum(t * np.log(t / s), -1), rtol=1e-5)
+
+
+def _task(base, teacher, teacher_params, **spec):
+    """A Distillation built around a teacher in memory (no folder)."""
+    task = Distillation.__new__(Distillation)
+    task.spec, task.base_name = DistillConfig(teacher="memory", **spec), base
+    task.base = LanguageModeling if base == "lm" else None
+    task.teacher_module, task.teacher_params = teacher, teacher_params
+    return task
+
+
+def _init(name, **overrides):
+    module, _ = models.create(name, **overrides)
+    return module, models.init_params(module, jax.random.key(len(overrides)))
+
+
+def test_causal_lm_loss_is_hintons_mixture():
+    teacher, tp = _init("gpt2-tiny")
+    student, sp = _init("gpt2-tiny", n_layer=1, d_model=16, n_head=2, d_ff=32)
+    rng = np.random.RandomState(0)
+    batch = {"inputs": rng.randint(0, 256, (2, 9)), "targets": rng.randint(0, 256, (2, 9))}
+    key = jax.random.key(0)
+    hard, (hard_sums, _) = LanguageModeling.loss(student, {"params": sp}, batch, key, True)
+    only_hard, (sums, _) = _task("lm", teacher, tp, alpha=0.0).loss(student, {"params": sp}, batch, key, True,
+                                                                      frozen=tp)
+    np.testing.assert_allclose(only_hard, hard, rtol=1e-6)
+    expected_kl = soft_kl(student.apply({"params": sp}, batch["inputs"]), teacher.apply({"params": tp}, batch["inputs"]),
+                          4.0).mean()
+    mixed, _ = _task("lm", teacher, tp, alpha=0.3, temperature=4.0).loss(student, {"params": sp}, batch, key, True, frozen=tp)
+    np.testing.assert_allclose(mixed, 0.3 * 16 * expected_kl + 0.7 * hard, rtol=1e-5)
+    np.testing.assert_allclose(sums["soft_kl"], 18 * soft_kl(student.apply({"params": sp}, batch["inputs"]),
+                                                             teacher.apply({"params": tp}, batch["inputs"]), 2.0).mean(),
+                               rtol=1e-5)
+    assert {"nll", "weight", "correct"} <= set(sums)
+
+
+def test_masked_lm_distils_the_masked_tokens_and_the_pair_head():
+    teacher, tp = _init("bert-tiny", vocab_size=300, max_position_embeddings=16)
+    student, sp = _init("bert-tiny", vocab_size=300, max_position_embeddings=16, num_hidden_layers=1)
+    batch = random_batch(dataclasses.replace(SharingSpec(), vocab_size=300, seq_len=16, batch_size=3),
+                         np.random.default_rng(0))
+    key = jax.random.key(0)
+    hard, _ = pair_pretraining_loss(student, {"params": sp}, batch, key, True, "nsp")
+    task = _task("mlm_nsp", teacher, tp, alpha=0.5, temperature=2.0)
+    loss, (sums, _) = task.loss(student, {"params": sp}, batch, key, True, frozen=tp)
+    s = student.apply({"params": sp}, batch["input_ids"], attention_mask=batch["attention_mask"],
+                      token_type_ids=batch["token_type_ids"])
+    t = teacher.apply({"params": tp}, batch["input_ids"], attention_mask=batch["attention_mask"],
+                      token_type_ids=batch["token_type_ids"])
+    w = batch["mlm_weights"]
+    mlm_kl = jnp.sum(soft_kl(s["mlm_logits"], t["mlm_logits"], 2.0) * w) / w.sum()
+    nsp_kl = soft_kl(s["nsp_logits"], t["nsp_logits"], 2.0).mean()
+    np.testing.assert_allclose(loss, 0.5 * 4 * (mlm_kl + nsp_kl) + 0.5 * hard, rtol=1e-5)
+    assert {"mlm_soft_kl", "pair_soft_kl", "mlm_nll", "pair_nll"} <= set(sums)
+
+
+@pytest.fixture
+def teacher_folder(corpus, tmp_path):
+    module, params = _init("gpt2-tiny", n_positions=32)
+    return save_params(tmp_path / "teacher", module.config, params,
+                       {"tokenizer": str(corpus[1]), "task": "lm", "seq_len": 32})
+
+
+@pytest.mark.parametrize("distill, overrides, message", [
+    ({"temperature": 2.0}, {}, "needs a teacher: set distill.teacher"),
+    ({"teacher": "TEACHER", "temperature": 0.0}, {}, "temperature=0.0 must be positive"),
+    ({"teacher": "TEACHER", "alpha": 1.5}, {}, r"alpha=1.5 must lie in \[0, 1\]"),
+    ({"teacher": "TEACHER"}, {"vocab_size": 128}, r"student's vocabulary \(128 tokens\) differs from its teacher's"
+                                                  r" \(256.*model_overrides.vocab_size=256"),
+    ({"teacher": "TEACHER", "task": "mlm_nsp"}, {}, "distill.task='mlm_nsp' does not fit a gpt student"),
+])
+def test_bad_distillation_settings_are_named(corpus, tmp_path, teacher_folder, distill, overrides, message):
+    distill = {k: str(teacher_folder) if v == "TEACHER" else v for k, v in distill.items()}
+    config = tiny_config(corpus, tmp_path / "student", task="distill", distill=distill,
+                         model_overrides={"n_positions": 32, **overrides})
+    with pytest.raises(ValueError, match=message):
+        make_task(config, load_tokenizer(config.tokenizer), "key")
+
+
+@pytest.mark.slow
+def test_distilled_run_trains_reports_and_resumes(corpus, tmp_path):
+    train(tiny_config(corpus, tmp_path / "teacher"))
+    student = {"n_positions": 32, "n_layer": 1, "d_model": 16, "n_head": 2, "d_ff": 64}
+    config = tiny_config(corpus, tmp_path / "student", task="distill", model_overrides=student,
+                         distill={"teacher": str(tmp_path / "teacher"), "temperature": 2.0, "alpha": 0.5})
+    summary = train(config)
+    assert {"loss", "perplexity", "soft_kl", "distill_loss"} <= set(summary["validation"])
+    rows = [r for r in read_metrics(tmp_path / "student") if r["split"] == "validation"]
+    assert rows and all(r["soft_kl"] > 0 for r in rows)
+    shutil.copytree(tmp_path / "student", tmp_path / "resumed")
+    for step in ("8", "12"):
+        shutil.rmtree(tmp_path / "resumed" / "checkpoints" / step)
+    train(dataclasses.replace(config, workdir=str(tmp_path / "resumed")))
+    jax.tree.map(np.testing.assert_array_equal, load_params(tmp_path / "student")[2],
+                 load_params(tmp_path / "resumed")[2])

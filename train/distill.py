@@ -1,0 +1,156 @@
+"""Knowledge distillation (Hinton et al. 2015): the ``distill`` task.
+
+A student is trained on the objective its teacher was trained on (``lm`` for GPT, ``mlm_nsp`` /
+``mlm_sop`` for BERT and ALBERT: the teacher run's task, or the family's), on the same batches,
+with the loss
+
+    alpha * T^2 * KL(softmax(z_teacher / T) || softmax(z_student / T)) + (1 - alpha) * CE(labels, z_student)
+
+for every output that objective scores (the next token; the masked tokens and the sentence-pair
+head), each averaged over the positions the objective weighs. The T^2 keeps the soft targets'
+gradients on the same scale as the hard labels' whatever the temperature. The teacher is
+loaded from a run folder or a Hugging Face folder and never trained; the train step receives
+its parameters as an argument (``frozen``), so they are neither compiled into the step nor
+saved in the student's checkpoints. Metrics are the objective's own (the student's loss,
+perplexity, accuracies) plus each output's KL at temperature T and the distillation loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from train.config import section
+from train.evaluation import DEFAULT_TASKS, load_for_eval
+from train.step import params_sharding
+from train.tasks import cross_entropy_sums, make_task
+
+DECODERS, ENCODERS = {"gpt"}, {"bert", "albert"}
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    """``TrainConfig.distill``: the teacher (run or HF folder), the temperature T, the weight of
+    the soft targets ``alpha`` (1 - alpha on the hard labels) and the objective (default: the
+    teacher run's task, else its family's pretraining task)."""
+
+    teacher: str = ""
+    temperature: float = 2.0
+    alpha: float = 0.5
+    task: str | None = None
+
+    def __post_init__(self):
+        if not self.teacher:
+            raise ValueError("task='distill' needs a teacher: set distill.teacher to a run folder or a Hugging Face folder")
+        if not self.temperature > 0:
+            raise ValueError(f"distill.temperature={self.temperature} must be positive (1 is the plain softmax)")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"distill.alpha={self.alpha} must lie in [0, 1]: the weight of the soft targets")
+
+
+def outputs(task_name: str, module, variables, batch, rng, deterministic: bool) -> dict:
+    """What an objective scores: ``{output: (logits, labels, weights)}``; the sums' key prefix is
+    the output's name (none for the language model's)."""
+    if task_name == "lm":
+        logits = module.apply(variables, batch["inputs"], deterministic=deterministic, rngs={"dropout": rng})
+        weights = batch.get("weights", jnp.ones(batch["targets"].shape, jnp.float32))
+        return {"": (logits, batch["targets"], weights)}
+    objective = task_name.removeprefix("mlm_")
+    out = module.apply(variables, batch["input_ids"], attention_mask=batch["attention_mask"],
+                       token_type_ids=batch["token_type_ids"], deterministic=deterministic, rngs={"dropout": rng})
+    if "mlm_logits" not in out or f"{objective}_logits" not in out:
+        raise ValueError(f"distilling {task_name} needs models with MLM and {objective.upper()} heads; "
+                         f"this one gives {sorted(out)}")
+    return {"mlm_": (out["mlm_logits"], batch["mlm_labels"], batch["mlm_weights"]),
+            "pair_": (out[f"{objective}_logits"], batch["pair_labels"], batch["pair_weights"])}
+
+
+def soft_kl(student_logits, teacher_logits, temperature: float):
+    """KL(teacher || student) of the temperature-softened distributions, per position, in fp32."""
+    t = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)
+    s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
+    return jnp.sum(jnp.exp(t) * (t - s), axis=-1)
+
+
+class Distillation:
+    """The ``distill`` task: the teacher's objective (``self.base``) for data and metrics, the
+    distillation loss for training."""
+
+    name = "distill"
+
+    def __init__(self, config, tokenizer, tokenizer_key: str):
+        self.spec = section(DistillConfig, config.distill, "distill")
+        teacher_module, teacher_config, teacher_params, run = load_for_eval(self.spec.teacher)
+        student = config.model_config()
+        if teacher_config.vocab_size != student.vocab_size:
+            raise ValueError(
+                f"the student's vocabulary ({student.vocab_size} tokens) differs from its teacher's "
+                f"({teacher_config.vocab_size}, {self.spec.teacher}): soft targets are distributions over the same "
+                f"tokens. Set model_overrides.vocab_size={teacher_config.vocab_size} and train with the teacher's "
+                f"tokenizer{' (' + run['tokenizer'] + ')' if run.get('tokenizer') else ''}"
+            )
+        if run.get("tokenizer") and run["tokenizer"] != config.tokenizer:
+            raise ValueError(f"the student's tokenizer {config.tokenizer} is not its teacher's ({run['tokenizer']}): "
+                             "the token ids would mean different things; use the teacher's tokenizer")
+        kinds = [DECODERS if c.family in DECODERS else ENCODERS for c in (student, teacher_config)]
+        if kinds[0] is not kinds[1]:
+            raise ValueError(f"a {student.family} student cannot learn from a {teacher_config.family} teacher: "
+                             "distil a decoder into a decoder, an encoder into an encoder")
+        task = self.spec.task or (run.get("task") if run.get("task") != "distill" else None)
+        self.base_name = task or DEFAULT_TASKS[teacher_config.family]
+        if self.base_name not in ("lm", "mlm_nsp", "mlm_sop"):
+            raise ValueError(f"distill.task={self.base_name!r}: distillation supports lm, mlm_nsp and mlm_sop")
+        if (self.base_name == "lm") != (student.family in DECODERS):
+            raise ValueError(f"distill.task={self.base_name!r} does not fit a {student.family} student: lm is for "
+                             "decoders (GPT), mlm_nsp and mlm_sop for encoders (BERT, ALBERT)")
+        self.base = make_task(dataclasses.replace(config, task=self.base_name), tokenizer, tokenizer_key)
+        self.teacher_module, self.teacher_params = teacher_module, teacher_params
+        self.config = config
+
+    def load_corpus(self, source, split: str):
+        return self.base.load_corpus(source, split)
+
+    def train_batches(self, corpus, per_host_batch: int, process_index: int, process_count: int):
+        return self.base.train_batches(corpus, per_host_batch, process_index, process_count)
+
+    def eval_batches(self, corpus, per_host_batch: int, process_index: int, process_count: int):
+        return self.base.eval_batches(corpus, per_host_batch, process_index, process_count)
+
+    def frozen(self, mesh):
+        """The teacher's parameters on ``mesh``, laid out by their logical axes: an argument of the steps."""
+        return jax.device_put(self.teacher_params, params_sharding(self.teacher_module, mesh))
+
+    @staticmethod
+    def model_config(model_config):
+        return model_config
+
+    def loss(self, module, variables, batch, rng, deterministic: bool, frozen=None):
+        """The distillation loss and ``(sums, model_state)``; language models have no model state."""
+        if frozen is None:
+            raise ValueError("the distill task's loss needs the teacher's parameters (frozen=task.frozen(mesh))")
+        student = outputs(self.base_name, module, variables, batch, rng, deterministic)
+        teacher = outputs(self.base_name, self.teacher_module, {"params": frozen}, batch, rng, True)
+        temperature, alpha = self.spec.temperature, self.spec.alpha
+        sums, hard, soft = {}, 0.0, 0.0
+        for prefix, (logits, labels, weights) in student.items():
+            s = cross_entropy_sums(logits, labels, weights)
+            kl = jnp.sum(soft_kl(logits, teacher[prefix][0], temperature) * weights)
+            sums.update({prefix + k: v for k, v in s.items()}, **{f"{prefix}soft_kl": kl})
+            hard += s["nll"] / jnp.maximum(s["weight"], 1.0)
+            soft += kl / jnp.maximum(s["weight"], 1.0)
+        return alpha * temperature**2 * soft + (1.0 - alpha) * hard, (sums, {})
+
+    def summarize(self, sums) -> dict:
+        prefixes = [k.removesuffix("soft_kl") for k in sums if k.endswith("soft_kl")]
+        metrics = self.base.summarize({k: v for k, v in sums.items() if not k.endswith("soft_kl")})
+        t, alpha = self.spec.temperature, self.spec.alpha
+        soft = 0.0
+        for prefix in prefixes:
+            kl = float(sums[prefix + "soft_kl"]) / max(float(sums[prefix + "weight"]), 1.0)
+            metrics[f"{prefix}soft_kl"] = kl
+            soft += kl
+        metrics["distill_loss"] = alpha * t**2 * soft + (1 - alpha) * metrics["loss"]
+        return metrics
+
