@@ -46,6 +46,15 @@ def _model_dict(model_config) -> dict:
     return models.config_to_dict(model_config)
 
 
+def _normalized_model(saved):
+    """A saved model config with the fields added since filled in with their defaults (as loading
+    it does); as saved when it no longer loads (the differences then name the fields)."""
+    try:
+        return json.loads(json.dumps(_model_dict(models.config_from_dict(saved))))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return saved
+
+
 def _differences(saved: dict, current: dict, prefix="") -> list[str]:
     out = []
     for key in sorted(set(saved) | set(current)):
@@ -105,6 +114,8 @@ class Checkpoints:
                 raise CheckpointError(f"{path} is corrupt ({e}); choose another workdir") from None
             if isinstance(saved.get("run"), dict):
                 saved["run"] = {**json.loads(json.dumps(self.run_defaults)), **saved["run"]}
+            # A model config field added since the run began has its default there.
+            saved["model"] = _normalized_model(saved.get("model"))
             # Fields that became resumable (e.g. the mesh) no longer tell runs apart.
             saved["run"] = {k: v for k, v in saved.get("run", {}).items() if k not in TrainConfig.RESUMABLE}
             diffs = _differences(saved, json.loads(json.dumps(self.record)))
