@@ -4,6 +4,8 @@
     python scripts/experiments.py q1 --scale    # the larger configuration, for an accelerator
     python scripts/experiments.py q1 --report   # only regenerate REPORT.md's tables from the JSON
 
+Questions 6, 7 and 8 share one experiment (the ULMFiT ablation) and its JSON; any of them runs it.
+
 Results go to experiments/results/QUESTION.json (and .png plots); the tables in REPORT.md are
 generated from that JSON.
 """
@@ -24,6 +26,10 @@ QUESTIONS = {
     "q2": "experiments.q2_gpt_vs_bert",
     "q3": "experiments.q3_bert_vs_albert",
     "q4": "experiments.q4_sharing_speed",
+    "q5": "experiments.q5_cheaper_inference",
+    "q6": "experiments.ulmfit_methods",
+    "q7": "experiments.ulmfit_methods",
+    "q8": "experiments.ulmfit_methods",
 }
 
 
@@ -36,9 +42,10 @@ def main(argv=None) -> dict:
     from experiments import common
 
     module = importlib.import_module(QUESTIONS[args.question])
-    result = common.load(args.question) if args.report else module.run(scale=args.scale)
+    name = getattr(module, "RESULT", args.question)  # q6-q8 share one experiment and its JSON
+    result = common.load(name) if args.report else module.run(scale=args.scale)
     filled = common.write_report(module.tables(result))
-    summary = {"question": args.question, "results": str(common.RESULTS / f"{args.question}.json"),
+    summary = {"question": args.question, "results": str(common.RESULTS / f"{name}.json"),
                "report_tables": filled}
     print(json.dumps(summary, indent=2))
     return summary
