@@ -12,6 +12,7 @@ neighbouring rows that differ by its method. The runs resume: a rerun skips the 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -33,6 +34,7 @@ def run(scale: bool = False) -> dict:
     result = {"questions": [6, 7, 8], "command": " ".join(["python scripts/ulmfit_ablation.py"] + command[2:]),
               **json.loads((out / "ablation.json").read_text()), "runs": common.read_rows(out / "results.jsonl")}
     common.save(RESULT, result)
+    shutil.copy(out / "ablation.png", common.RESULTS / "ulmfit_ablation.png")
     return result
 
 
