@@ -116,7 +116,7 @@ def evaluate_checkpoint(checkpoint, data_source, *, tokenizer=None, task=None, s
     metrics = evaluate(make_eval_step(module, task_obj, shardings, mesh), variables, task_obj,
                        task_obj.eval_batches(corpus, batch_size // count, index, count), mesh, max_batches)
     result = {**metrics, "checkpoint": str(checkpoint), "step": run.get("step"), "seq_len": seq_len,
-              "dtype": module.config.dtype, "quantize": quantize, "param_bytes": param_bytes(params)}
+              "dtype": (module.config.body if is_classifier else module.config).dtype, "quantize": quantize, "param_bytes": param_bytes(params)}
     if unigram_from is not None and max_batches is None:
         if task_obj.name != "lm":
             raise ValueError("the unigram baseline applies to the language-modelling task only")
