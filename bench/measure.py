@@ -281,6 +281,26 @@ class Workloads:
         return {**self.describe(), "workloads": out}
 
 
+def interleaved_rounds(contenders: dict, workloads: list[str], rounds: int, skip=lambda name, workload: False,
+                       log=None) -> list[dict]:
+    """Time ``rounds`` rounds, each one call of every workload of every contender (anything with
+    ``step(workload)``: ``Workloads`` or a worker) but those ``skip`` names, never two at once and
+    the lead rotating round by round, so a change in the machine's speed hits all of them alike
+    -> per round ``{workload: {contender: seconds}}``."""
+    names, out = list(contenders), []
+    for r in range(rounds):
+        if log is not None:
+            print(f"round {r + 1}/{rounds}", file=log, flush=True)
+        lead = r % len(names)
+        timed: dict[str, dict] = {}
+        for workload in workloads:
+            for name in names[lead:] + names[:lead]:
+                if not skip(name, workload):
+                    timed.setdefault(workload, {})[name] = contenders[name].step(workload)["time"]
+        out.append(timed)
+    return out
+
+
 def add_mfu(result: dict, flops: dict, peak_flops_per_s: float | None) -> dict:
     achieved = flops["flops_per_token"] * result["tokens_per_s"]
     result["model_flops_per_s"] = achieved

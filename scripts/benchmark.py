@@ -10,6 +10,8 @@ measured in the same invocation, and the ratios of their step times to ours.
 against transformers' PyTorch and Flax generate and PyTorch BertModel, with parameter bytes, the
 memory-bandwidth limit and the quality change (``bench/inference.py``); ``--steps`` is the number of
 interleaved rounds, and ``--output X.json`` also writes the markdown table to ``X.md``.
+``--variant-runs heads-8=runs/pruned,student=runs/student`` adds smaller-model runs as rows next to
+the fp32 baseline, timed in the same rounds.
 """
 
 import argparse
@@ -34,6 +36,15 @@ from bench.memory import DEVICES, MemorySpec, compiled_memory, plan  # noqa: E40
 from bench.sharing import SharingSpec, compare_sharing  # noqa: E402
 from bench.spec import BenchSpec  # noqa: E402
 from bench.train_step import benchmark_train_step, compare_reference  # noqa: E402
+
+
+def variant_runs(text: str) -> tuple[tuple[str, str], ...]:
+    """``NAME=RUN_DIR[,NAME=RUN_DIR]`` -> ``((name, run dir), ...)``."""
+    pairs = [item.partition("=") for item in text.split(",") if item]
+    bad = [name + eq + path for name, eq, path in pairs if not (name and eq and path)]
+    if bad:
+        raise ValueError(f"--variant-runs {bad}: give NAME=RUN_DIR pairs separated by commas, e.g. heads-8=runs/pruned")
+    return tuple((name, path) for name, _, path in pairs)
 
 
 def parse_overrides(items):
@@ -125,6 +136,9 @@ def main(argv=None) -> dict:
                              "the mesh needs more) and report XLA's memory analysis next to the plan")
     infer = parser.add_argument_group("--mode infer (--model may also be a run or Hugging Face folder)")
     infer.add_argument("--variants", default=",".join(InferSpec.variants), help="of float32, bfloat16, int8, int8-bf16")
+    infer.add_argument("--variant-runs", default="", metavar="NAME=RUN_DIR[,NAME=RUN_DIR]",
+                       help="run folders measured as extra rows next to the fp32 baseline (head-pruned, distilled, "
+                            "adaptive-softmax, magnitude-pruned), of --model's vocabulary and tokenizer")
     infer.add_argument("--batch-sizes", default=",".join(map(str, InferSpec.batch_sizes)))
     infer.add_argument("--prompt-len", type=int, default=InferSpec.prompt_len)
     infer.add_argument("--new-tokens", type=int, default=InferSpec.new_tokens)
@@ -142,7 +156,7 @@ def main(argv=None) -> dict:
     if args.mode == "infer":
         refs = tuple(r for r in args.references.split(",") if r and r != "none")
         result = compare_inference(InferSpec(
-            model=args.model, variants=tuple(args.variants.split(",")),
+            model=args.model, variants=tuple(args.variants.split(",")), variant_runs=variant_runs(args.variant_runs),
             batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")), prompt_len=args.prompt_len,
             new_tokens=args.new_tokens, rounds=args.steps, warmup=args.warmup, data=args.data,
             quality_tokens=args.quality_tokens, encoder=not args.no_encoder, encoder_batch=args.encoder_batch,

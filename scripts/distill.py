@@ -3,10 +3,15 @@
     python scripts/distill.py --teacher runs/gpt2-mini-sotu --student n_layer=2 --student d_model=128 \\
         --student n_head=2 --student d_ff=512 --set workdir=runs/student
 
+    python scripts/distill.py --teacher runs/ulmfit-spam-assassin/3-classifier --student n_layer=2
+
 The student is the run config's model (``--config``, default the teacher run's own config) with
 ``--student`` field overrides; it trains on the teacher's objective and data with the loss
-``alpha * T^2 * KL + (1 - alpha) * CE``. The run folder defaults to ``TEACHER-student``; rerunning
-resumes, as ``scripts/train.py`` does.
+``alpha * T^2 * KL + (1 - alpha) * CE``. A classifier teacher (a run of task ``classify``) gives a
+classifier student on the same labelled data, with its body overridden by ``--student``; the
+teacher run's ``init_from`` is not inherited (it fits the teacher's shape, not the student's:
+``--set init_from=RUN`` gives the student one of its own). The run folder defaults to
+``TEACHER-student``; rerunning resumes, as ``scripts/train.py`` does.
 """
 
 import argparse
@@ -28,12 +33,12 @@ from train.loop import train  # noqa: E402
 
 
 def teacher_config(teacher: str) -> TrainConfig:
-    """The teacher run's own config (its run.json), as the student's starting point."""
+    """The teacher run's own config (its run.json) but its ``init_from``, as the student's starting point."""
     run_file = Path(teacher) / "run.json"
     if not run_file.exists():
         raise ValueError(f"{teacher} is not a run folder of ours (no run.json): pass --config for the student's run")
     fields = {f for f in TrainConfig.__dataclass_fields__}
-    run = {k: v for k, v in json.loads(run_file.read_text())["run"].items() if k in fields}
+    run = {k: v for k, v in json.loads(run_file.read_text())["run"].items() if k in fields and k != "init_from"}
     return TrainConfig(**run)
 
 

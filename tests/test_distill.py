@@ -1,5 +1,5 @@
-"""Knowledge distillation: Hinton et al.'s loss for the causal LM and the masked LM, refusals, and a
-distilled run that trains and resumes like any other."""
+"""Knowledge distillation: Hinton et al.'s loss for the causal LM, the masked LM and classifiers,
+refusals, and distilled runs that train and resume like any other."""
 
 import dataclasses
 import shutil
@@ -7,17 +7,20 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from conftest import tiny_config
+from test_finetune import classify_config, labelled_data  # noqa: F401  (fixture)
 
 import models
 from bench.sharing import SharingSpec, random_batch
-from train.checkpoint import load_params, save_params
+from train.checkpoint import load_params, load_variables, save_params
 from train.data.tokenizers import load_tokenizer
 from train.distill import Distillation, DistillConfig, soft_kl
+from train.evaluation import evaluate_checkpoint
 from train.loop import train
 from train.metrics import read_metrics
-from train.tasks import LanguageModeling, make_task, pair_pretraining_loss
+from train.tasks import Classification, LanguageModeling, make_task, pair_pretraining_loss
 
 
 def test_soft_kl():
@@ -33,7 +36,7 @@ def _task(base, teacher, teacher_params, **spec):
     task = Distillation.__new__(Distillation)
     task.spec, task.base_name = DistillConfig(teacher="memory", **spec), base
     task.base = LanguageModeling if base == "lm" else None
-    task.teacher_module, task.teacher_params = teacher, teacher_params
+    task.teacher_module, task.teacher_variables = teacher, {"params": teacher_params}
     return task
 
 
@@ -50,11 +53,12 @@ def test_causal_lm_loss_is_hintons_mixture():
     key = jax.random.key(0)
     hard, (hard_sums, _) = LanguageModeling.loss(student, {"params": sp}, batch, key, True)
     only_hard, (sums, _) = _task("lm", teacher, tp, alpha=0.0).loss(student, {"params": sp}, batch, key, True,
-                                                                      frozen=tp)
+                                                                      frozen={"params": tp})
     np.testing.assert_allclose(only_hard, hard, rtol=1e-6)
     expected_kl = soft_kl(student.apply({"params": sp}, batch["inputs"]), teacher.apply({"params": tp}, batch["inputs"]),
                           4.0).mean()
-    mixed, _ = _task("lm", teacher, tp, alpha=0.3, temperature=4.0).loss(student, {"params": sp}, batch, key, True, frozen=tp)
+    mixed, _ = _task("lm", teacher, tp, alpha=0.3, temperature=4.0).loss(student, {"params": sp}, batch, key, True,
+                                                                         frozen={"params": tp})
     np.testing.assert_allclose(mixed, 0.3 * 16 * expected_kl + 0.7 * hard, rtol=1e-5)
     np.testing.assert_allclose(sums["soft_kl"], 18 * soft_kl(student.apply({"params": sp}, batch["inputs"]),
                                                              teacher.apply({"params": tp}, batch["inputs"]), 2.0).mean(),
@@ -70,7 +74,7 @@ def test_masked_lm_distils_the_masked_tokens_and_the_pair_head():
     key = jax.random.key(0)
     hard, _ = pair_pretraining_loss(student, {"params": sp}, batch, key, True, "nsp")
     task = _task("mlm_nsp", teacher, tp, alpha=0.5, temperature=2.0)
-    loss, (sums, _) = task.loss(student, {"params": sp}, batch, key, True, frozen=tp)
+    loss, (sums, _) = task.loss(student, {"params": sp}, batch, key, True, frozen={"params": tp})
     s = student.apply({"params": sp}, batch["input_ids"], attention_mask=batch["attention_mask"],
                       token_type_ids=batch["token_type_ids"])
     t = teacher.apply({"params": tp}, batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -121,3 +125,97 @@ def test_distilled_run_trains_reports_and_resumes(corpus, tmp_path):
     train(dataclasses.replace(config, workdir=str(tmp_path / "resumed")))
     jax.tree.map(np.testing.assert_array_equal, load_params(tmp_path / "student")[2],
                  load_params(tmp_path / "resumed")[2])
+
+
+def _classifier(labels=("a", "b", "c"), seed=0, **body):
+    """A ULMFiT-head classifier on gpt2-tiny and its variables; the head's weights and batch
+    statistics random, so the class distributions differ clearly."""
+    _, config = models.create("gpt2-tiny", **body)
+    module = models.ClassifierConfig(config, labels, head="ulmfit").module()
+    variables = models.init_variables(module, jax.random.key(seed))
+    noise = lambda scale: lambda x: x + scale * jax.random.uniform(jax.random.key(seed + 1), x.shape)  # noqa: E731
+    params = {**variables["params"], "head": jax.tree.map(noise(1.0), variables["params"]["head"])}
+    return module, {"params": params, "batch_stats": jax.tree.map(noise(0.3), variables["batch_stats"])}
+
+
+def test_classifier_loss_is_hintons_mixture():
+    teacher, tv = _classifier()
+    student, sv = _classifier(seed=5, n_layer=1, d_model=16, n_head=2, d_ff=32)
+    rng = np.random.RandomState(0)
+    mask = np.ones((4, 10), np.int32)
+    mask[1, 7:] = 0
+    batch = {"input_ids": rng.randint(0, 256, (4, 10)), "attention_mask": mask, "labels": np.array([0, 2, 1, 2]),
+             "weights": np.array([1.0, 1.0, 1.0, 0.0], np.float32)}
+    task = _task("classify", teacher, None, alpha=0.3, temperature=3.0)
+    loss, (sums, state) = task.loss(student, sv, batch, jax.random.key(0), True, frozen=tv)
+    s = student.apply(sv, batch["input_ids"], mask)
+    t = teacher.apply(tv, batch["input_ids"], mask)  # running averages: the teacher's own batch statistics
+    w = batch["weights"]
+    ce = np.sum(optax.softmax_cross_entropy_with_integer_labels(s, batch["labels"]) * w) / w.sum()
+    lt, ls = jax.nn.log_softmax(t / 3.0), jax.nn.log_softmax(s / 3.0)
+    kl = np.sum(np.sum(np.exp(lt) * (lt - ls), -1) * w) / w.sum()
+    assert kl > 1e-3
+    np.testing.assert_allclose(loss, 0.3 * 9 * kl + 0.7 * ce, rtol=1e-5)
+    assert state == {"batch_stats": sv["batch_stats"]}  # evaluation leaves the statistics as they were
+
+    # Summed like the classify task's, with the soft KL and the distillation loss on top.
+    task.base = Classification.__new__(Classification)
+    task.base.labels = ("a", "b", "c")
+    metrics = task.summarize(jax.tree.map(np.asarray, sums))
+    assert metrics["examples"] == 3 and {"accuracy", "macro_f1", "per_class"} <= set(metrics)
+    np.testing.assert_allclose(metrics["soft_kl"], kl, rtol=1e-5)
+    np.testing.assert_allclose(metrics["distill_loss"], loss, rtol=1e-5)
+
+    # In training the student's batch statistics move; the teacher's are an input, never updated.
+    _, (_, state) = task.loss(student, sv, batch, jax.random.key(0), False, frozen=tv)
+    moved = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), state["batch_stats"],
+                         sv["batch_stats"])
+    assert all(jax.tree.leaves(moved))
+
+
+@pytest.fixture
+def classifier_teacher(corpus, tmp_path):
+    """A classifier run folder (linear head) on the corpus's tokenizer, classes ("a", "b")."""
+    _, body = models.create("gpt2-tiny", n_positions=32)
+    config = models.ClassifierConfig(body, ("a", "b"))
+    params = models.init_params(config.module(), jax.random.key(0))
+    return save_params(tmp_path / "classifier", config, params,
+                       {"tokenizer": str(corpus[1]), "task": "classify", "seq_len": 32})
+
+
+def test_classifier_distillation_refuses_other_classes_and_other_teachers(corpus, labelled_data, tmp_path,  # noqa: F811
+                                                                           teacher_folder, classifier_teacher):
+    config = classify_config(corpus, labelled_data, tmp_path / "student", task="distill",
+                             distill={"teacher": str(classifier_teacher)})
+    task = make_task(config, load_tokenizer(config.tokenizer), "key")
+    assert task.base_name == "classify"
+    task.load_corpus(config.train_data, "train")
+    with pytest.raises(ValueError, match=r"student's classes \['peace', 'war'\] .* not its teacher's \['a', 'b'\]"):
+        task.model_config(config.model_config())
+    with pytest.raises(ValueError, match="distill.task='classify' needs a classifier teacher, but .* holds a GPTConfig"):
+        make_task(dataclasses.replace(config, distill={"teacher": str(teacher_folder), "task": "classify"}),
+                  load_tokenizer(config.tokenizer), "key")
+    with pytest.raises(ValueError, match="is a classifier: its outputs are class logits, so distill.task must be"):
+        make_task(dataclasses.replace(config, distill={"teacher": str(classifier_teacher), "task": "lm"}),
+                  load_tokenizer(config.tokenizer), "key")
+
+
+def test_distilled_classifier_trains_and_reports(corpus, labelled_data, tmp_path):  # noqa: F811
+    """A ULMFiT-head teacher trained for a few steps, then a 1-layer student distilled from it."""
+    train(classify_config(corpus, labelled_data, tmp_path / "teacher", steps=4, eval_every=4, checkpoint_every=4,
+                          lr_schedule="constant"))
+    student = {"n_layer": 1, "d_model": 16, "n_head": 2, "d_ff": 32}
+    config = classify_config(corpus, labelled_data, tmp_path / "student", task="distill", steps=4, eval_every=4,
+                             checkpoint_every=4, lr_schedule="constant", model_overrides=student,
+                             distill={"teacher": str(tmp_path / "teacher"), "temperature": 2.0, "alpha": 0.5})
+    summary = train(config)
+    validation = summary["validation"]
+    assert {"loss", "accuracy", "macro_f1", "per_class", "soft_kl", "distill_loss"} <= set(validation)
+    assert validation["examples"] == 12 and validation["soft_kl"] > 0
+    rows = [r for r in read_metrics(tmp_path / "student") if r["split"] == "validation"]
+    assert rows and all(r["soft_kl"] > 0 and "macro_f1" in r for r in rows)
+    _, model_config, variables, _ = load_variables(tmp_path / "student")
+    assert model_config.labels == ("peace", "war") and model_config.body.n_layer == 1
+    assert set(variables) == {"params", "batch_stats"}
+    test = evaluate_checkpoint(tmp_path / "student", str(labelled_data / "test.jsonl"), split="test")
+    assert test["examples"] == 12 and "soft_kl" in test

@@ -137,14 +137,15 @@ class TrainConfig:
         if self.feature_extraction and every:
             raise ValueError("feature_extraction freezes all but the top group for the whole run; "
                              "it cannot be combined with gradual unfreezing (unfreeze_every)")
-        if self.task == "classify":
+        if self.task == "classify" or (self.task == "distill" and self.classifier):  # a classifier student
             try:
                 ClassifierConfig(self.model_config(), ("a", "b"), **self.classifier)
             except TypeError as e:
                 fields = [f.name for f in dataclasses.fields(ClassifierConfig) if f.name not in ("body", "labels")]
                 raise ValueError(f"classifier settings {self.classifier}: {e}; valid keys: {fields}") from None
         elif self.classifier:
-            raise ValueError(f"classifier settings {self.classifier} apply to task='classify' only (task is {self.task!r})")
+            raise ValueError(f"classifier settings {self.classifier} apply to task='classify' (or 'distill' from a "
+                             f"classifier) only (task is {self.task!r})")
 
     def pruning_config(self):
         """``pruning`` as an ``optim.PruningConfig`` (None when empty), checked."""

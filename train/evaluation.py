@@ -16,7 +16,7 @@ from train import sharding
 from train.checkpoint import load_variables
 from train.config import TrainConfig
 from train.data.tokenizers import load_tokenizer, tokenizer_id
-from train.step import make_eval_step, params_sharding
+from train.step import make_eval_step, variables_sharding
 from train.tasks import check_fit, context_length, make_task
 
 
@@ -93,7 +93,7 @@ def evaluate_checkpoint(checkpoint, data_source, *, tokenizer=None, task=None, s
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     settings = {k: v for k, v in run.items() if k in fields and k != "init_from"}
     task = task or settings.get("task") or DEFAULT_TASKS[model_config.family]
-    if (task == "classify") != is_classifier:
+    if task != "distill" and (task == "classify") != is_classifier:  # a distilled run's base task fits its model
         raise ValueError(f"task {task!r} does not fit {checkpoint}, which holds a {type(model_config).__name__}: "
                          f"classify goes with classifier checkpoints; evaluate this one with task "
                          f"{DEFAULT_TASKS[model_config.family]!r}")
@@ -107,8 +107,7 @@ def evaluate_checkpoint(checkpoint, data_source, *, tokenizer=None, task=None, s
     mesh = sharding.make_mesh()
     sharding.check_batch(batch_size, 1, dict(mesh.shape))
     index, count = sharding.batch_split(mesh)
-    shardings = {"params": params_sharding(module, mesh),
-                 **jax.tree.map(lambda _: sharding.replicated(mesh), {k: v for k, v in variables.items() if k != "params"})}
+    shardings = variables_sharding(module, variables, mesh)
     variables = jax.device_put(variables, shardings)
     module, params = prepare(module, variables["params"], dtype, quantize)
     variables = {**variables, "params": params}
@@ -117,7 +116,7 @@ def evaluate_checkpoint(checkpoint, data_source, *, tokenizer=None, task=None, s
     metrics = evaluate(make_eval_step(module, task_obj, shardings, mesh), variables, task_obj,
                        task_obj.eval_batches(corpus, batch_size // count, index, count), mesh, max_batches)
     result = {**metrics, "checkpoint": str(checkpoint), "step": run.get("step"), "seq_len": seq_len,
-              "dtype": module.config.dtype, "quantize": quantize, "param_bytes": param_bytes(params)}
+              "dtype": (module.config.body if is_classifier else module.config).dtype, "quantize": quantize, "param_bytes": param_bytes(params)}
     if unigram_from is not None and max_batches is None:
         if task_obj.name != "lm":
             raise ValueError("the unigram baseline applies to the language-modelling task only")

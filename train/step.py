@@ -35,6 +35,13 @@ def params_sharding(module, mesh):
     return sharding.logical_shardings(boxed_param_shapes(module), mesh)
 
 
+def variables_sharding(module, variables, mesh) -> dict:
+    """Where a model's ``variables`` live: parameters by their logical axis names, the model state
+    (a classifier head's batch statistics) replicated."""
+    state = {k: v for k, v in variables.items() if k != "params"}
+    return {"params": params_sharding(module, mesh), **jax.tree.map(lambda _: sharding.replicated(mesh), state)}
+
+
 def state_shardings(module, tx, mesh) -> TrainState:
     """Where the train state lives: parameters by their logical axis names; optimizer statistics
     follow the parameters they belong to; everything else (the model state) is replicated."""
@@ -66,7 +73,7 @@ def init_state(module, tx, rng, mesh):
 
 def frozen_arrays(task, mesh):
     """``(loss, arrays)``: arrays a task's loss reads but never trains (a distillation teacher's
-    parameters, ``task.frozen(mesh)``), passed to the jitted steps as an argument rather than
+    variables, ``task.frozen(mesh)``), passed to the jitted steps as an argument rather than
     compiled in as constants, and the loss that takes them; ``(task.loss, None)`` for most tasks."""
     if not hasattr(task, "frozen"):
         return task.loss, None

@@ -223,6 +223,18 @@ def classification_metrics(confusion, labels) -> dict:
             "examples": int(total), "per_class": per_class}
 
 
+def classification_sums(logits, batch) -> dict:
+    """Summed cross-entropy, example count, confusion matrix ``[true, predicted]`` and real tokens
+    of a batch of class logits, each example counted by its weight, in fp32."""
+    logits, weights = logits.astype(jnp.float32), batch["weights"]
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]) * weights
+    classes = logits.shape[-1]
+    truth = jax.nn.one_hot(batch["labels"], classes) * weights[:, None]
+    confusion = truth.T @ jax.nn.one_hot(jnp.argmax(logits, -1), classes)
+    return {"nll": nll.sum(), "weight": weights.sum(), "confusion": confusion,
+            "tokens": (batch["attention_mask"] * weights[:, None]).sum()}
+
+
 class Classification:
     """Sequence classification (task ``classify``): labelled rows (``text_field``, ``label_field``)
     framed for the model family (see ``train.data.labelled``), a classifier on the run's model
@@ -275,13 +287,7 @@ class Classification:
     def loss(self, module, variables, batch, rng, deterministic: bool):
         logits, state = apply_model(module, variables, batch["input_ids"], batch["attention_mask"], rng=rng,
                                     deterministic=deterministic)
-        logits, weights = logits.astype(jnp.float32), batch["weights"]
-        nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]) * weights
-        classes = logits.shape[-1]
-        truth = jax.nn.one_hot(batch["labels"], classes) * weights[:, None]
-        confusion = truth.T @ jax.nn.one_hot(jnp.argmax(logits, -1), classes)
-        sums = {"nll": nll.sum(), "weight": weights.sum(), "confusion": confusion,
-                "tokens": (batch["attention_mask"] * weights[:, None]).sum()}
+        sums = classification_sums(logits, batch)
         return sums["nll"] / jnp.maximum(sums["weight"], 1.0), (sums, state)
 
     def summarize(self, sums) -> dict:
