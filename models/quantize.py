@@ -106,6 +106,9 @@ def prepare(module, params, dtype: str | None = None, quantize: str | None = Non
     compute cast to ``dtype`` (default: unchanged), then ``quantize="int8"`` weights."""
     if quantize not in (None, *QUANTIZATIONS):
         raise ValueError(f"quantize={quantize!r}; choose one of {QUANTIZATIONS} (or none)")
+    if (dtype or quantize) and not hasattr(module.config, "dtype"):
+        raise ValueError(f"--dtype and --quantize apply to the GPT, BERT and ALBERT models, not to a "
+                         f"{type(module.config).__name__}; evaluate it without them")
     if dtype is not None and (dtype != module.config.dtype or dtype != module.config.param_dtype):
         module, params = cast(module, params, dtype)
     if quantize == "int8":

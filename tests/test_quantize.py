@@ -111,6 +111,9 @@ def test_quantizing_twice_or_casting_after_is_refused():
         quantize.cast(qmodule, qparams, "bfloat16")
     with pytest.raises(ValueError, match="quantize='int4'"):
         quantize.prepare(module, params, quantize="int4")
+    classifier = models.ClassifierConfig(module.config, ("a", "b")).module()
+    with pytest.raises(ValueError, match="not to a ClassifierConfig"):
+        quantize.prepare(classifier, {}, dtype="bfloat16")
     assert quantize.is_int8(qmodule, qparams) and not quantize.is_int8(module, params)
     assert any(is_quantized(x) for x in jax.tree.leaves(qparams, is_leaf=is_quantized))
 
