@@ -125,7 +125,7 @@ def load_decoder(model: str, spec: InferSpec, option: str = "--model"):
     off) or a run / Hugging Face folder (its tokenizer's name, where the run has one): a GPT whose
     context holds the prompts and the new tokens. ``option`` names the setting in errors."""
     if Path(model).exists():
-        from train.evaluation import load_for_eval
+        from train.checkpoint import load_for_eval
 
         module, config, params, run = load_for_eval(model)
         tokenizer, source = run.get("tokenizer"), f"checkpoint {model}"

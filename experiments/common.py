@@ -41,12 +41,6 @@ def sotu_files() -> dict:
     return {"train": str(train), "validation": str(validation), "tokenizer": str(model)}
 
 
-def _prepare_labelled(task: str, folder: Path) -> None:
-    from train.data.corpora import prepare_sotu_party, prepare_spam_assassin
-
-    {"spam-assassin": prepare_spam_assassin, "sotu-party": prepare_sotu_party}[task](folder)
-
-
 LABELLED_TASKS = ("spam-assassin", "sotu-party")
 
 
@@ -63,7 +57,9 @@ def task_files(task: str, out: Path, test_rows: int | None) -> dict:
         raise ValueError(f"unknown labelled task {task!r}; choose one of {', '.join(LABELLED_TASKS)}")
     folder = cache_dir() / task
     if not all((folder / f"{s}.jsonl").exists() for s in ("train", "validation", "test")):
-        _prepare_labelled(task, folder)
+        from train.data.corpora import LABELLED
+
+        LABELLED[task](folder)
     test = read_rows(folder / "test.jsonl")
     if test_rows is not None and test_rows < len(test):
         test = [test[i] for i in sorted(random.Random(0).sample(range(len(test)), test_rows))]

@@ -80,7 +80,8 @@ def run_config(scale: Scale, files: dict, depth: int, variant: str, warmup: bool
 def layer_grad_norms(config: TrainConfig) -> list[float]:
     """Global norm of each block's gradient at initialisation, on the run's first training batch."""
     from train.data.tokenizers import load_tokenizer, tokenizer_id
-    from train.tasks import LanguageModeling, make_task
+    from train.task_registry import make_task
+    from train.tasks import LanguageModeling
 
     tokenizer = load_tokenizer(config.tokenizer)
     task = make_task(config, tokenizer, tokenizer_id(config.tokenizer))

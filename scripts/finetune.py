@@ -33,14 +33,12 @@ if __name__ == "__main__":
     retain_freed_memory()  # before numpy and JAX start their threads: see train/malloc.py
 
 from train.config import TrainConfig, apply_overrides, load_config  # noqa: E402
-from train.data.corpora import prepare_sotu_party, prepare_spam_assassin  # noqa: E402
+from train.data.corpora import LABELLED as TASKS  # noqa: E402
 from train.data.downloads import cache_dir  # noqa: E402
 from train.evaluation import evaluate_checkpoint  # noqa: E402
 from train.finetuning import pretrained_spec  # noqa: E402
 from train.loop import train  # noqa: E402
-
-TASKS = {"spam-assassin": prepare_spam_assassin, "sotu-party": prepare_sotu_party}
-PRETRAINING_TASKS = {"gpt": "lm", "bert": "mlm_nsp", "albert": "mlm_sop"}
+from train.tasks import DEFAULT_TASKS  # noqa: E402
 
 
 def task_data(task: str | None, data: str | None) -> Path:
@@ -101,7 +99,7 @@ def main(argv=None) -> dict:
     source = pretrained
     if args.lm_steps:
         family = TrainConfig(**spec).model_config().family
-        lm = TrainConfig(**common, task=PRETRAINING_TASKS[family], init_from=str(pretrained), steps=args.lm_steps,
+        lm = TrainConfig(**common, task=DEFAULT_TASKS[family], init_from=str(pretrained), steps=args.lm_steps,
                          learning_rate=args.lm_learning_rate, eval_every=args.lm_steps, checkpoint_every=args.lm_steps,
                          workdir=str(workdir / "2-lm"))
         lm = apply_overrides(lm, args.set_lm)

@@ -21,8 +21,8 @@ from models.classifier import ClassifierConfig
 from models.generation import sample
 from models.gpt import GPTConfig
 from train import cli  # noqa: E402
+from train.checkpoint import load_for_eval
 from train.data.tokenizers import load_tokenizer
-from train.evaluation import load_for_eval
 
 
 def main(argv=None) -> dict:

@@ -12,9 +12,9 @@ if __package__ in (None, ""):  # run as a file: make the repository's packages i
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from train import cli  # noqa: E402
-from train.data.corpora import SOTU_VALIDATION_FROM_YEAR, prepare_sotu, prepare_sotu_party, prepare_spam_assassin
+from train.data.corpora import LABELLED, SOTU_VALIDATION_FROM_YEAR, prepare_sotu
 
-CORPORA = {"sotu": prepare_sotu, "spam-assassin": prepare_spam_assassin, "sotu-party": prepare_sotu_party}
+CORPORA = {"sotu": prepare_sotu, **LABELLED}
 
 
 def main(argv=None) -> dict:

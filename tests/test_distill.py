@@ -20,7 +20,8 @@ from train.distill import Distillation, DistillConfig, soft_kl
 from train.evaluation import evaluate_checkpoint
 from train.loop import train
 from train.metrics import read_metrics
-from train.tasks import Classification, LanguageModeling, make_task, pair_pretraining_loss
+from train.task_registry import make_task
+from train.tasks import Classification, LanguageModeling, pair_pretraining_loss
 
 
 def test_soft_kl():

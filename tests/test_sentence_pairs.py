@@ -158,7 +158,7 @@ def test_masked_lm_alone_is_the_mlm_part_of_the_pair_objective(corpus, tmp_path)
 
     import models
     from train.data.tokenizers import load_tokenizer
-    from train.tasks import make_task
+    from train.task_registry import make_task
 
     config = tiny_config(corpus, tmp_path, model="bert-tiny", task="mlm_nsp",
                          model_overrides={"vocab_size": 120, "max_position_embeddings": 32})

@@ -28,6 +28,7 @@ import jax
 import orbax.checkpoint as ocp
 
 import models
+from models import hf
 from train import distributed
 from train.config import TrainConfig
 from train.sharding import make_mesh, replicated
@@ -288,3 +289,23 @@ def load_variables(workdir, step: int | None = None, **model_overrides):
         raise CheckpointError(f"checkpoint step {step} in {workdir} cannot be restored ({type(e).__name__}: {e})") from e
     variables = {"params": restored["params"], **(restored["model_state"] if shapes else {})}
     return module, model_config, variables, {**record["run"], "step": step}
+
+
+def load_variables_for_eval(checkpoint, step: int | None = None, **model_overrides):
+    """A run folder of ours (has run.json) or an HF folder (has config.json)
+    -> ``(module, model_config, variables, run_info)``, variables ``{"params": ..., **model_state}``."""
+    path = Path(checkpoint)
+    if (path / "run.json").exists():
+        return load_variables(path, step, **model_overrides)
+    if (path / "config.json").exists():
+        module, config, params = hf.load_pretrained(path, **model_overrides)
+        return module, config, {"params": params}, {"source": "huggingface"}
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: give a run folder of ours (run.json) or a Hugging Face folder")
+    raise FileNotFoundError(f"{path} is neither a run folder (run.json) nor a Hugging Face folder (config.json)")
+
+
+def load_for_eval(checkpoint, step: int | None = None, **model_overrides):
+    """As :func:`load_variables_for_eval`, with the parameters only: ``(module, model_config, params, run_info)``."""
+    module, config, variables, run = load_variables_for_eval(checkpoint, step, **model_overrides)
+    return module, config, variables["params"], run

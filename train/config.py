@@ -31,7 +31,7 @@ class TrainConfig:
     # architecture. A new head is initialised; init.json in the run folder lists what was loaded,
     # what is new and what went unused. (ULMFiT's stages 2, LM fine-tuning, and 3, classifier.)
     init_from: str | None = None
-    # Task: how batches are built and what loss is minimised (train.tasks.TASKS).
+    # Task: how batches are built and what loss is minimised (train.task_registry.ALL_TASKS).
     task: str = "lm"
     train_data: str = ""
     eval_data: str | None = None

@@ -25,10 +25,10 @@ import jax
 import jax.numpy as jnp
 
 from models.classifier import ClassifierConfig
+from train.checkpoint import load_variables_for_eval
 from train.config import section
-from train.evaluation import DEFAULT_TASKS, load_variables_for_eval
 from train.step import variables_sharding
-from train.tasks import apply_model, classification_sums, cross_entropy_sums, make_task
+from train.tasks import DEFAULT_TASKS, TASKS, apply_model, classification_sums, cross_entropy_sums
 
 DECODERS, ENCODERS = {"gpt"}, {"bert", "albert"}
 BASES = ("lm", "mlm_nsp", "mlm_sop", "classify")
@@ -126,7 +126,7 @@ class Distillation:
         if self.base_name != "classify" and (self.base_name == "lm") != (student.family in DECODERS):
             raise ValueError(f"distill.task={self.base_name!r} does not fit a {student.family} student: lm is for "
                              "decoders (GPT), mlm_nsp and mlm_sop for encoders (BERT, ALBERT)")
-        self.base = make_task(dataclasses.replace(config, task=self.base_name), tokenizer, tokenizer_key)
+        self.base = TASKS[self.base_name](dataclasses.replace(config, task=self.base_name), tokenizer, tokenizer_key)
         self.teacher_module, self.teacher_variables = teacher_module, teacher_variables
         self.teacher_labels = teacher_config.labels if is_classifier else None
         self.config = config

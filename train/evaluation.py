@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 
 import jax
 import numpy as np
 
-from models import hf
 from models.classifier import ClassifierConfig
 from models.quantize import param_bytes, prepare
 from train import sharding
-from train.checkpoint import load_variables
+from train.checkpoint import load_variables_for_eval
 from train.config import TrainConfig
 from train.data.tokenizers import load_tokenizer, tokenizer_id
 from train.step import make_eval_step, variables_sharding
-from train.tasks import check_fit, context_length, make_task
+from train.task_registry import make_task
+from train.tasks import DEFAULT_TASKS, check_fit, context_length
 
 
 def evaluate(eval_step, variables, task, batches, mesh, max_batches: int | None = None) -> dict:
@@ -43,28 +42,7 @@ def unigram_baseline(train_tokens, eval_tokens, vocab_size: int) -> dict:
     return {"loss": loss, "perplexity": math.exp(loss), "tokens": int(len(eval_tokens))}
 
 
-def load_variables_for_eval(checkpoint, step: int | None = None, **model_overrides):
-    """A run folder of ours (has run.json) or an HF folder (has config.json)
-    -> ``(module, model_config, variables, run_info)``, variables ``{"params": ..., **model_state}``."""
-    path = Path(checkpoint)
-    if (path / "run.json").exists():
-        return load_variables(path, step, **model_overrides)
-    if (path / "config.json").exists():
-        module, config, params = hf.load_pretrained(path, **model_overrides)
-        return module, config, {"params": params}, {"source": "huggingface"}
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: give a run folder of ours (run.json) or a Hugging Face folder")
-    raise FileNotFoundError(f"{path} is neither a run folder (run.json) nor a Hugging Face folder (config.json)")
 
-
-def load_for_eval(checkpoint, step: int | None = None, **model_overrides):
-    """As :func:`load_variables_for_eval`, with the parameters only: ``(module, model_config, params, run_info)``."""
-    module, config, variables, run = load_variables_for_eval(checkpoint, step, **model_overrides)
-    return module, config, variables["params"], run
-
-
-# The task of each model family, for checkpoints that do not say (HF folders).
-DEFAULT_TASKS = {"gpt": "lm", "bert": "mlm_nsp", "albert": "mlm_sop", "classifier": "classify"}
 
 
 def evaluate_checkpoint(checkpoint, data_source, *, tokenizer=None, task=None, seq_len=None, batch_size=8,

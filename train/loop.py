@@ -33,7 +33,8 @@ from train.evaluation import evaluate
 from train.finetuning import init_params, load_pretrained, make_optimizer, write_report
 from train.metrics import MetricWriter, plot_loss_curve
 from train.step import boxed_param_shapes, init_state, make_eval_step, make_train_step
-from train.tasks import check_fit, make_task
+from train.task_registry import make_task
+from train.tasks import check_fit
 
 
 class NonFiniteLoss(RuntimeError):

@@ -296,23 +296,14 @@ class Classification:
         return {"loss": float(sums["nll"]) / weight, **metrics, "tokens": int(sums["tokens"])}
 
 
-def _distillation(config, tokenizer, tokenizer_key: str):
-    from train.distill import Distillation  # it builds the teacher's task from this module
+# The task of each model family, for checkpoints that do not say (HF folders).
+DEFAULT_TASKS = {"gpt": "lm", "bert": "mlm_nsp", "albert": "mlm_sop", "classifier": "classify"}
 
-    return Distillation(config, tokenizer, tokenizer_key)
-
-
+# The tasks that build batches from data; train.task_registry adds distillation on top of them.
 TASKS = {
     "lm": LanguageModeling,
     "classify": Classification,
     "mlm_nsp": functools.partial(MaskedLMWithPairs, objective="nsp"),
     "mlm_sop": functools.partial(MaskedLMWithPairs, objective="sop"),
     "mlm": functools.partial(MaskedLMWithPairs, objective="nsp", pair_loss=False),
-    "distill": _distillation,
 }
-
-
-def make_task(config, tokenizer, tokenizer_key: str):
-    if config.task not in TASKS:
-        raise ValueError(f"unknown task {config.task!r}; choose one of {sorted(TASKS)}")
-    return TASKS[config.task](config, tokenizer, tokenizer_key)

@@ -245,3 +245,7 @@ def _write_jsonl_atomically(path: Path, rows: Iterable[dict]) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+# The labelled corpora of the fine-tuning tasks, by the names scripts and experiments use.
+LABELLED = {"spam-assassin": prepare_spam_assassin, "sotu-party": prepare_sotu_party}

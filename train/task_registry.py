@@ -1,0 +1,16 @@
+"""Every task a run can name: the data tasks of ``train.tasks`` and distillation, which wraps one
+of them (``train.distill``). Kept apart from both so neither imports the other's registry."""
+
+from __future__ import annotations
+
+from train.distill import Distillation
+from train.tasks import TASKS
+
+ALL_TASKS = {**TASKS, "distill": Distillation}
+
+
+def make_task(config, tokenizer, tokenizer_key: str):
+    """The task object of ``config.task``."""
+    if config.task not in ALL_TASKS:
+        raise ValueError(f"unknown task {config.task!r}; choose one of {sorted(ALL_TASKS)}")
+    return ALL_TASKS[config.task](config, tokenizer, tokenizer_key)
