@@ -158,7 +158,7 @@ def residual_shapes(config, seq_len: int, batch: int = SENTINEL) -> list:
                 "pair_weights": jax.ShapeDtypeStruct((batch,), jnp.float32)}
 
     def backward_needs(p, data):
-        return jax.vjp(lambda p: loss(module, p, data, jax.random.PRNGKey(0), False)[0], p)[1]
+        return jax.vjp(lambda p: loss(module, {"params": p}, data, jax.random.PRNGKey(0), False)[0], p)[1]
 
     return jax.tree.leaves(jax.eval_shape(backward_needs, params, data))
 
