@@ -61,6 +61,10 @@ def _losses(workdir):
 def _assert_close(workdir, reference):
     got, want = load_params(workdir)[2], load_params(reference)[2]  # restored onto this one CPU
     for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(got)[0], jax.tree.leaves(want)):
+        if jax.tree_util.keystr(path).endswith("['key']['bias']"):
+            # No gradient in exact arithmetic (the softmax over keys ignores a shift common to all
+            # keys): its updates are rounding noise, scaled up by Adam, and differ with the reduction order.
+            continue
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), **TOLERANCE, err_msg=f"{workdir}: {path}")
     losses, expected = _losses(workdir), _losses(reference)
     assert losses.keys() == expected.keys()
