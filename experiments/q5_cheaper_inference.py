@@ -57,7 +57,9 @@ def _smaller_table(name: str, result: dict) -> str:
         ["variant", "nonzero parameters", "bytes vs baseline", "validation loss", "change", "forward time vs baseline",
          "decode time vs baseline"], rows,
         f"`python scripts/smaller.py {name}{' --full' if result.get('full') else ''}`; times are medians of "
-        "interleaved rounds next to the first row (the baseline), on this 2-core CPU.",
+        "interleaved rounds next to the first row (the baseline), on this 2-core CPU"
+        + (" (decoding recomputed the prefix at each token: these runs predate the KV cache)"
+           if result["rows"][0].get("decode") == "recompute" else "") + ".",
     )
 
 
