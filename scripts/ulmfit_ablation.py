@@ -15,6 +15,12 @@ passages), as classifiers. Each starts plain and adds one method at a time:
     +gradual  and gradual unfreezing (one group per stage over the first half of the steps)
     +concat   and concat pooling ([final state, max, mean])
 
+and two side rows for GPT-2, each one method added to plain + STLR alone, so that gradual
+unfreezing and concat pooling are also measured without discriminative rates under them:
+
+    +stlr +gradual   STLR and gradual unfreezing
+    +stlr +concat    STLR and concat pooling
+
 with ``--seeds`` seeds each (initialisation of the head, dropout and batch order), then reports
 test accuracy and macro-F1 (mean ± sample standard deviation over the seeds), the steps and the
 wall time per run, next to TF-IDF + logistic regression (scikit-learn) on the same test rows.
@@ -52,6 +58,18 @@ from train.finetuning import pretrained_spec  # noqa: E402
 from train.loop import train  # noqa: E402
 
 VARIANTS = ("plain", "+stlr", "+discr", "+gradual", "+concat")
+# Side rows: one method on plain + STLR, for the models in SIDE_MODELS (the CPU budget).
+SIDE = {"+stlr +gradual": ("plain", "+stlr", "+gradual"), "+stlr +concat": ("plain", "+stlr", "+concat")}
+SIDE_MODELS = ("gpt2",)
+
+
+def methods_of(variant: str) -> tuple[str, ...]:
+    """The methods of a row: those up to it on the ladder, or a side row's."""
+    return SIDE[variant] if variant in SIDE else VARIANTS[: VARIANTS.index(variant) + 1]
+
+
+def variants_of(model: str) -> tuple[str, ...]:
+    return VARIANTS + (tuple(SIDE) if model in SIDE_MODELS else ())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +90,8 @@ PLAIN_POOLING = {"gpt2": "last", "minilm": "pooler"}
 
 
 def run_config(model: str, source: Path, task_paths: dict, variant: str, seed: int, size: Size, workdir: Path):
-    """The classifier run of one row of the table: the methods up to ``variant``, cumulatively."""
-    methods = VARIANTS[: VARIANTS.index(variant) + 1]
+    """The classifier run of one row of the table: the methods of ``variant`` (``methods_of``)."""
+    methods = methods_of(variant)
     spec = pretrained_spec(source)
     steps = size.steps[model]
     groups = TrainConfig(**spec).model_config().head_depth + 1
@@ -109,7 +127,7 @@ def aggregate(results: list[dict], baselines: dict, models, tasks) -> list[dict]
     rows = []
     for task in tasks:
         for model in models:
-            for variant in VARIANTS:
+            for variant in variants_of(model):
                 runs = [r for r in results if (r["model"], r["task"], r["variant"]) == (model, task, variant)]
                 if not runs:
                     continue
@@ -144,7 +162,7 @@ def plot(rows: list[dict], path: Path, models, tasks) -> None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for model, marker in zip(models, "os"):
-            points = [r for r in rows if r["task"] == task and r["model"] == model]
+            points = [r for r in rows if r["task"] == task and r["model"] == model and r["method"] in VARIANTS]
             ax.errorbar([VARIANTS.index(r["method"]) for r in points], [r["macro_f1"][0] for r in points],
                         yerr=[r["macro_f1"][1] for r in points], marker=marker, capsize=3, label=model)
         base = next(r for r in rows if r["task"] == task and r["method"] == "bag of words")
@@ -194,11 +212,11 @@ def main(argv=None) -> dict:
                                                     labels)
     for task in tasks:
         for model in models:
-            for variant in VARIANTS:
+            for variant in variants_of(model):
                 for seed in range(args.seeds):
                     if (model, task, variant, seed) in done:
                         continue
-                    workdir = out / "runs" / f"{model}-{task}-{variant.strip('+')}-seed{seed}"
+                    workdir = out / "runs" / f"{model}-{task}-{variant.strip('+').replace(' +', '-')}-seed{seed}"
                     config = run_config(model, sources[model], files[task], variant, seed, size, workdir)
                     row = {"model": model, "task": task, "variant": variant, "seed": seed, **run_one(config)}
                     results.append(row)

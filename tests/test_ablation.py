@@ -37,6 +37,10 @@ def test_rows_add_the_methods_one_at_a_time_and_score_the_test_rows(ablation, co
     assert [c.discriminative_factor for c in configs] == [1.0, 1.0, 2.6, 2.6, 2.6]
     assert [c.unfreeze_every for c in configs] == [0, 0, 0, 1, 1]  # 10 steps // (2 x (4 groups - 1))
     assert [c.classifier["pooling"] for c in configs] == ["last"] * 4 + ["concat"]
+    side = {v: ablation.run_config("gpt2", source, files, v, 0, size, tmp_path / v) for v in ablation.SIDE}
+    assert {v: (c.lr_schedule, c.discriminative_factor, c.unfreeze_every, c.classifier["pooling"])
+            for v, c in side.items()} == {"+stlr +gradual": ("stlr", 1.0, 1, "last"),
+                                          "+stlr +concat": ("stlr", 1.0, 0, "concat")}
     result = ablation.run_one(dataclasses.replace(configs[-1], label_field="topic"))
     assert result["steps"] == 10 and result["test_rows"] == 12 and 0 <= result["macro_f1"] <= 1
     assert not (tmp_path / "+concat" / "checkpoints").exists()
