@@ -19,18 +19,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from experiments import QUESTIONS  # noqa: E402
 from train import cli  # noqa: E402
-
-QUESTIONS = {
-    "q1": "experiments.q1_gpt_vs_gpt2",
-    "q2": "experiments.q2_gpt_vs_bert",
-    "q3": "experiments.q3_bert_vs_albert",
-    "q4": "experiments.q4_sharing_speed",
-    "q5": "experiments.q5_cheaper_inference",
-    "q6": "experiments.ulmfit_methods",
-    "q7": "experiments.ulmfit_methods",
-    "q8": "experiments.ulmfit_methods",
-}
 
 
 def main(argv=None) -> dict:
