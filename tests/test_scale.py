@@ -28,6 +28,9 @@ from train.evaluation import evaluate_checkpoint
 from train.loop import train
 from train.metrics import read_metrics
 
+# Every test here starts subprocesses that compile and train on several simulated devices.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = dict(rtol=1e-4, atol=1e-5)
 
