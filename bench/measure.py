@@ -28,6 +28,17 @@ from typing import Any, Callable
 from bench.spec import BenchSpec
 
 
+def _best_time(f, args, repeats: int) -> float:
+    """The fastest of ``repeats`` calls of the jitted ``f`` after one compiling call, in seconds."""
+    f(*args).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(*args).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
 def matmul_peak_flops(dtype: str = "float32", n: int | None = None, repeats: int = 10) -> dict:
     """The best FLOP/s of an ``n x n @ n x n`` matmul under ``jax.jit`` on the default device."""
     import jax
@@ -38,14 +49,8 @@ def matmul_peak_flops(dtype: str = "float32", n: int | None = None, repeats: int
     ka, kb = jax.random.split(jax.random.key(0))
     a = jax.random.normal(ka, (n, n), jnp.dtype(dtype))
     b = jax.random.normal(kb, (n, n), jnp.dtype(dtype))
-    f = jax.jit(jnp.matmul)
-    f(a, b).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        f(a, b).block_until_ready()
-        times.append(time.perf_counter() - t0)
-    return {"flops_per_s": 2 * n**3 / min(times), "n": n, "dtype": dtype, "repeats": repeats}
+    best = _best_time(jax.jit(jnp.matmul), (a, b), repeats)
+    return {"flops_per_s": 2 * n**3 / best, "n": n, "dtype": dtype, "repeats": repeats}
 
 
 def matvec_bandwidth(n: int = 8192, repeats: int = 10) -> dict:
@@ -57,14 +62,8 @@ def matvec_bandwidth(n: int = 8192, repeats: int = 10) -> dict:
 
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     x = jax.random.normal(jax.random.key(1), (n,), jnp.float32)
-    f = jax.jit(jnp.matmul)
-    f(a, x).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        f(a, x).block_until_ready()
-        times.append(time.perf_counter() - t0)
-    return {"bytes_per_s": a.nbytes / min(times), "matrix": [n, n], "dtype": "float32", "repeats": repeats}
+    best = _best_time(jax.jit(jnp.matmul), (a, x), repeats)
+    return {"bytes_per_s": a.nbytes / best, "matrix": [n, n], "dtype": "float32", "repeats": repeats}
 
 
 def torch_matmul_flops(n: int = 2048, repeats: int = 5) -> float:
