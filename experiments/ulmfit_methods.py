@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 
@@ -40,13 +41,28 @@ def run(scale: bool = False) -> dict:
     return result
 
 
+def mean_spread(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
 def _mean_sd(values) -> str:
     values = [v for v in values if v is not None]
-    if len(values) < 2:
-        return f"{values[0]:.3f}" if values else "n/a"
-    mean = sum(values) / len(values)
-    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return f"{mean:.3f} ± {sd:.3f}"
+    if not values:
+        return "n/a"
+    mean, sd = mean_spread(values)
+    return f"{mean:.3f} ± {sd:.3f}" if len(values) > 1 else f"{mean:.3f}"
+
+
+def ablation_table(rows: list[dict]) -> str:
+    """The ablation's aggregated rows (``scripts/ulmfit_ablation.py``) as a markdown table."""
+    lines = ["| task | model | method | test accuracy | test macro-F1 | steps | wall time per run (s) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        pm = (lambda m: f"{m[0]:.3f} ± {m[1]:.3f}") if r["seeds"] > 1 else (lambda m: f"{m[0]:.3f}")
+        lines.append(f"| {r['task']} | {r['model']} | {r['method']} | {pm(r['accuracy'])} | {pm(r['macro_f1'])} | "
+                     f"{'-' if r['steps'] is None else r['steps']} | {r['seconds']:.0f} |")
+    return "\n".join(lines)
 
 
 def comparison(result: dict, before: str, after: str) -> str:
@@ -74,13 +90,7 @@ def comparison(result: dict, before: str, after: str) -> str:
 
 
 def tables(result: dict) -> dict[str, str]:
-    full = ["| task | model | method | test accuracy | test macro-F1 | steps | wall time per run (s) |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
-    for r in result["rows"]:
-        pm = (lambda m: f"{m[0]:.3f} ± {m[1]:.3f}") if r["seeds"] > 1 else (lambda m: f"{m[0]:.3f}")
-        full.append(f"| {r['task']} | {r['model']} | {r['method']} | {pm(r['accuracy'])} | {pm(r['macro_f1'])} | "
-                    f"{'-' if r['steps'] is None else r['steps']} | {r['seconds']:.0f} |")
-    out = {"ulmfit-ablation": "\n".join(full) + "\n\n" + result["caption"]}
+    out = {"ulmfit-ablation": ablation_table(result["rows"]) + "\n\n" + result["caption"]}
     for question, pairs in COMPARISONS.items():
         out[f"{question}-methods"] = "\n\n".join(comparison(result, before, after) for before, after in pairs)
     return out

@@ -52,6 +52,7 @@ if __name__ == "__main__":
 
 from bench.bag_of_words import tfidf_logistic_regression  # noqa: E402
 from experiments.common import LABELLED_TASKS, read_rows, task_files  # noqa: E402
+from experiments.ulmfit_methods import ablation_table, mean_spread  # noqa: E402
 from models import hf  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 from train.finetuning import pretrained_spec  # noqa: E402
@@ -119,10 +120,6 @@ def run_one(config: TrainConfig) -> dict:
             "seconds": seconds, "compile_seconds": summary["compile_seconds"], "test_rows": test["examples"]}
 
 
-def mean_spread(values) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def aggregate(results: list[dict], baselines: dict, models, tasks) -> list[dict]:
     rows = []
     for task in tasks:
@@ -143,14 +140,7 @@ def aggregate(results: list[dict], baselines: dict, models, tasks) -> list[dict]
 
 
 def markdown(rows: list[dict], caption: str) -> str:
-    lines = [caption, "", "| task | model | method | test accuracy | test macro-F1 | steps | wall time per run (s) |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        pm = lambda m: f"{m[0]:.3f} ± {m[1]:.3f}" if r["seeds"] > 1 else f"{m[0]:.3f}"  # noqa: E731
-        steps = "-" if r["steps"] is None else str(r["steps"])
-        lines.append(f"| {r['task']} | {r['model']} | {r['method']} | {pm(r['accuracy'])} | {pm(r['macro_f1'])} "
-                     f"| {steps} | {r['seconds']:.0f} |")
-    return "\n".join(lines) + "\n"
+    return f"{caption}\n\n{ablation_table(rows)}\n"
 
 
 def plot(rows: list[dict], path: Path, models, tasks) -> None:
