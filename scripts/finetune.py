@@ -33,7 +33,7 @@ if __name__ == "__main__":
     retain_freed_memory()  # before numpy and JAX start their threads: see train/malloc.py
 
 from train.config import TrainConfig, apply_overrides, load_config  # noqa: E402
-from train.data.corpora import LABELLED as TASKS  # noqa: E402
+from train.data.corpora import LABELLED  # noqa: E402
 from train.data.downloads import cache_dir  # noqa: E402
 from train.evaluation import evaluate_checkpoint  # noqa: E402
 from train.finetuning import pretrained_spec  # noqa: E402
@@ -48,7 +48,7 @@ def task_data(task: str | None, data: str | None) -> Path:
     else:
         folder = cache_dir() / task
         if not all((folder / f"{split}.jsonl").exists() for split in ("train", "validation", "test")):
-            TASKS[task](folder)
+            LABELLED[task](folder)
     missing = [split for split in ("train", "validation", "test") if not (folder / f"{split}.jsonl").exists()]
     if missing:
         raise FileNotFoundError(f"{folder} lacks {', '.join(s + '.jsonl' for s in missing)}")
@@ -66,7 +66,7 @@ def general_lm(pretrained: Path, pretrain_config: str) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", choices=sorted(TASKS), help="a prepared labelled corpus (prepared if missing)")
+    parser.add_argument("--task", choices=sorted(LABELLED), help="a prepared labelled corpus (prepared if missing)")
     parser.add_argument("--data", help="or a folder with train/validation/test.jsonl")
     parser.add_argument("--label-field", default="label")
     parser.add_argument("--pretrained", default="runs/gpt2-mini-sotu", help="stage 1: our run folder or an HF folder")
