@@ -56,7 +56,7 @@ import numpy as np
 
 import models
 from bench.measure import CpuContention, Workloads, environment, interleaved_rounds, matvec_bandwidth
-from bench.train_step import DROPOUT_FIELDS, hf_gpt2_config
+from bench.train_step import hf_gpt2_config
 from bench.workers import Worker, reference_python
 from models import hf, quantize
 from models.generation import sample
@@ -129,9 +129,9 @@ def load_decoder(model: str, spec: InferSpec, option: str = "--model"):
         module, config, params, run = load_for_eval(model)
         tokenizer, source = run.get("tokenizer"), f"checkpoint {model}"
     else:
-        config = models.get_config(model)
+        config = models.get_config(model).without_dropout()
         if config.family == "gpt":
-            module, config = models.create(model, **{name: 0.0 for name in DROPOUT_FIELDS})
+            module = config.module()
             params = models.init_params(module, jax.random.key(spec.seed))
         tokenizer, source = None, f"preset {model}, random weights"
     if config.family != "gpt":

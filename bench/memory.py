@@ -96,27 +96,6 @@ class MemorySpec:
         return DEVICES.get(self.device, (0, "custom", 1))[1]
 
 
-_LAYERS = {"gpt": "n_layer", "bert": "num_hidden_layers", "albert": "num_hidden_layers"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Dims:
-    layers: int
-    width: int
-    heads: int
-    mlp: int
-    vocab: int
-    attn_dropout: float
-
-
-def dims(config) -> Dims:
-    """The shapes the activation estimate needs, for the GPT and BERT/ALBERT configs."""
-    if config.family == "gpt":
-        return Dims(config.n_layer, config.d_model, config.n_head, config.d_ff, config.vocab_size, config.attn_dropout)
-    return Dims(config.num_hidden_layers, config.hidden_size, config.num_attention_heads, config.intermediate_size,
-                config.vocab_size, config.attention_probs_dropout_prob)
-
-
 def _bytes(shape, dtype) -> int:
     return math.prod(shape) * jnp.dtype(dtype).itemsize
 
@@ -177,13 +156,12 @@ def activation_terms(spec: MemorySpec, mesh_sizes: dict[str, int]) -> dict:
     residual shows: the logits' gradient (fp32), one layer recomputed under remat, and with
     fsdp one layer's weights gathered whole.
     """
-    config = spec.model_config()
-    d = dims(config)
+    c = config = spec.model_config()
     t = mesh_sizes["model"]
     b = spec.batch_size // spec.grad_accum // sharding.batch_parallelism(mesh_sizes)
-    s, c = spec.seq_len, jnp.dtype(spec.dtype).itemsize
+    s, itemsize = spec.seq_len, jnp.dtype(spec.dtype).itemsize
 
-    fused = d.attn_dropout == 0 and (spec.attention == "flash" or (
+    fused = c.attn_dropout == 0 and (spec.attention == "flash" or (
         spec.attention == "auto" and spec.platform == "gpu" and spec.dtype != "float32"))
 
     def per_device(leaves) -> float:
@@ -194,27 +172,27 @@ def activation_terms(spec: MemorySpec, mesh_sizes: dict[str, int]) -> dict:
             if fused and x.shape[-2:] == (s, s):  # a fused kernel keeps no scores
                 continue
             inner = x.shape[x.shape.index(SENTINEL) + 1:]
-            split = len(inner) > 1 and (d.heads in inner[:2] or inner[-1] in (d.mlp, d.vocab))
+            split = len(inner) > 1 and (c.n_head in inner[:2] or inner[-1] in (c.d_ff, c.vocab_size))
             total += math.prod(x.shape) * x.dtype.itemsize // (t if split else 1)
         return total * b / SENTINEL
 
     def saved(n_layers: int, **overrides) -> float:
         """Counted on unrolled layers: a scan stacks the same residuals (XLA may add copies to stack them)."""
-        unrolled = {"scan_layers": False, **({"num_hidden_groups": 1} if config.family == "albert" else {})}
-        fields = {**unrolled, _LAYERS[config.family]: n_layers, **overrides}
+        unrolled = {"scan_layers": False, **({"n_groups": 1} if config.family == "albert" else {})}
+        fields = {**unrolled, "n_layer": n_layers, **overrides}
         return per_device(residual_shapes(dataclasses.replace(config, **fields), s))
 
     one = saved(1)
     layer = saved(2) - one
     recompute = 0 if spec.remat == "none" else saved(2, remat="none") - saved(1, remat="none")
-    block_params = 4 * d.width * d.width + 2 * d.width * d.mlp + 9 * d.width + d.mlp
-    gathered = block_params * c // t if mesh_sizes["fsdp"] > 1 else 0
+    block_params = 4 * c.d_model * c.d_model + 2 * c.d_model * c.d_ff + 9 * c.d_model + c.d_ff
+    gathered = block_params * itemsize // t if mesh_sizes["fsdp"] > 1 else 0
     return {
         "per_device_microbatch": [b, s],
         "attention": "fused" if fused else "materialised",
         "per_layer_saved": int(layer),
-        "activations": int(one + (d.layers - 1) * layer),
-        "workspace": int(b * s * d.vocab // t * 4 + recompute + gathered),
+        "activations": int(one + (c.n_layer - 1) * layer),
+        "workspace": int(b * s * c.vocab_size // t * 4 + recompute + gathered),
     }
 
 

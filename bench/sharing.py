@@ -9,7 +9,7 @@ depth, hidden size and embedding size:
 - ``albert-shared``: ALBERT with one group shared by every layer, E = H;
 - ``albert-unshared-factorised`` / ``albert-shared-factorised``: ALBERT as released, factorised
   embeddings (E < H), with one group per layer or one group for all: the pair that differs only
-  in ``num_hidden_groups``.
+  in ``n_groups``.
 
 Sharing divides the parameter count by the depth but not the arithmetic: every layer still
 runs its matrices, so the FLOPs per token stay the same; what changes is the memory holding
@@ -36,11 +36,11 @@ from train.tasks import pair_pretraining_loss
 
 @dataclasses.dataclass(frozen=True)
 class SharingSpec:
-    num_hidden_layers: int = 6
-    hidden_size: int = 512
-    num_attention_heads: int = 8
-    intermediate_size: int = 2048
-    factorised_embedding_size: int = 128
+    n_layer: int = 6
+    d_model: int = 512
+    n_head: int = 8
+    d_ff: int = 2048
+    d_embed: int = 128  # the factorised variants' embedding width
     vocab_size: int = 30000
     seq_len: int = 128
     batch_size: int = 8
@@ -51,19 +51,15 @@ class SharingSpec:
 def variants(spec: SharingSpec) -> dict:
     """(preset, overrides) of each contender; dropout off in all (ALBERT v2 has none). The first is
     the baseline of the ratios."""
-    shape = dict(num_hidden_layers=spec.num_hidden_layers, hidden_size=spec.hidden_size,
-                 num_attention_heads=spec.num_attention_heads, intermediate_size=spec.intermediate_size,
-                 vocab_size=spec.vocab_size, max_position_embeddings=max(512, spec.seq_len),
-                 hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    shape = dict(n_layer=spec.n_layer, d_model=spec.d_model, n_head=spec.n_head, d_ff=spec.d_ff,
+                 vocab_size=spec.vocab_size, n_positions=max(512, spec.seq_len),
+                 embed_dropout=0.0, attn_dropout=0.0, resid_dropout=0.0)
     return {
         "bert": ("bert-base-uncased", shape),
-        "albert-unshared": ("albert-base-v2", dict(shape, embedding_size=spec.hidden_size,
-                                                   num_hidden_groups=spec.num_hidden_layers)),
-        "albert-shared": ("albert-base-v2", dict(shape, embedding_size=spec.hidden_size, num_hidden_groups=1)),
-        "albert-unshared-factorised": ("albert-base-v2", dict(shape, embedding_size=spec.factorised_embedding_size,
-                                                              num_hidden_groups=spec.num_hidden_layers)),
-        "albert-shared-factorised": ("albert-base-v2", dict(shape, embedding_size=spec.factorised_embedding_size,
-                                                            num_hidden_groups=1)),
+        "albert-unshared": ("albert-base-v2", dict(shape, d_embed=spec.d_model, n_groups=spec.n_layer)),
+        "albert-shared": ("albert-base-v2", dict(shape, d_embed=spec.d_model, n_groups=1)),
+        "albert-unshared-factorised": ("albert-base-v2", dict(shape, d_embed=spec.d_embed, n_groups=spec.n_layer)),
+        "albert-shared-factorised": ("albert-base-v2", dict(shape, d_embed=spec.d_embed, n_groups=1)),
     }
 
 
@@ -115,8 +111,8 @@ def prepare_variant(preset: str, overrides: dict, spec: SharingSpec) -> dict:
         "calls": {"train": train_once, "inference": infer_once},
         "info": {
             "params": models.count_params(holder["state"].params),
-            "embedding_size": getattr(config, "embedding_size", config.hidden_size),
-            "layer_groups": getattr(config, "num_hidden_groups", config.num_hidden_layers),
+            "embedding_size": config.d_embed,
+            "layer_groups": getattr(config, "n_groups", config.n_layer),
             "compile_s": compile_s,
         },
     }
@@ -125,9 +121,9 @@ def prepare_variant(preset: str, overrides: dict, spec: SharingSpec) -> dict:
 def attention_flops_fraction(spec: SharingSpec) -> float:
     """Attention's share of the model FLOPs per token in one layer: ``12 d seq`` (scores and
     weighted sum, forward and backward) against ``6 (4 d^2 + 2 d d_ff)`` for its matrices."""
-    d = spec.hidden_size
+    d = spec.d_model
     attention = 12 * d * spec.seq_len
-    return attention / (attention + 6 * (4 * d * d + 2 * d * spec.intermediate_size))
+    return attention / (attention + 6 * (4 * d * d + 2 * d * spec.d_ff))
 
 
 def compare_sharing(spec: SharingSpec) -> dict:

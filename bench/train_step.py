@@ -82,11 +82,10 @@ from bench.measure import (
 )
 from bench.spec import BenchSpec, random_tokens
 from bench.workers import Worker, reference_python
+from models.config import TransformerConfig
 from train import sharding
 from train.step import init_state, make_train_step
 from train.tasks import LanguageModeling
-
-DROPOUT_FIELDS = ("embd_dropout", "attn_dropout", "resid_dropout")
 
 
 def flops_per_token(*, n_layer: int, d_model: int, vocab_size: int, seq_len: int, non_embedding_params: int) -> dict:
@@ -122,7 +121,7 @@ def our_config(spec: BenchSpec):
     overrides = dict(spec.model_overrides)
     overrides.setdefault("dtype", spec.dtype)
     if spec.dropout == "off":
-        for name in DROPOUT_FIELDS:
+        for name in TransformerConfig.DROPOUTS:
             overrides.setdefault(name, 0.0)
     base = models.get_config(spec.model)
     if getattr(base, "family", None) != "gpt":
@@ -215,7 +214,7 @@ def hf_gpt2_config(config, dropout: str) -> dict:
         "activation_function": "gelu_new",
         "layer_norm_epsilon": config.layer_norm_eps,
         "initializer_range": config.initializer_range,
-        "embd_pdrop": rate("embd_dropout"),
+        "embd_pdrop": rate("embed_dropout"),
         "attn_pdrop": rate("attn_dropout"),
         "resid_pdrop": rate("resid_dropout"),
         "tie_word_embeddings": True,
@@ -240,7 +239,7 @@ def _header(spec: BenchSpec, peak_tflops: float | None, mode: str) -> tuple[Any,
     return config, {
         "mode": mode,
         "spec": spec.to_dict(),
-        "dropout_rates": {name: getattr(config, name) for name in DROPOUT_FIELDS},
+        "dropout_rates": {name: getattr(config, name) for name in TransformerConfig.DROPOUTS},
         "tokens_per_step": spec.tokens_per_step,
         "flops": model_flops(config, spec.seq_len),
         **resolve_peak(spec, peak_tflops),

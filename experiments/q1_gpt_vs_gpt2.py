@@ -60,7 +60,7 @@ def model_overrides(scale: Scale, depth: int, variant: str) -> dict:
     return dict(
         vocab_size=common.SOTU_VOCAB, n_positions=scale.seq_len, d_model=scale.d_model, n_head=scale.n_head,
         d_ff=4 * scale.d_model, n_layer=depth, pre_ln=pre_ln, final_ln=final_ln, scale_residual_init=scaled,
-        embd_dropout=0.0, attn_dropout=0.0, resid_dropout=0.0, scan_layers=True,
+        embed_dropout=0.0, attn_dropout=0.0, resid_dropout=0.0, scan_layers=True,
     )
 
 

@@ -49,18 +49,16 @@ BODIES = {
 }
 
 
-def body_overrides(s: Scale, preset: str) -> dict:
-    if preset.startswith("gpt2"):
-        return dict(vocab_size=common.SOTU_VOCAB, n_positions=s.seq_len, d_model=s.width, n_layer=s.layers,
-                    n_head=s.heads, d_ff=4 * s.width)
-    return dict(vocab_size=common.SOTU_VOCAB, max_position_embeddings=s.seq_len, hidden_size=s.width,
-                num_hidden_layers=s.layers, num_attention_heads=s.heads, intermediate_size=4 * s.width)
+def body_overrides(s: Scale) -> dict:
+    """The shape every body shares, GPT-2 or BERT."""
+    return dict(vocab_size=common.SOTU_VOCAB, n_positions=s.seq_len, d_model=s.width, n_layer=s.layers,
+                n_head=s.heads, d_ff=4 * s.width)
 
 
 def pretrain(s: Scale, preset: str, task: str, workdir: Path) -> dict:
     files = common.sotu_files()
     config = TrainConfig(
-        model=preset, model_overrides=body_overrides(s, preset), task=task,
+        model=preset, model_overrides=body_overrides(s), task=task,
         train_data=files["train"], eval_data=files["validation"], tokenizer=files["tokenizer"],
         seq_len=s.seq_len, batch_size=s.batch_size, steps=s.pretrain_steps, learning_rate=s.pretrain_lr,
         warmup_steps=s.pretrain_steps // 10, weight_decay=0.01, eval_every=s.pretrain_steps,
@@ -89,8 +87,8 @@ def segment_embedding_counts() -> list[dict]:
     for name in ("bert-base-uncased", "bert-large-uncased", "bert-mini"):
         c = models.get_config(name)
         total = models.count_params(models.create(name)[0])
-        segment = c.type_vocab_size * c.hidden_size
-        rows.append({"preset": name, "params": total, "segment": segment, "nsp_head": 2 * c.hidden_size + 2})
+        segment = c.n_segments * c.d_model
+        rows.append({"preset": name, "params": total, "segment": segment, "nsp_head": 2 * c.d_model + 2})
     return rows
 
 
@@ -156,7 +154,7 @@ def tables(result: dict) -> dict[str, str]:
         ["preset", "parameters", "segment embeddings", "share", "NSP classifier"],
         [[r["preset"], f"{r['params']:,}", f"{r['segment']:,}", f"{r['segment'] / r['params']:.4%}",
           f"{r['nsp_head']:,}"] for r in result["segments"]],
-        "Segment (token type) embeddings: type_vocab_size (2) x hidden size; the NSP classifier: hidden x 2 + 2 "
+        "Segment (token type) embeddings: n_segments (2) x d_model; the NSP classifier: hidden x 2 + 2 "
         "(on the pooler, which the encoders keep for classification anyway).",
     )
     return {"q2-finetuning": finetuning, "q2-pretraining": pretraining, "q2-segments": segments}

@@ -27,12 +27,12 @@ def parameter_counts() -> list[dict]:
         c = models.get_config(name)
         count = lambda **o: models.count_params(models.get_config(name, **o).module())  # noqa: E731
         row = {
-            "preset": name, "layers": c.num_hidden_layers, "hidden": c.hidden_size, "embedding": c.embedding_size,
-            "released": count(), "unfactorised": count(embedding_size=c.hidden_size),
-            "unshared": count(num_hidden_groups=c.num_hidden_layers),
-            "neither": count(embedding_size=c.hidden_size, num_hidden_groups=c.num_hidden_layers),
+            "preset": name, "layers": c.n_layer, "hidden": c.d_model, "embedding": c.d_embed,
+            "released": count(), "unfactorised": count(d_embed=c.d_model),
+            "unshared": count(n_groups=c.n_layer),
+            "neither": count(d_embed=c.d_model, n_groups=c.n_layer),
         }
-        bert = BERT_OF_WIDTH.get(c.hidden_size)
+        bert = BERT_OF_WIDTH.get(c.d_model)
         row["bert"] = bert
         row["bert_params"] = models.count_params(models.create(bert)[0]) if bert else None
         rows.append(row)
@@ -59,10 +59,10 @@ VARIANTS = {  # name -> (shared, dropout)
 
 def pretrain(scale: Scale, shared: bool, dropout: bool, seed: int) -> dict:
     base = load_config("albert-mini-sotu")
-    depth = models.get_config(base.model, **base.model_overrides).num_hidden_layers
+    depth = models.get_config(base.model, **base.model_overrides).n_layer
     rate = scale.dropout if dropout else 0.0
-    overrides = {**base.model_overrides, "num_hidden_groups": 1 if shared else depth,
-                 "hidden_dropout_prob": rate, "attention_probs_dropout_prob": rate}
+    overrides = {**base.model_overrides, "n_groups": 1 if shared else depth,
+                 **dict.fromkeys(models.AlbertConfig.DROPOUTS, rate)}
     files = common.sotu_files()
     config = dataclasses.replace(
         base, model_overrides=overrides, steps=scale.steps, warmup_steps=scale.steps // 10, seed=seed,

@@ -13,14 +13,12 @@ from experiments import common
 
 CPU = {
     "short sequence": SharingSpec(seq_len=128, batch_size=8, steps=5),
-    "long sequence": SharingSpec(hidden_size=256, num_attention_heads=4, intermediate_size=1024, seq_len=2048,
+    "long sequence": SharingSpec(d_model=256, n_head=4, d_ff=1024, seq_len=2048,
                                  batch_size=1, steps=5),
 }
 ACCELERATOR = {
-    "short sequence": SharingSpec(num_hidden_layers=12, hidden_size=768, num_attention_heads=12,
-                                  intermediate_size=3072, seq_len=128, batch_size=64, steps=20),
-    "long sequence": SharingSpec(num_hidden_layers=12, hidden_size=768, num_attention_heads=12,
-                                 intermediate_size=3072, seq_len=8192, batch_size=1, steps=20),
+    "short sequence": SharingSpec(n_layer=12, d_model=768, n_head=12, d_ff=3072, seq_len=128, batch_size=64, steps=20),
+    "long sequence": SharingSpec(n_layer=12, d_model=768, n_head=12, d_ff=3072, seq_len=8192, batch_size=1, steps=20),
 }
 
 
@@ -38,8 +36,8 @@ def tables(result: dict) -> dict[str, str]:
         rows = [[row["variant"], row["embedding_size"], row["layer_groups"], f"{row['params']:,}",
                  f"{row['train_step_s']:.3f}", f"{row['train_step_vs_bert']:.2f}", f"{row['inference_s'] * 1e3:.0f}",
                  f"{row['inference_vs_bert']:.2f}"] for row in r["rows"]]
-        caption = (f"{name}: {s.num_hidden_layers} layers, hidden {s.hidden_size}, {s.num_attention_heads} heads, MLP "
-                   f"{s.intermediate_size}, vocabulary {s.vocab_size:,}, batch {s.batch_size} x {s.seq_len} tokens; "
+        caption = (f"{name}: {s.n_layer} layers, hidden {s.d_model}, {s.n_head} heads, MLP "
+                   f"{s.d_ff}, vocabulary {s.vocab_size:,}, batch {s.batch_size} x {s.seq_len} tokens; "
                    f"attention is {r['attention_flops_fraction']:.0%} of a layer's FLOPs per token. Medians of "
                    f"{s.steps} interleaved rounds after compilation on {r['device']}, dropout off.")
         out[f"q4-{i + 1}"] = common.markdown_table(

@@ -3,11 +3,10 @@ sentence-order prediction (SOP).
 
 What changes from BERT (``models.bert``):
 
-- Factorised embeddings: tables of width ``embedding_size`` (E, 128 in every release), projected
-  to the hidden size H by one dense layer (``embedding_hidden_mapping_in``).
-- Cross-layer parameter sharing: ``num_hidden_groups`` groups of ``inner_group_num`` layers;
-  depth i (of ``num_hidden_layers``) applies group ``int(i / (num_hidden_layers /
-  num_hidden_groups))``, as transformers does. Each group appears once in the parameter tree:
+- Factorised embeddings: tables of width ``d_embed`` (E, 128 in every release), projected
+  to the hidden size H (``d_model``) by one dense layer (``embedding_hidden_mapping_in``).
+- Cross-layer parameter sharing: ``n_groups`` groups of ``layers_per_group`` layers; depth i (of
+  ``n_layer``) applies group ``int(i / (n_layer / n_groups))``, as the reference does. Each group appears once in the parameter tree:
   with ``scan_layers`` its parameters are broadcast to every step of an ``nn.scan`` over the
   depths it serves, otherwise one module instance is called at each of those depths.
 - The MLM head works at width E (dense H -> E, activation, LayerNorm, the E-wide word
@@ -31,35 +30,34 @@ class AlbertConfig(BertConfig):
     """BERT's fields (defaults of albert-base-v2) plus the factorisation and the sharing."""
 
     vocab_size: int = 30000
-    hidden_act: str = "gelu_tanh"
-    hidden_dropout_prob: float = 0.0
-    attention_probs_dropout_prob: float = 0.0
-    embedding_size: int = 128
-    num_hidden_groups: int = 1
-    inner_group_num: int = 1
+    activation: str = "gelu_tanh"
+    embed_dropout: float = 0.0
+    attn_dropout: float = 0.0
+    resid_dropout: float = 0.0
+    d_embed: int = 128  # E: the factorised embeddings' width
+    n_groups: int = 1  # layer groups, each shared by the depths it serves
+    layers_per_group: int = 1
 
     family = "albert"
     sentence_task = "sop"
 
     def __post_init__(self):
         super().__post_init__()
-        if not 1 <= self.num_hidden_groups <= self.num_hidden_layers:
-            raise ValueError(
-                f"num_hidden_groups={self.num_hidden_groups} must lie in 1..num_hidden_layers={self.num_hidden_layers}"
-            )
+        if not 1 <= self.n_groups <= self.n_layer:
+            raise ValueError(f"n_groups={self.n_groups} must lie in 1..n_layer={self.n_layer}")
         if self.pruned_heads:
             raise ValueError("head pruning is not supported for ALBERT: its layers are shared across depth, so a "
                              "head cannot be removed from one depth alone")
-        for name in ("inner_group_num", "embedding_size"):
+        for name in ("layers_per_group", "d_embed"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
 
     @property
     def group_depths(self) -> tuple[int, ...]:
         """How many consecutive depths each group serves: depth i applies group int(i / (L / G))."""
-        per_group = self.num_hidden_layers / self.num_hidden_groups
-        groups = [int(i / per_group) for i in range(self.num_hidden_layers)]
-        return tuple(groups.count(g) for g in range(self.num_hidden_groups))
+        per_group = self.n_layer / self.n_groups
+        groups = [int(i / per_group) for i in range(self.n_layer)]
+        return tuple(groups.count(g) for g in range(self.n_groups))
 
     def module(self, **kwargs) -> "ALBERT":
         return ALBERT(self, **kwargs)
@@ -67,33 +65,33 @@ class AlbertConfig(BertConfig):
     @property
     def head_depth(self) -> int:
         """Depth of the heads (pooler, MLM, SOP, a classifier head); see ``param_depths``."""
-        return self.num_hidden_groups + 1
+        return self.n_groups + 1
 
     def param_depths(self, params) -> dict:
-        """0: the embeddings and their projection to the hidden size; 1..num_hidden_groups: the
-        layer groups; then the heads.
+        """0: the embeddings and their projection to the hidden size; 1..n_groups: the layer groups;
+        then the heads.
 
         A group is one unit however many depths it serves, since one set of weights serves them
         all: with a single group (every released ALBERT) the depth-wise methods see three units,
         embeddings, the shared layer and the heads, so discriminative rates have three levels and
-        gradual unfreezing at most three stages, whatever ``num_hidden_layers`` is. The layers
-        inside a group (``inner_group_num``) share its depth too.
+        gradual unfreezing at most three stages, whatever ``n_layer`` is. The layers inside a
+        group (``layers_per_group``) share its depth too.
         """
         heads = dict.fromkeys(("pooler", "mlm", self.sentence_task), self.head_depth)
         fixed = {"embeddings": 0, "embedding_hidden_mapping_in": 0, **heads}
-        return depth_tree(params, fixed, "group", self.num_hidden_groups)
+        return depth_tree(params, fixed, "group", self.n_groups)
 
 
 class LayerGroup(nn.Module):
-    """``inner_group_num`` consecutive layers, each with its own parameters; one ALBERT group."""
+    """``layers_per_group`` consecutive layers, each with its own parameters; one ALBERT group."""
 
     config: AlbertConfig
 
     @nn.compact
     def __call__(self, x, mask, deterministic: bool):
         c = self.config
-        layers = repeat_layers(TransformerBlock, c.inner_group_num, scanned=c.scan_layers, remat=c.remat, name="blocks")
-        return layers(**c.block_kwargs())(x, mask, deterministic), None
+        layers = repeat_layers(TransformerBlock, c.layers_per_group, scanned=c.scan_layers, remat=c.remat, name="blocks")
+        return layers(config=c)(x, mask, deterministic), None
 
 
 class ALBERT(BERT):
@@ -103,14 +101,10 @@ class ALBERT(BERT):
 
     embedding_axis = "embed_factor"
 
-    @property
-    def embedding_size(self) -> int:
-        return self.config.embedding_size
-
     def encode(self, x, mask, deterministic: bool):
         """E-wide embeddings -> H, then the groups, each shared by the depths it serves."""
         c = self.config
-        project = dense(c.hidden_size, axes=("embed_factor", "embed"), std=c.initializer_range,
+        project = dense(c.d_model, axes=("embed_factor", "embed"), std=c.initializer_range,
                         name="embedding_hidden_mapping_in", **c.dtypes())
         x = constrain(project(x))
         for g, depths in enumerate(c.group_depths):
@@ -122,17 +116,9 @@ class ALBERT(BERT):
 
 _BASE = AlbertConfig()
 register("albert-base-v2", _BASE)
-register("albert-large-v2", dataclasses.replace(
-    _BASE, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-))
-register("albert-xlarge-v2", dataclasses.replace(
-    _BASE, hidden_size=2048, num_hidden_layers=24, num_attention_heads=16, intermediate_size=8192,
-))
-register("albert-xxlarge-v2", dataclasses.replace(
-    _BASE, hidden_size=4096, num_hidden_layers=12, num_attention_heads=64, intermediate_size=16384,
-))
+register("albert-large-v2", dataclasses.replace(_BASE, d_model=1024, n_layer=24, n_head=16, d_ff=4096))
+register("albert-xlarge-v2", dataclasses.replace(_BASE, d_model=2048, n_layer=24, n_head=16, d_ff=8192))
+register("albert-xxlarge-v2", dataclasses.replace(_BASE, d_model=4096, n_layer=12, n_head=64, d_ff=16384))
 # Small shapes for quick CPU runs (no released ALBERT is this small): bert-tiny's width, embeddings
 # narrower than the hidden states, four depths sharing one group.
-register("albert-tiny", dataclasses.replace(
-    _BASE, hidden_size=128, num_hidden_layers=4, num_attention_heads=2, intermediate_size=512, embedding_size=64,
-))
+register("albert-tiny", dataclasses.replace(_BASE, d_model=128, n_layer=4, n_head=2, d_ff=512, d_embed=64))

@@ -9,7 +9,7 @@ and a next-sentence-prediction (NSP) head.
 
 Released checkpoints come with different heads (transformers' ``BertForPreTraining``,
 ``BertForMaskedLM``, ``BertModel``), so ``head`` says which exist. The module returns a dict:
-``hidden`` [batch, length, hidden_size] always, ``pooled`` [batch, hidden_size],
+``hidden`` [batch, length, d_model] always, ``pooled`` [batch, d_model],
 ``mlm_logits`` [batch, length, vocab] and ``nsp_logits`` [batch, 2] when present.
 """
 
@@ -20,6 +20,7 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
+from models.config import TransformerConfig
 from models.heads_pruning import normalize_pruned_heads, per_layer_kwargs
 from models.layers import (
     EncoderEmbeddings,
@@ -30,7 +31,6 @@ from models.layers import (
     depth_tree,
     padding_mask,
     repeat_layers,
-    validate_config,
 )
 from models.registry import register
 
@@ -44,56 +44,37 @@ HEADS = {
 
 
 @dataclasses.dataclass(frozen=True)
-class BertConfig:
-    """Field names are those of the reference configs (Google's bert_config.json)."""
+class BertConfig(TransformerConfig):
+    """The shared shape fields (``models.config``) with bert-base's defaults, plus segments and heads."""
 
     vocab_size: int = 30522
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    hidden_act: str = "gelu"  # the exact erf GELU; one of models.layers.ACTIVATIONS
-    hidden_dropout_prob: float = 0.1  # embeddings and both residual branches
-    attention_probs_dropout_prob: float = 0.1
-    max_position_embeddings: int = 512
-    type_vocab_size: int = 2  # segments: sentence A and B
-    initializer_range: float = 0.02
+    n_positions: int = 512
+    activation: str = "gelu"  # the exact erf GELU
     layer_norm_eps: float = 1e-12
+    n_segments: int = 2  # segment (token type) embeddings: sentence A and B
     head: str = "pretraining"  # one of HEADS
-    dtype: str = "float32"  # compute dtype
-    param_dtype: str = "float32"
-    scan_layers: bool = False  # True: one nn.scan over the layers (one compiled layer)
-    remat: str = "none"  # one of models.layers.REMAT_POLICIES
-    # Attention heads removed, per layer (original indices; models.heads_pruning); () for none.
-    pruned_heads: tuple[tuple[int, ...], ...] = ()
 
     family = "bert"
     sentence_task = "nsp"  # the sentence-pair head of the pretraining objective
 
     def __post_init__(self):
-        validate_config(self, width="hidden_size", heads="num_attention_heads", activation="hidden_act",
-                        dropouts=("hidden_dropout_prob", "attention_probs_dropout_prob"))
+        super().__post_init__()
         if self.head not in HEADS:
             raise ValueError(f"unknown head {self.head!r}; choose one of {list(HEADS)}")
+        if self.n_segments < 1:
+            raise ValueError(f"n_segments={self.n_segments} must be at least 1")
         object.__setattr__(self, "pruned_heads", normalize_pruned_heads(
-            self.pruned_heads, self.num_hidden_layers, self.num_attention_heads, self.scan_layers))
+            self.pruned_heads, self.n_layer, self.n_head, self.scan_layers))
 
     @property
     def heads(self) -> tuple[str, ...]:
         """The parts on the encoder: ``pooler``, ``mlm``, and ``nsp`` (BERT) or ``sop`` (ALBERT)."""
         return tuple(self.sentence_task if part == "sentence" else part for part in HEADS[self.head])
 
-    def block_kwargs(self) -> dict:
-        return dict(
-            num_heads=self.num_attention_heads, features=self.hidden_size, d_ff=self.intermediate_size,
-            activation=self.hidden_act, layer_norm_eps=self.layer_norm_eps, causal=False, pre_ln=False,
-            attn_dropout=self.attention_probs_dropout_prob, resid_dropout=self.hidden_dropout_prob,
-            init_std=self.initializer_range, out_init_std=self.initializer_range, **self.dtypes(),
-            head_dim=self.hidden_size // self.num_attention_heads,
-        )
-
-    def dtypes(self) -> dict:
-        return dict(dtype=jnp.dtype(self.dtype), param_dtype=jnp.dtype(self.param_dtype))
+    @property
+    def d_embed(self) -> int:
+        """Width of the embeddings (ALBERT factorises them narrower than d_model)."""
+        return self.d_model
 
     def module(self, **kwargs) -> "BERT":
         return BERT(self, **kwargs)
@@ -101,12 +82,12 @@ class BertConfig:
     @property
     def head_depth(self) -> int:
         """Depth of the heads (pooler, MLM, NSP/SOP, a classifier head); see ``param_depths``."""
-        return self.num_hidden_layers + 1
+        return self.n_layer + 1
 
     def param_depths(self, params) -> dict:
-        """0: the embeddings; 1..num_hidden_layers: the layers; then the heads."""
+        """0: the embeddings; 1..n_layer: the layers; then the heads."""
         heads = dict.fromkeys(("pooler", "mlm", self.sentence_task), self.head_depth)
-        return depth_tree(params, {"embeddings": 0, **heads}, "blocks", self.num_hidden_layers)
+        return depth_tree(params, {"embeddings": 0, **heads}, "blocks", self.n_layer)
 
 
 class BERT(nn.Module):
@@ -115,10 +96,6 @@ class BERT(nn.Module):
     config: BertConfig
 
     embedding_axis = "embed"  # logical name of the embeddings' feature axis
-
-    @property
-    def embedding_size(self) -> int:
-        return self.config.hidden_size
 
     @nn.compact
     def __call__(
@@ -134,18 +111,18 @@ class BERT(nn.Module):
         c = self.config
         kw = c.dtypes()
         embeddings = EncoderEmbeddings(
-            c.vocab_size, c.max_position_embeddings, c.type_vocab_size, self.embedding_size, c.layer_norm_eps,
-            c.hidden_dropout_prob, c.initializer_range, axis=self.embedding_axis, name="embeddings", **kw,
+            c.vocab_size, c.n_positions, c.n_segments, c.d_embed, c.layer_norm_eps,
+            c.embed_dropout, c.initializer_range, axis=self.embedding_axis, name="embeddings", **kw,
         )
         x = embeddings(input_ids, token_type_ids, position_ids, deterministic)
         x = self.encode(x, padding_mask(attention_mask), deterministic)
         out = {"hidden": x}
         if "pooler" in c.heads:
-            pooler = dense(c.hidden_size, axes=("embed", "mlp"), std=c.initializer_range, name="pooler", **kw)
+            pooler = dense(c.d_model, axes=("embed", "mlp"), std=c.initializer_range, name="pooler", **kw)
             out["pooled"] = jnp.tanh(pooler(x[:, 0]))
         if "mlm" in c.heads:
             mlm = MLMHead(
-                self.embedding_size, c.vocab_size, c.hidden_act, c.layer_norm_eps, c.initializer_range,
+                c.d_embed, c.vocab_size, c.activation, c.layer_norm_eps, c.initializer_range,
                 axis=self.embedding_axis, name="mlm", **kw,
             )
             out["mlm_logits"] = mlm(x, embeddings.attend)
@@ -155,27 +132,20 @@ class BERT(nn.Module):
         return out
 
     def encode(self, x, mask, deterministic: bool):
-        """Embeddings -> final hidden states: ``num_hidden_layers`` layers, each its own parameters."""
+        """Embeddings -> final hidden states: ``n_layer`` layers, each its own parameters."""
         c = self.config
-        layers = repeat_layers(TransformerBlock, c.num_hidden_layers, scanned=c.scan_layers, remat=c.remat, name="blocks")
-        return layers(**c.block_kwargs(), per_layer=per_layer_kwargs(c))(constrain(x), mask, deterministic)
+        layers = repeat_layers(TransformerBlock, c.n_layer, scanned=c.scan_layers, remat=c.remat, name="blocks")
+        return layers(config=c, per_layer=per_layer_kwargs(c))(constrain(x), mask, deterministic)
 
 
 _BASE = BertConfig()
 register("bert-base-uncased", _BASE)
 register("bert-base-cased", dataclasses.replace(_BASE, vocab_size=28996))
-register("bert-large-uncased", dataclasses.replace(
-    _BASE, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-))
+register("bert-large-uncased", dataclasses.replace(_BASE, d_model=1024, n_layer=24, n_head=16, d_ff=4096))
 # The small uncased BERTs of Turc et al. (2019), "Well-Read Students Learn Better": 64-wide heads, 4H MLP.
-register("bert-tiny", dataclasses.replace(
-    _BASE, num_hidden_layers=2, hidden_size=128, num_attention_heads=2, intermediate_size=512))
-register("bert-mini", dataclasses.replace(
-    _BASE, num_hidden_layers=4, hidden_size=256, num_attention_heads=4, intermediate_size=1024))
-register("bert-small", dataclasses.replace(
-    _BASE, num_hidden_layers=4, hidden_size=512, num_attention_heads=8, intermediate_size=2048))
-register("bert-medium", dataclasses.replace(
-    _BASE, num_hidden_layers=8, hidden_size=512, num_attention_heads=8, intermediate_size=2048))
+register("bert-tiny", dataclasses.replace(_BASE, n_layer=2, d_model=128, n_head=2, d_ff=512))
+register("bert-mini", dataclasses.replace(_BASE, n_layer=4, d_model=256, n_head=4, d_ff=1024))
+register("bert-small", dataclasses.replace(_BASE, n_layer=4, d_model=512, n_head=8, d_ff=2048))
+register("bert-medium", dataclasses.replace(_BASE, n_layer=8, d_model=512, n_head=8, d_ff=2048))
 # MiniLM-L6-H384 (Wang et al. 2020), the body of sentence-transformers' all-MiniLM-L6-v2.
-register("minilm-l6-h384-uncased", dataclasses.replace(
-    _BASE, num_hidden_layers=6, hidden_size=384, num_attention_heads=12, intermediate_size=1536))
+register("minilm-l6-h384-uncased", dataclasses.replace(_BASE, n_layer=6, d_model=384, n_head=12, d_ff=1536))

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from models.adaptive_softmax import adaptive_softmax, check_cutoffs
+from models.config import TransformerConfig
 from models.heads_pruning import normalize_pruned_heads, per_layer_kwargs
 from models.layers import (
     Embed,
@@ -32,53 +33,33 @@ from models.layers import (
     depth_tree,
     padding_mask,
     repeat_layers,
-    validate_config,
 )
 from models.registry import register
 
 
 @dataclasses.dataclass(frozen=True)
-class GPTConfig:
-    vocab_size: int = 50257
-    n_positions: int = 1024  # context length
-    d_model: int = 768
-    n_layer: int = 12
-    n_head: int = 12
-    d_ff: int = 3072
+class GPTConfig(TransformerConfig):
+    """The shared shape fields (``models.config``; defaults of GPT-2 small) plus GPT-2's three
+    changes and the adaptive softmax."""
+
     pre_ln: bool = True  # GPT-2's LayerNorm at each sub-block's input; False: GPT's post-LN blocks
     final_ln: bool = True  # GPT-2's LayerNorm after the last block (GPT has none)
-    activation: str = "gelu_tanh"
-    layer_norm_eps: float = 1e-5
-    embd_dropout: float = 0.1
-    attn_dropout: float = 0.1
-    resid_dropout: float = 0.1
-    initializer_range: float = 0.02
     scale_residual_init: bool = True  # GPT-2's 1/sqrt(2 * n_layer) on residual output projections
-    dtype: str = "float32"  # compute dtype
-    param_dtype: str = "float32"
-    scan_layers: bool = False  # True: one nn.scan over the layers (one compiled layer)
-    remat: str = "none"  # one of models.layers.REMAT_POLICIES
-    # Attention heads removed, per layer (original indices; models.heads_pruning); () for none.
-    pruned_heads: tuple[tuple[int, ...], ...] = ()
     # Adaptive softmax output layer (models.adaptive_softmax) for frequency-sorted ids: the
     # shortlist size and the starts of the tail clusters; () for the full, tied softmax.
     adaptive_cutoffs: tuple[int, ...] = ()
     adaptive_div: float = 4.0  # tail cluster i projects to d_model / adaptive_div**(i+1)
 
     family = "gpt"
+    causal = True
 
     def __post_init__(self):
-        validate_config(self, width="d_model", heads="n_head", activation="activation",
-                        dropouts=("embd_dropout", "attn_dropout", "resid_dropout"))
+        super().__post_init__()
         object.__setattr__(self, "pruned_heads", normalize_pruned_heads(
             self.pruned_heads, self.n_layer, self.n_head, self.scan_layers))
         object.__setattr__(self, "adaptive_cutoffs", check_cutoffs(self.adaptive_cutoffs, self.vocab_size))
         if self.adaptive_div < 1:
             raise ValueError(f"adaptive_div={self.adaptive_div} must be at least 1 (4 in Grave et al.)")
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_head
 
     @property
     def residual_init_std(self) -> float:
@@ -98,14 +79,6 @@ class GPTConfig:
         """0: the token and position embeddings (``wte`` is also the tied output layer); 1..n_layer:
         the blocks, with ``ln_f`` in the last one (it normalises that block's output)."""
         return depth_tree(params, {"wte": 0, "wpe": 0, "ln_f": self.n_layer}, "blocks", self.n_layer)
-
-    def block_kwargs(self) -> dict:
-        return dict(
-            num_heads=self.n_head, features=self.d_model, d_ff=self.d_ff, activation=self.activation,
-            layer_norm_eps=self.layer_norm_eps, causal=True, pre_ln=self.pre_ln, attn_dropout=self.attn_dropout,
-            resid_dropout=self.resid_dropout, init_std=self.initializer_range, out_init_std=self.residual_init_std,
-            dtype=jnp.dtype(self.dtype), param_dtype=jnp.dtype(self.param_dtype), head_dim=self.head_dim,
-        )
 
 
 class GPT(nn.Module):
@@ -139,7 +112,7 @@ class GPT(nn.Module):
         before each one). ``last_only``: the last position's logits alone ([batch, 1, vocab]), all
         that a prompt's prefill needs."""
         c = self.config
-        kw = dict(dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype))
+        kw = c.dtypes()
         length = input_ids.shape[-1]
         check_length(length, c.n_positions)
         if decode:
@@ -154,10 +127,10 @@ class GPT(nn.Module):
             name="wpe", **kw,
         )
         x = wte(input_ids) + wpe(position_ids)
-        x = constrain(nn.Dropout(c.embd_dropout, deterministic=deterministic)(x))
+        x = constrain(nn.Dropout(c.embed_dropout, deterministic=deterministic)(x))
         # Decoding computes no gradients: nothing to rematerialise (the parameters are the same either way).
         blocks = repeat_layers(TransformerBlock, c.n_layer, scanned=c.scan_layers, remat="none" if decode else c.remat,
-                               name="blocks")(**c.block_kwargs(), per_layer=per_layer_kwargs(c), decode=decode)
+                               name="blocks")(config=c, per_layer=per_layer_kwargs(c), decode=decode)
         x = blocks(x, mask, deterministic)
         if last_only:
             x = x[:, -1:]

@@ -32,16 +32,13 @@ from models.layers import stack_layers, unstack_layers
 ATTENTION_PROJECTIONS = ("query", "key", "value")
 
 
-def _shape_fields(config) -> tuple[str, str]:
-    """The names of the depth and head-count fields of a GPT or BERT config."""
-    if config.family == "gpt":
-        return "n_layer", "n_head"
-    if config.family == "bert":
-        return "num_hidden_layers", "num_attention_heads"
-    raise ValueError(
-        f"head pruning supports GPT/GPT-2 and BERT; {type(config).__name__} (family {config.family!r}) is not "
-        "supported" + (" (its layers are shared across depth)" if config.family == "albert" else "")
-    )
+def _check_family(config) -> None:
+    """Head pruning serves GPT/GPT-2 and BERT, whose every layer has its own heads."""
+    if config.family not in ("gpt", "bert"):
+        raise ValueError(
+            f"head pruning supports GPT/GPT-2 and BERT; {type(config).__name__} (family {config.family!r}) is not "
+            "supported" + (" (its layers are shared across depth)" if config.family == "albert" else "")
+        )
 
 
 def normalize_pruned_heads(pruned, n_layer: int, n_head: int, scanned: bool) -> tuple[tuple[int, ...], ...]:
@@ -78,19 +75,19 @@ def normalize_pruned_heads(pruned, n_layer: int, n_head: int, scanned: bool) -> 
 
 def layer_heads(config) -> list[int]:
     """The number of heads each layer keeps."""
-    depth, heads = (getattr(config, f) for f in _shape_fields(config))
-    pruned = config.pruned_heads or ((),) * depth
-    return [heads - len(p) for p in pruned]
+    _check_family(config)
+    pruned = config.pruned_heads or ((),) * config.n_layer
+    return [config.n_head - len(p) for p in pruned]
 
 
 def per_layer_kwargs(config) -> list[dict]:
     """``models.layers.repeat_layers``' per-layer arguments: each layer's head count."""
-    return [{"num_heads": h} for h in layer_heads(config)]
+    return [{"n_head": h} for h in layer_heads(config)]
 
 
 def _layers(config, params) -> list[dict]:
-    depth = getattr(config, _shape_fields(config)[0])
-    return unstack_layers(params, depth, config.scan_layers, "blocks")
+    _check_family(config)
+    return unstack_layers(params, config.n_layer, config.scan_layers, "blocks")
 
 
 def _with_layers(config, params, layers) -> dict:
@@ -111,8 +108,8 @@ def head_importance(config, params, loss_fn: Callable, batches, *, normalize: bo
     ``loss_fn(params, batch) -> scalar`` is the mean loss of a batch (each example is passed as a
     batch of one); ``batches`` yields dicts of arrays with a leading example axis.
     """
-    depth = getattr(config, _shape_fields(config)[0])
-    names = ["blocks"] if config.scan_layers else [f"blocks_{i}" for i in range(depth)]
+    _check_family(config)
+    names = ["blocks"] if config.scan_layers else [f"blocks_{i}" for i in range(config.n_layer)]
     outs = {name: params[name]["attn"]["out"]["kernel"] for name in names}
 
     def per_example(outs, example):
@@ -141,7 +138,8 @@ def head_importance(config, params, loss_fn: Callable, batches, *, normalize: bo
 def select_heads(config, importance: np.ndarray, count: int, per_layer: bool = False) -> tuple[tuple[int, ...], ...]:
     """The ``count`` least important heads (over the whole model, or ``count`` in each layer when
     ``per_layer``), as original head indices per layer, added to those already pruned."""
-    depth, n_head = (getattr(config, f) for f in _shape_fields(config))
+    _check_family(config)
+    depth, n_head = config.n_layer, config.n_head
     kept = _kept_heads(config)
     if count < 0:
         raise ValueError(f"cannot prune a negative number of heads ({count})")
@@ -174,7 +172,8 @@ def select_heads(config, importance: np.ndarray, count: int, per_layer: bool = F
 
 def _kept_heads(config) -> list[list[int]]:
     """Original indices of the heads each layer still has, in the order of its arrays."""
-    depth, n_head = (getattr(config, f) for f in _shape_fields(config))
+    _check_family(config)
+    depth, n_head = config.n_layer, config.n_head
     pruned = config.pruned_heads or ((),) * depth
     return [[h for h in range(n_head) if h not in p] for p in pruned]
 
@@ -182,7 +181,8 @@ def _kept_heads(config) -> list[list[int]]:
 def prune_heads(config, params, pruned_heads: Sequence[Sequence[int]] | Mapping):
     """Remove heads from a model: ``pruned_heads`` per layer (or ``{layer: heads}``), original
     indices, including those already pruned -> ``(config, params)`` of the smaller model."""
-    depth, n_head = (getattr(config, f) for f in _shape_fields(config))
+    _check_family(config)
+    depth, n_head = config.n_layer, config.n_head
     target = normalize_pruned_heads(pruned_heads, depth, n_head, config.scan_layers) or ((),) * depth
     current = config.pruned_heads or ((),) * depth
     for layer, (old, new) in enumerate(zip(current, target)):
@@ -205,7 +205,8 @@ def restore_heads(config, params):
     """The unpruned shapes, the removed heads' weights all zero: the same function as the pruned
     model (a head with zero value and output projections adds nothing), for readers that know no
     ``pruned_heads`` (transformers 5 dropped head pruning)."""
-    depth, n_head = (getattr(config, f) for f in _shape_fields(config))
+    _check_family(config)
+    n_head = config.n_head
     if not config.pruned_heads:
         return config, params
     full = dataclasses.replace(config, pruned_heads=())

@@ -25,7 +25,6 @@ import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
-import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -33,9 +32,9 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-import models
 from models.albert import AlbertConfig
 from models.bert import BertConfig
+from models.config import TransformerConfig
 from models.gpt import GPTConfig
 from models.heads_pruning import layer_heads, normalize_pruned_heads
 from models.layers import HF_ACTIVATIONS, stack_layers, unstack_layers
@@ -318,7 +317,6 @@ class Converter:
     # because they pick among tensors the checkpoint holds (``from_hf`` names any that are missing).
     choosable_fields: tuple[str, ...] = ()
     prefix: str  # of the model's tensors in transformers' classes with a head
-    depth: str  # the config field counting the blocks
     ignorable: tuple[str, ...] = ()  # tensors that are buffers, or tied to ones we read
 
     @classmethod
@@ -329,7 +327,7 @@ class Converter:
     @classmethod
     def layout(cls, c, tree: dict, unrolled: bool) -> dict:
         """Between unrolled blocks (the entries' paths) and the config's layout."""
-        return (_unroll if unrolled else _restack)(tree, getattr(c, cls.depth), c.scan_layers)
+        return (_unroll if unrolled else _restack)(tree, c.n_layer, c.scan_layers)
 
     @classmethod
     def hf_name(cls, c, e: _Entry) -> str:
@@ -363,7 +361,6 @@ class GPTConverter(Converter):
 
     model_types = ("gpt2", "openai-gpt")
     prefix = "transformer."
-    depth = "n_layer"
     # lm_head.weight is tied to the token embedding; the attention masks are buffers.
     ignorable = ("lm_head.weight", "attn.bias", "attn.masked_bias", "position_ids")
     layer_names = {"qkv": "attn.c_attn", "out": "attn.c_proj", "ln_1": "ln_1",
@@ -395,7 +392,7 @@ class GPTConverter(Converter):
             final_ln=gpt2,
             activation=HF_ACTIVATIONS[act],
             layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-            embd_dropout=hf.get("embd_pdrop", 0.1),
+            embed_dropout=hf.get("embd_pdrop", 0.1),
             attn_dropout=hf.get("attn_pdrop", 0.1),
             resid_dropout=hf.get("resid_pdrop", 0.1),
             initializer_range=hf.get("initializer_range", 0.02),
@@ -409,7 +406,7 @@ class GPTConverter(Converter):
         act = HF_ACTIVATION_NAMES[c.activation]
         common = dict(
             vocab_size=c.vocab_size, n_positions=c.n_positions, n_embd=c.d_model, n_layer=c.n_layer,
-            n_head=c.n_head, layer_norm_epsilon=c.layer_norm_eps, embd_pdrop=c.embd_dropout,
+            n_head=c.n_head, layer_norm_epsilon=c.layer_norm_eps, embd_pdrop=c.embed_dropout,
             attn_pdrop=c.attn_dropout, resid_pdrop=c.resid_dropout, initializer_range=c.initializer_range,
             tie_word_embeddings=True, **_pruned_to_hf(c),
         )
@@ -456,15 +453,24 @@ class EncoderConverter(Converter):
     config_cls: type
     class_prefix: str  # of transformers' class names
     class_suffixes = {"pretraining": "ForPreTraining", "mlm": "ForMaskedLM", "pooler": "Model", "none": "Model"}
+    # Our config fields -> transformers' config.json keys. BERT's one hidden_dropout_prob is our
+    # embed_dropout and resid_dropout; the activation and pruned heads are translated apart.
+    hf_names = {
+        "vocab_size": "vocab_size", "d_model": "hidden_size", "n_layer": "num_hidden_layers",
+        "n_head": "num_attention_heads", "d_ff": "intermediate_size", "n_positions": "max_position_embeddings",
+        "n_segments": "type_vocab_size", "attn_dropout": "attention_probs_dropout_prob",
+        "layer_norm_eps": "layer_norm_eps", "initializer_range": "initializer_range",
+        "d_embed": "embedding_size", "n_groups": "num_hidden_groups", "layers_per_group": "inner_group_num",
+    }
     # config.json keys with no default we could trust (transformers' defaults are not ours for ALBERT).
     required = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
-    ours_only = ("hidden_act", "head", "dtype", "param_dtype", "scan_layers", "remat")
     ignorable = ("position_ids", "token_type_ids", "predictions.decoder.")
 
     @classmethod
-    def _shared_fields(cls) -> list[str]:
-        """Config fields named as in transformers' config."""
-        return [f.name for f in dataclasses.fields(cls.config_cls) if f.name not in cls.ours_only]
+    def _shared_fields(cls) -> dict[str, str]:
+        """Our fields of ``config_cls`` that config.json holds, with transformers' names."""
+        ours = {f.name for f in dataclasses.fields(cls.config_cls)}
+        return {k: v for k, v in cls.hf_names.items() if k in ours}
 
     @classmethod
     def config_from_hf(cls, hf: dict, **overrides):
@@ -476,14 +482,16 @@ class EncoderConverter(Converter):
         missing = [k for k in cls.required if k not in hf]
         if missing:
             raise ValueError(f"{model_type} config.json lacks {missing}")
-        act = hf.get("hidden_act", HF_ACTIVATION_NAMES[cls.config_cls.hidden_act])
+        act = hf.get("hidden_act", HF_ACTIVATION_NAMES[cls.config_cls.activation])
         if act not in HF_ACTIVATIONS:
             raise ValueError(f"unsupported activation {act!r}; supported: {sorted(HF_ACTIVATIONS)}")
         architectures = " ".join(hf.get("architectures") or [])
         head = next((h for h in ("pretraining", "mlm") if cls.class_suffixes[h] in architectures), "pooler")
-        fields = {k: hf[k] for k in cls._shared_fields() if k in hf}
+        fields = {ours: hf[theirs] for ours, theirs in cls._shared_fields().items() if theirs in hf}
+        if "hidden_dropout_prob" in hf:
+            fields["embed_dropout"] = fields["resid_dropout"] = hf["hidden_dropout_prob"]
         fields["pruned_heads"] = _pruned_from_hf(hf, hf["num_hidden_layers"], hf["num_attention_heads"])
-        return cls.config_cls(**{**fields, "hidden_act": HF_ACTIVATIONS[act], "head": head, **overrides})
+        return cls.config_cls(**{**fields, "activation": HF_ACTIVATIONS[act], "head": head, **overrides})
 
     @classmethod
     def config_from_checkpoint(cls, hf: dict, state: dict):
@@ -494,12 +502,17 @@ class EncoderConverter(Converter):
 
     @classmethod
     def config_to_hf(cls, c) -> dict:
+        if c.embed_dropout != c.resid_dropout:
+            raise ValueError(f"transformers' {cls.class_prefix} has one dropout rate for the embeddings and the "
+                             f"residual branches (hidden_dropout_prob); this config has embed_dropout="
+                             f"{c.embed_dropout}, resid_dropout={c.resid_dropout}: make them equal to export it")
         return dict(
             model_type=cls.model_types[0],
             architectures=[cls.class_prefix + cls.class_suffixes[c.head]],
-            hidden_act=HF_ACTIVATION_NAMES[c.hidden_act],
+            hidden_act=HF_ACTIVATION_NAMES[c.activation],
+            hidden_dropout_prob=c.resid_dropout,
             tie_word_embeddings=True,
-            **{k: getattr(c, k) for k in cls._shared_fields() if k != "pruned_heads"},
+            **{theirs: getattr(c, ours) for ours, theirs in cls._shared_fields().items()},
             **_pruned_to_hf(c),
         )
 
@@ -507,10 +520,8 @@ class EncoderConverter(Converter):
     def _embedding_entries(cls, c, width: int) -> list[_Entry]:
         return [
             *_table(("embeddings", "word_embeddings"), "embeddings.word_embeddings", (c.vocab_size, width)),
-            *_table(("embeddings", "position_embeddings"), "embeddings.position_embeddings",
-                    (c.max_position_embeddings, width)),
-            *_table(("embeddings", "token_type_embeddings"), "embeddings.token_type_embeddings",
-                    (c.type_vocab_size, width)),
+            *_table(("embeddings", "position_embeddings"), "embeddings.position_embeddings", (c.n_positions, width)),
+            *_table(("embeddings", "token_type_embeddings"), "embeddings.token_type_embeddings", (c.n_segments, width)),
             *_layer_norm(("embeddings", "ln"), "embeddings.LayerNorm", width),
         ]
 
@@ -545,7 +556,7 @@ class EncoderConverter(Converter):
     @classmethod
     def _head_entries(cls, c, mlm_names: tuple[str, str, str], pooler: str, sentence: str, width: int) -> list[_Entry]:
         """Pooler, MLM head (transform dense, LayerNorm, bias) and sentence-level head, as present."""
-        h, entries = c.hidden_size, []
+        h, entries = c.d_model, []
         if "pooler" in c.heads:
             entries += _linear(("pooler",), pooler, (h,), (h,))
         if "mlm" in c.heads:
@@ -564,7 +575,6 @@ class BertConverter(EncoderConverter):
     model_types = ("bert",)
     config_cls = BertConfig
     prefix = "bert."
-    depth = "num_hidden_layers"
     class_prefix = "Bert"
     layer_names = {
         "query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
@@ -574,12 +584,12 @@ class BertConverter(EncoderConverter):
 
     @classmethod
     def entries(cls, c: BertConfig) -> list[_Entry]:
-        entries = cls._embedding_entries(c, c.hidden_size)
+        entries = cls._embedding_entries(c, c.d_model)
         for i, kept in enumerate(layer_heads(c)):
-            entries += _block((f"blocks_{i}",), f"encoder.layer.{i}.", cls.layer_names,
-                              c.hidden_size, c.num_attention_heads, c.intermediate_size, kept=kept)
+            entries += _block((f"blocks_{i}",), f"encoder.layer.{i}.", cls.layer_names, c.d_model, c.n_head, c.d_ff,
+                              kept=kept)
         mlm = ("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm", "cls.predictions.bias")
-        return entries + cls._head_entries(c, mlm, "pooler.dense", "cls.seq_relationship", c.hidden_size)
+        return entries + cls._head_entries(c, mlm, "pooler.dense", "cls.seq_relationship", c.d_model)
 
 
 class AlbertConverter(EncoderConverter):
@@ -595,22 +605,21 @@ class AlbertConverter(EncoderConverter):
 
     @classmethod
     def entries(cls, c: AlbertConfig) -> list[_Entry]:
-        entries = cls._embedding_entries(c, c.embedding_size)
+        entries = cls._embedding_entries(c, c.d_embed)
         entries += _linear(("embedding_hidden_mapping_in",), "encoder.embedding_hidden_mapping_in",
-                           (c.embedding_size,), (c.hidden_size,))
-        for g in range(c.num_hidden_groups):
-            for k in range(c.inner_group_num):
+                           (c.d_embed,), (c.d_model,))
+        for g in range(c.n_groups):
+            for k in range(c.layers_per_group):
                 prefix = f"encoder.albert_layer_groups.{g}.albert_layers.{k}."
-                entries += _block((f"group_{g}", f"blocks_{k}"), prefix, cls.layer_names,
-                                  c.hidden_size, c.num_attention_heads, c.intermediate_size)
+                entries += _block((f"group_{g}", f"blocks_{k}"), prefix, cls.layer_names, c.d_model, c.n_head, c.d_ff)
         mlm = ("predictions.dense", "predictions.LayerNorm", "predictions.bias")
-        return entries + cls._head_entries(c, mlm, "pooler", "sop_classifier.classifier", c.embedding_size)
+        return entries + cls._head_entries(c, mlm, "pooler", "sop_classifier.classifier", c.d_embed)
 
     @classmethod
     def layout(cls, c: AlbertConfig, tree: dict, unrolled: bool) -> dict:
         move = _unroll if unrolled else _restack
-        groups = {f"group_{g}": move(tree[f"group_{g}"], c.inner_group_num, c.scan_layers)
-                  for g in range(c.num_hidden_groups)}
+        groups = {f"group_{g}": move(tree[f"group_{g}"], c.layers_per_group, c.scan_layers)
+                  for g in range(c.n_groups)}
         return {**tree, **groups}
 
 
@@ -648,49 +657,39 @@ def config_from_hf(path, **overrides):
     return _BY_MODEL_TYPE[hf["model_type"]].config_from_hf(hf, **overrides)
 
 
-def _shapes(config) -> dict[str, tuple[int, ...]]:
-    """Parameter path -> shape, in the stacked layout (``scan_layers`` only moves parameters), or
-    unrolled where pruning left the layers with different head counts, which do not stack."""
-    stackable = len({len(heads) for heads in getattr(config, "pruned_heads", ())}) <= 1
-    tree = models.param_shapes(dataclasses.replace(config, scan_layers=stackable).module())
-    return {"/".join(path): leaf.shape for path, leaf in flax.traverse_util.flatten_dict(tree).items()}
+# Fields an override may change on a loaded checkpoint: how it computes (precision, layout,
+# rematerialisation) or trains (dropout), never what function its weights compute.
+LOADING_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat", *TransformerConfig.DROPOUTS)
 
 
 def _check_overrides(stored, overrides: dict, choosable: tuple[str, ...]) -> None:
-    """Refuse overrides that change the parameter shapes, which the checkpoint fixes: an ``n_head``
-    override keeps the parameter count but would split the attention into other heads."""
-    reference = get_config(stored, **{k: v for k, v in overrides.items() if k in choosable})
-    expected = _shapes(reference)
-    if _shapes(get_config(reference, **overrides)) == expected:
-        return
+    """Refuse overrides that would change the model the checkpoint holds (its shapes, heads,
+    activation, LayerNorm epsilon, ...): only ``LOADING_FIELDS`` and the converter's choosable
+    fields may differ from config.json."""
+    allowed = (*LOADING_FIELDS, *choosable)
     for key, value in overrides.items():
-        shapes = _shapes(get_config(reference, **{key: value}))
-        if shapes != expected:
-            path = next(p for p in sorted(set(shapes) | set(expected)) if shapes.get(p) != expected.get(p))
+        if key not in allowed and getattr(stored, key, value) != value:
             raise ValueError(
-                f"override {key}={value!r} changes the parameter shapes the checkpoint fixes "
-                f"({path}: {expected.get(path)} in the checkpoint, {shapes.get(path)} with the override); "
-                f"leave {key} out: the checkpoint's config.json sets it ({key}={getattr(stored, key)!r})"
+                f"override {key}={value!r} changes the model the checkpoint holds (its config.json sets "
+                f"{key}={getattr(stored, key)!r}); only {', '.join(allowed)} may be overridden"
             )
-    raise ValueError(f"overrides {sorted(overrides)} together change the parameter shapes the checkpoint fixes; "
-                     "leave out those that describe the architecture")
 
 
 def load_pretrained(path, **overrides):
     """An HF folder -> ``(module, config, params)``.
 
-    ``overrides`` replace config fields that do not change the parameter shapes (``dtype``,
-    ``scan_layers``, ``remat``, dropout rates); for BERT and ALBERT also ``head``, which may name
-    any heads whose tensors the checkpoint holds (by default: those of its ``architectures``).
+    ``overrides`` replace config fields that do not change the function the weights compute
+    (``LOADING_FIELDS``: ``dtype``, ``scan_layers``, ``remat``, dropout rates); for BERT and ALBERT
+    also ``head``, which may name any heads whose tensors the checkpoint holds (by default: those
+    of its ``architectures``).
     """
     path = Path(path)
     hf = read_hf_config(path)
     converter = _BY_MODEL_TYPE[hf["model_type"]]
     state = read_state_dict(path)
     stored = converter.config_from_checkpoint(hf, state)
+    _check_overrides(stored, overrides, converter.choosable_fields)
     config = get_config(stored, **overrides)
-    if overrides:
-        _check_overrides(stored, overrides, converter.choosable_fields)
     params = converter.from_hf(config, state, where=str(path))
     params = jax.tree.map(lambda x: np.asarray(x, jnp.dtype(config.param_dtype)), params)
     return config.module(), config, params

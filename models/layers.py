@@ -55,23 +55,6 @@ def activation(name: str) -> Callable[[Array], Array]:
         raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}") from None
 
 
-def validate_config(config, *, width: str, heads: str, activation: str, dropouts: Sequence[str]) -> None:
-    """The checks every family's config shares: the heads divide the width; the activation,
-    dtypes and remat policy exist; dropout rates lie in [0, 1)."""
-    if getattr(config, width) % getattr(config, heads):
-        raise ValueError(f"{width}={getattr(config, width)} is not divisible by {heads}={getattr(config, heads)}")
-    if getattr(config, activation) not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {getattr(config, activation)!r}; choose one of {sorted(ACTIVATIONS)}")
-    for name in ("dtype", "param_dtype"):
-        if getattr(config, name) not in DTYPES:
-            raise ValueError(f"{name}={getattr(config, name)!r}; choose one of {DTYPES}")
-    if config.remat not in REMAT_POLICIES:
-        raise ValueError(f"unknown remat policy {config.remat!r}; choose one of {sorted(REMAT_POLICIES)}")
-    for name in dropouts:
-        if not 0.0 <= getattr(config, name) < 1.0:
-            raise ValueError(f"{name}={getattr(config, name)} must lie in [0, 1)")
-
-
 def normal(std: float, axes: Sequence[str]):
     """N(0, std^2) initialiser that tags the parameter with logical axis names."""
     return nn.with_logical_partitioning(nn.initializers.normal(stddev=std), tuple(axes))
@@ -261,9 +244,9 @@ class SelfAttention(nn.Module):
     so it takes the explicit path, which computes the same function.
     """
 
-    num_heads: int
+    n_head: int
     head_dim: int
-    features: int
+    d_model: int
     causal: bool
     dropout_rate: float
     init_std: float
@@ -275,7 +258,7 @@ class SelfAttention(nn.Module):
     @nn.compact
     def __call__(self, x: Array, mask: Array | None, deterministic: bool) -> Array:
         proj = dict(axes=("embed", "heads", "kv"), std=self.init_std, dtype=self.dtype, param_dtype=self.param_dtype)
-        heads = (self.num_heads, self.head_dim)
+        heads = (self.n_head, self.head_dim)
         q = dense(heads, name="query", **proj)(x)
         k = dense(heads, name="key", **proj)(x)
         v = dense(heads, name="value", **proj)(x)
@@ -288,7 +271,7 @@ class SelfAttention(nn.Module):
         else:
             y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=self.causal)
         return dense(
-            self.features,
+            self.d_model,
             contract=2,
             axes=("heads", "kv", "embed"),
             std=self.out_init_std,
@@ -335,9 +318,9 @@ class SelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: fc (d -> d_ff), activation, proj (d_ff -> d)."""
+    """Position-wise feed-forward: fc (d_model -> d_ff), activation, proj (d_ff -> d_model)."""
 
-    features: int
+    d_model: int
     d_ff: int
     activation: str
     init_std: float
@@ -350,52 +333,42 @@ class MLP(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = dense(self.d_ff, axes=("embed", "mlp"), std=self.init_std, name="fc", **kw)(x)
         h = nn.with_logical_constraint(activation(self.activation)(h), ("batch", "length", "mlp"))
-        return dense(self.features, axes=("mlp", "embed"), std=self.out_init_std, name="proj", **kw)(h)
+        return dense(self.d_model, axes=("mlp", "embed"), std=self.out_init_std, name="proj", **kw)(h)
 
 
 class TransformerBlock(nn.Module):
     """One transformer layer: self-attention, then the MLP, each a residual branch with dropout.
 
     Post-LN (GPT, BERT, ALBERT): ``x = LN(x + f(x))``. Pre-LN (GPT-2): ``x = x + f(LN(x))``.
-    Causal for the decoders; the encoders attend both ways, masking only padded keys.
+    Causal for the decoders; the encoders attend both ways, masking only padded keys. Every
+    shape, rate and initialiser comes from the family's config (``models.config.TransformerConfig``).
     """
 
-    num_heads: int
-    features: int
-    d_ff: int
-    activation: str
-    layer_norm_eps: float
-    causal: bool
-    pre_ln: bool
-    attn_dropout: float
-    resid_dropout: float
-    init_std: float
-    out_init_std: float
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+    config: Any  # a models.config.TransformerConfig
     decode: bool = False  # decoders only: attend over the ``cache`` collection (SelfAttention.cached_keys_values)
-    head_dim: int | None = None  # default features // num_heads; kept when heads are pruned
+    n_head: int | None = None  # the heads this layer keeps when some are pruned (default config.n_head)
 
     @nn.compact
     def __call__(self, x, mask, deterministic: bool):
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        c = self.config
+        kw = c.dtypes()
         attn = SelfAttention(
-            num_heads=self.num_heads,
-            head_dim=self.head_dim or self.features // self.num_heads,
-            features=self.features,
-            causal=self.causal,
-            dropout_rate=self.attn_dropout,
-            init_std=self.init_std,
-            out_init_std=self.out_init_std,
+            n_head=self.n_head or c.n_head,
+            head_dim=c.head_dim,
+            d_model=c.d_model,
+            causal=c.causal,
+            dropout_rate=c.attn_dropout,
+            init_std=c.initializer_range,
+            out_init_std=c.residual_init_std,
             decode=self.decode,
             name="attn",
             **kw,
         )
-        mlp = MLP(self.features, self.d_ff, self.activation, self.init_std, self.out_init_std, name="mlp", **kw)
-        ln_1 = LayerNorm(self.layer_norm_eps, name="ln_1", **kw)
-        ln_2 = LayerNorm(self.layer_norm_eps, name="ln_2", **kw)
-        drop = nn.Dropout(self.resid_dropout, deterministic=deterministic)
-        if self.pre_ln:
+        mlp = MLP(c.d_model, c.d_ff, c.activation, c.initializer_range, c.residual_init_std, name="mlp", **kw)
+        ln_1 = LayerNorm(c.layer_norm_eps, name="ln_1", **kw)
+        ln_2 = LayerNorm(c.layer_norm_eps, name="ln_2", **kw)
+        drop = nn.Dropout(c.resid_dropout, deterministic=deterministic)
+        if c.pre_ln:
             x = x + drop(attn(ln_1(x), mask, deterministic))
             x = x + drop(mlp(ln_2(x)))
         else:
@@ -415,9 +388,9 @@ class EncoderEmbeddings(nn.Module):
     """
 
     vocab_size: int
-    max_position_embeddings: int
-    type_vocab_size: int
-    features: int
+    n_positions: int
+    n_segments: int
+    width: int  # of the embeddings: d_model for BERT, ALBERT's narrower d_embed
     layer_norm_eps: float
     dropout_rate: float
     init_std: float
@@ -427,13 +400,13 @@ class EncoderEmbeddings(nn.Module):
 
     def setup(self):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        self.word_embeddings = Embed(self.vocab_size, self.features, self.init_std, axes=("vocab", self.axis), **kw)
+        self.word_embeddings = Embed(self.vocab_size, self.width, self.init_std, axes=("vocab", self.axis), **kw)
         self.position_embeddings = Embed(
-            self.max_position_embeddings, self.features, self.init_std, axes=("positions", self.axis),
+            self.n_positions, self.width, self.init_std, axes=("positions", self.axis),
             what="position ids", **kw,
         )
         self.token_type_embeddings = Embed(
-            self.type_vocab_size, self.features, self.init_std, axes=("segments", self.axis),
+            self.n_segments, self.width, self.init_std, axes=("segments", self.axis),
             what="segment ids (token_type_ids)", hint=SEGMENT_HINT, **kw,
         )
         self.ln = LayerNorm(self.layer_norm_eps, axes=(self.axis,), **kw)
@@ -442,7 +415,7 @@ class EncoderEmbeddings(nn.Module):
     def __call__(self, input_ids, token_type_ids, position_ids, deterministic: bool) -> Array:
         """Segment ids default to 0 (one sentence), positions to 0..length-1."""
         length = input_ids.shape[-1]
-        check_length(length, self.max_position_embeddings)
+        check_length(length, self.n_positions)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         if position_ids is None:
@@ -458,9 +431,9 @@ class EncoderEmbeddings(nn.Module):
 
 class MLMHead(nn.Module):
     """The masked-LM head: dense, activation, LayerNorm, then the tied word embeddings plus an
-    output-only bias. ``features`` is the width of the word embeddings (ALBERT: its E < H)."""
+    output-only bias. ``width`` is the width of the word embeddings (ALBERT: its E < H)."""
 
-    features: int
+    width: int
     vocab_size: int
     activation: str
     layer_norm_eps: float
@@ -472,7 +445,7 @@ class MLMHead(nn.Module):
     @nn.compact
     def __call__(self, x: Array, decode: Callable[[Array], Array]) -> Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        h = dense(self.features, axes=("embed", "mlp"), std=self.init_std, name="transform", **kw)(x)
+        h = dense(self.width, axes=("embed", "mlp"), std=self.init_std, name="transform", **kw)(x)
         h = LayerNorm(self.layer_norm_eps, axes=(self.axis,), name="ln", **kw)(activation(self.activation)(h))
         bias = self.param("bias", zeros(("vocab",)), (self.vocab_size,), self.param_dtype)
         return decode(h) + jnp.asarray(bias, self.dtype)

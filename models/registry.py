@@ -7,6 +7,8 @@ import types
 import typing
 from typing import Any
 
+from models.config import renamed
+
 PRESETS: dict[str, Any] = {}
 
 
@@ -79,11 +81,12 @@ def config_to_dict(config) -> dict:
 
 
 def config_from_dict(record: dict, **overrides):
-    """Inverse of :func:`config_to_dict`; ``overrides`` replace top-level fields."""
+    """Inverse of :func:`config_to_dict`; ``overrides`` replace top-level fields. Records saved
+    before the shared shape vocabulary load through its rename table (``models.config.RENAMED``)."""
     classes = config_classes()
     name = record.get("preset_class")
     if name not in classes:
         raise ValueError(f"unknown model config class {name!r}; known: {', '.join(sorted(classes))}")
-    fields = {k: config_from_dict(v) if isinstance(v, dict) and "preset_class" in v else v
-              for k, v in record.items() if k != "preset_class"}
+    fields = renamed({k: config_from_dict(v) if isinstance(v, dict) and "preset_class" in v else v
+                      for k, v in record.items() if k != "preset_class"})
     return classes[name](**{**fields, **overrides})

@@ -111,12 +111,11 @@ def main(argv=None) -> dict:
                         help="the references' malloc: their libraries' default, or ours")
     parser.add_argument("--output", default=None, help="also write the JSON to this file")
     sharing = parser.add_argument_group("--mode sharing: the encoders' common shape")
-    sharing.add_argument("--layers", type=int, default=SharingSpec.num_hidden_layers)
-    sharing.add_argument("--hidden-size", type=int, default=SharingSpec.hidden_size)
-    sharing.add_argument("--heads", type=int, default=SharingSpec.num_attention_heads)
-    sharing.add_argument("--intermediate-size", type=int, default=SharingSpec.intermediate_size)
-    sharing.add_argument("--embedding-size", type=int, default=SharingSpec.factorised_embedding_size,
-                         help="E of the factorised ALBERT row")
+    sharing.add_argument("--n-layer", type=int, default=SharingSpec.n_layer)
+    sharing.add_argument("--d-model", type=int, default=SharingSpec.d_model)
+    sharing.add_argument("--n-head", type=int, default=SharingSpec.n_head)
+    sharing.add_argument("--d-ff", type=int, default=SharingSpec.d_ff)
+    sharing.add_argument("--d-embed", type=int, default=SharingSpec.d_embed, help="E of the factorised ALBERT rows")
     sharing.add_argument("--vocab-size", type=int, default=SharingSpec.vocab_size)
     idle = parser.add_argument_group("--mode loop-idle: a training config, as scripts/train.py takes it")
     idle.add_argument("--config", default="gpt2-mini-sotu", help="a registered config or a .py file")
@@ -168,8 +167,7 @@ def main(argv=None) -> dict:
         return _report(compare_formulations(batch=int(args.batch_sizes.split(",")[0]), rounds=args.steps), args.output)
     if args.mode == "sharing":
         result = compare_sharing(SharingSpec(
-            num_hidden_layers=args.layers, hidden_size=args.hidden_size, num_attention_heads=args.heads,
-            intermediate_size=args.intermediate_size, factorised_embedding_size=args.embedding_size,
+            n_layer=args.n_layer, d_model=args.d_model, n_head=args.n_head, d_ff=args.d_ff, d_embed=args.d_embed,
             vocab_size=args.vocab_size, seq_len=args.seq_len, batch_size=args.batch_size, steps=args.steps,
             warmup=args.warmup,
         ))

@@ -28,12 +28,13 @@ from bench.measure import device_peak_bytes, environment, matmul_peak_flops  # n
 from bench.memory import MemorySpec, largest_batch  # noqa: E402
 from bench.spec import BenchSpec  # noqa: E402
 from bench.train_step import benchmark_train_step, prepare_ours  # noqa: E402
+from models.config import TransformerConfig  # noqa: E402
 from train import cli  # noqa: E402
 
 # Dense bf16 peak FLOP/s by device kind (vendor figures, without sparsity).
 BF16_PEAK = {"H100 80GB HBM3": 989.4e12, "H100 PCIe": 756.5e12, "H100": 989.4e12, "H200": 989.4e12,
              "A100": 312e12, "L40S": 362e12, "L4": 121e12}
-NO_DROPOUT = {"attn_dropout": 0.0, "resid_dropout": 0.0, "embd_dropout": 0.0}
+NO_DROPOUT = dict.fromkeys(TransformerConfig.DROPOUTS, 0.0)
 
 
 def device_memory_gib() -> float:

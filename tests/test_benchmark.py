@@ -49,7 +49,7 @@ def test_command_line_compares_with_the_torch_reference(tmp_path):
     assert result == json.loads(out.read_text())
     assert result["mode"] == "compare-reference"
     assert result["peak_source"] == "--peak-tflops" and result["peak_flops_per_s"] == 1e12
-    assert result["dropout_rates"] == {"embd_dropout": 0.0, "attn_dropout": 0.0, "resid_dropout": 0.0}
+    assert result["dropout_rates"] == {"embed_dropout": 0.0, "attn_dropout": 0.0, "resid_dropout": 0.0}
     assert result["reference_config"]["n_embd"] == 32 and result["reference_config"]["attn_pdrop"] == 0.0
     _check_contender(result["ours"])
     assert result["ours"]["compile_s"] > 0 and result["ours"]["scan_layers"] is False

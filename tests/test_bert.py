@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import models
+from models import hf
 from models.layers import unstack_layers
 
 # Parameter counts of transformers' BertModel / AlbertModel (with the pooler, no heads), and of
@@ -25,10 +26,10 @@ REFERENCE_COUNTS = {
 }
 
 # Test shapes: small vocabularies and contexts, head counts that are not powers of two.
-TINY_BERT = dict(vocab_size=64, max_position_embeddings=24, hidden_size=30, num_attention_heads=5,
-                 intermediate_size=44, num_hidden_layers=2, scan_layers=True)
+TINY_BERT = dict(vocab_size=64, n_positions=24, d_model=30, n_head=5,
+                 d_ff=44, n_layer=2, scan_layers=True)
 # Three depths over two groups of two layers: group 0 serves depths 0 and 1, group 1 depth 2.
-TINY_ALBERT = dict(TINY_BERT, embedding_size=12, num_hidden_layers=3, num_hidden_groups=2, inner_group_num=2)
+TINY_ALBERT = dict(TINY_BERT, d_embed=12, n_layer=3, n_groups=2, layers_per_group=2)
 
 # One batch for every test, so each config compiles once: token 7 is absent (see the MLM test),
 # the second row is padded, the second half is segment B.
@@ -85,30 +86,27 @@ def test_reference_counts_match_transformers():
 
     for name, counts in REFERENCE_COUNTS.items():
         _, c = models.create(name)
-        shape = dict(vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers,
-                     num_attention_heads=c.num_attention_heads, intermediate_size=c.intermediate_size)
-        if c.family == "bert":
-            hf, classes = transformers.BertConfig(**shape), (transformers.BertModel, transformers.BertForPreTraining)
-        else:
-            hf = transformers.AlbertConfig(embedding_size=c.embedding_size, **shape)
-            classes = (transformers.AlbertModel, transformers.AlbertForPreTraining)
+        fields = hf.to_hf_config(c)
+        reference = transformers.AutoConfig.for_model(fields.pop("model_type"), **fields)
+        classes = ((transformers.BertModel, transformers.BertForPreTraining) if c.family == "bert"
+                   else (transformers.AlbertModel, transformers.AlbertForPreTraining))
         for cls, count in zip(classes, counts):
             with torch.device("meta"):
-                model = cls(hf)
+                model = cls(reference)
             assert sum(p.numel() for p in model.parameters()) == count, (name, cls.__name__)
 
 
 def test_presets_follow_the_references():
     _, c = models.create("bert-base-uncased")
-    assert (c.hidden_act, c.layer_norm_eps, c.hidden_dropout_prob) == ("gelu", 1e-12, 0.1)
+    assert (c.activation, c.layer_norm_eps, c.embed_dropout, c.resid_dropout) == ("gelu", 1e-12, 0.1, 0.1)
     for name in ("albert-base-v2", "albert-large-v2", "albert-xlarge-v2", "albert-xxlarge-v2"):
         _, c = models.create(name)
-        assert (c.hidden_act, c.layer_norm_eps, c.embedding_size) == ("gelu_tanh", 1e-12, 128)
-        assert c.hidden_dropout_prob == c.attention_probs_dropout_prob == 0.0
+        assert (c.activation, c.layer_norm_eps, c.d_embed) == ("gelu_tanh", 1e-12, 128)
+        assert c.embed_dropout == c.attn_dropout == c.resid_dropout == 0.0
     _, c = models.create("albert-xxlarge-v2")
-    assert (c.hidden_size, c.num_attention_heads, c.intermediate_size, c.num_hidden_layers) == (4096, 64, 16384, 12)
+    assert (c.d_model, c.n_head, c.d_ff, c.n_layer) == (4096, 64, 16384, 12)
     _, c = models.create("bert-tiny")
-    assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size) == (2, 128, 2, 512)
+    assert (c.n_layer, c.d_model, c.n_head, c.d_ff) == (2, 128, 2, 512)
 
 
 @pytest.mark.parametrize("family", ["bert", "albert"])
@@ -136,7 +134,7 @@ def test_heads_decide_outputs_and_parameters(family):
 def test_initialisation_follows_bert():
     """N(0, 0.02) weights and embeddings (no residual scaling), zero biases, unit LayerNorms;
     ALBERT's shared group initialised once, inside the scan over depth."""
-    _, c = tiny("albert", hidden_size=60, intermediate_size=90, embedding_size=40)
+    _, c = tiny("albert", d_model=60, d_ff=90, d_embed=40)
     params = models.init_params(c.module(), jax.random.key(0))
     for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
         name, x = jax.tree_util.keystr(path), np.asarray(x)
@@ -154,12 +152,12 @@ def test_initialisation_follows_bert():
 
 def test_mlm_decoder_is_the_word_embedding_matrix(rng):
     """Logits = transformed states . word embeddings + bias: no separate output matrix."""
-    for family, width in (("bert", TINY_BERT["hidden_size"]), ("albert", TINY_ALBERT["embedding_size"])):
+    for family, width in (("bert", TINY_BERT["d_model"]), ("albert", TINY_ALBERT["d_embed"])):
         _, c = tiny(family)
         params = init(c)
         table = params["embeddings"]["word_embeddings"]["embedding"]
         assert table.shape == (c.vocab_size, width)
-        assert params["mlm"]["transform"]["kernel"].shape == (c.hidden_size, width)
+        assert params["mlm"]["transform"]["kernel"].shape == (c.d_model, width)
         shifted = jax.tree.map(lambda x: x, params)
         shifted["embeddings"]["word_embeddings"]["embedding"] = table + np.eye(c.vocab_size, 1, -7) * rng.randn(width)
         a, b = forward(c, params)["mlm_logits"], forward(c, shifted)["mlm_logits"]
@@ -174,19 +172,19 @@ def _count(family, **overrides):
 
 
 def test_albert_shares_each_group_once():
-    _, c = tiny("albert", num_hidden_groups=1, inner_group_num=1)
+    _, c = tiny("albert", n_groups=1, layers_per_group=1)
     params = models.param_shapes(c.module())
     assert [k for k in params if k.startswith("group")] == ["group_0"]
-    # Scanned over depth, the group is broadcast, not stacked: its only leading axis is inner_group_num.
-    assert params["group_0"]["blocks"]["attn"]["query"]["kernel"].shape == (1, c.hidden_size, 5, 6)
+    # Scanned over depth, the group is broadcast, not stacked: its only leading axis is layers_per_group.
+    assert params["group_0"]["blocks"]["attn"]["query"]["kernel"].shape == (1, c.d_model, 5, 6)
     # Depth costs nothing; each group and each layer inside a group costs one layer's parameters.
-    base = _count("albert", num_hidden_groups=1, inner_group_num=1)
-    layer = _count("albert", num_hidden_groups=1, inner_group_num=2) - base
+    base = _count("albert", n_groups=1, layers_per_group=1)
+    layer = _count("albert", n_groups=1, layers_per_group=2) - base
     assert layer == 4 * (30 * 30 + 30) + 2 * (30 * 44) + 44 + 30 + 4 * 30
     for depth in (1, 3, 12):
-        assert _count("albert", num_hidden_layers=depth, num_hidden_groups=1, inner_group_num=1) == base
-    assert _count("albert", num_hidden_layers=12, num_hidden_groups=3, inner_group_num=1) == base + 2 * layer
-    assert _count("albert", num_hidden_groups=2, inner_group_num=2) == base + 3 * layer
+        assert _count("albert", n_layer=depth, n_groups=1, layers_per_group=1) == base
+    assert _count("albert", n_layer=12, n_groups=3, layers_per_group=1) == base + 2 * layer
+    assert _count("albert", n_groups=2, layers_per_group=2) == base + 3 * layer
     unrolled = models.param_shapes(tiny("albert", scan_layers=False)[0])
     assert sorted(unrolled["group_1"]) == ["blocks_0", "blocks_1"]
 
@@ -194,10 +192,10 @@ def test_albert_shares_each_group_once():
 def test_albert_group_assignment_follows_transformers():
     """Depth i applies group int(i / (L / G)); every group serves a contiguous run of depths."""
     for layers, groups, depths in ((12, 1, (12,)), (4, 2, (2, 2)), (5, 2, (3, 2)), (7, 3, (3, 2, 2)), (3, 3, (1, 1, 1))):
-        _, c = tiny("albert", num_hidden_layers=layers, num_hidden_groups=groups)
+        _, c = tiny("albert", n_layer=layers, n_groups=groups)
         assert c.group_depths == depths
-    with pytest.raises(ValueError, match="num_hidden_groups=4 must lie in 1..num_hidden_layers=3"):
-        tiny("albert", num_hidden_layers=3, num_hidden_groups=4)
+    with pytest.raises(ValueError, match="n_groups=4 must lie in 1..n_layer=3"):
+        tiny("albert", n_layer=3, n_groups=4)
 
 
 def _unrolled_params(c, params):
@@ -205,10 +203,10 @@ def _unrolled_params(c, params):
     out = dict(params)
     if c.family == "bert":
         del out["blocks"]
-        out.update({f"blocks_{i}": b for i, b in enumerate(unstack_layers(params, c.num_hidden_layers, True, "blocks"))})
+        out.update({f"blocks_{i}": b for i, b in enumerate(unstack_layers(params, c.n_layer, True, "blocks"))})
         return out
-    for g in range(c.num_hidden_groups):
-        inner = unstack_layers(params[f"group_{g}"], c.inner_group_num, True, "blocks")
+    for g in range(c.n_groups):
+        inner = unstack_layers(params[f"group_{g}"], c.layers_per_group, True, "blocks")
         out[f"group_{g}"] = {f"blocks_{k}": b for k, b in enumerate(inner)}
     return out
 
@@ -300,8 +298,8 @@ def test_unknown_presets_and_fields_are_refused():
     with pytest.raises(ValueError, match="valid presets: .*albert-base-v2.*bert-base-uncased"):
         models.create("bert-huge")
     with pytest.raises(ValueError, match="no field"):
-        models.create("bert-base-uncased", n_layer=3)
-    with pytest.raises(ValueError, match="hidden_size=100 is not divisible by num_attention_heads=12"):
-        models.create("bert-base-uncased", hidden_size=100)
+        models.create("bert-base-uncased", pre_ln=True)
+    with pytest.raises(ValueError, match="d_model=100 is not divisible by n_head=12"):
+        models.create("bert-base-uncased", d_model=100)
     with pytest.raises(ValueError, match="unknown activation"):
-        models.create("albert-base-v2", hidden_act="gelu_new")
+        models.create("albert-base-v2", activation="gelu_new")

@@ -68,8 +68,8 @@ def test_causal_lm_loss_is_hintons_mixture():
 
 
 def test_masked_lm_distils_the_masked_tokens_and_the_pair_head():
-    teacher, tp = _init("bert-tiny", vocab_size=300, max_position_embeddings=16)
-    student, sp = _init("bert-tiny", vocab_size=300, max_position_embeddings=16, num_hidden_layers=1)
+    teacher, tp = _init("bert-tiny", vocab_size=300, n_positions=16)
+    student, sp = _init("bert-tiny", vocab_size=300, n_positions=16, n_layer=1)
     batch = random_batch(dataclasses.replace(SharingSpec(), vocab_size=300, seq_len=16, batch_size=3),
                          np.random.default_rng(0))
     key = jax.random.key(0)

@@ -44,7 +44,7 @@ def classify_config(corpus, data, workdir, model="gpt2-tiny", **kw) -> TrainConf
         discriminative_factor=2.6, unfreeze_every=2, classifier={"pooling": "concat", "head": "ulmfit"},
     )
     values.update(kw)
-    overrides = {"n_positions": 32} if model.startswith("gpt") else {"max_position_embeddings": 32, "vocab_size": 128}
+    overrides = {"n_positions": 32} if model.startswith("gpt") else {"n_positions": 32, "vocab_size": 128}
     return tiny_config(corpus, workdir, model=model, model_overrides={**overrides, **values.pop("model_overrides", {})},
                        **values)
 
@@ -84,7 +84,7 @@ def test_gpt_classifier_from_an_lm_run_resumes_exactly(corpus, labelled_data, tm
     ("albert-tiny", {}, "first"),
 ])
 def test_encoder_classifiers_from_a_hugging_face_folder(corpus, labelled_data, tmp_path, model, overrides, pooling):
-    _, body = models.create(model, max_position_embeddings=32, vocab_size=128, head="pretraining")
+    _, body = models.create(model, n_positions=32, vocab_size=128, head="pretraining")
     folder = hf.save_pretrained(tmp_path / "hf", body, models.init_params(body.module(), jax.random.key(1)))
     config = classify_config(corpus, labelled_data, tmp_path / "run", model=model, init_from=str(folder),
                              model_overrides=overrides, classifier={"pooling": pooling}, steps=6, lr_schedule="constant")

@@ -106,9 +106,7 @@ BODIES = {
 
 def _classifier(kind):
     name, overrides = BODIES[kind]
-    _, body = models.create(name, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **overrides) \
-        if name.startswith("albert") else models.create(name, embd_dropout=0.0, attn_dropout=0.0, resid_dropout=0.0,
-                                                         **overrides)
+    body = models.get_config(name, **overrides).without_dropout()
     config = models.ClassifierConfig(body, ("no", "yes"), pooling="concat", dropout=0.0)
     module = config.module()
     params = models.init_params(module, jax.random.key(0))

@@ -110,7 +110,7 @@ def test_dropout_only_when_training(rng):
     assert not np.allclose(train(0), eval_a)
     assert not np.allclose(train(0), train(1))
     np.testing.assert_array_equal(train(0), train(0))
-    no_dropout = dataclasses.replace(c, embd_dropout=0.0, attn_dropout=0.0, resid_dropout=0.0)
+    no_dropout = dataclasses.replace(c, embed_dropout=0.0, attn_dropout=0.0, resid_dropout=0.0)
     np.testing.assert_allclose(
         _forward(no_dropout, params, ids, deterministic=False, rngs={"dropout": jax.random.key(0)}), eval_a, atol=1e-6
     )
@@ -118,7 +118,7 @@ def test_dropout_only_when_training(rng):
 
 def test_explicit_attention_path_matches_fused(rng):
     """The path taken under attention dropout computes the same function as the fused one."""
-    attn = SelfAttention(num_heads=3, head_dim=8, features=24, causal=True, dropout_rate=0.0,
+    attn = SelfAttention(n_head=3, head_dim=8, d_model=24, causal=True, dropout_rate=0.0,
                          init_std=0.02, out_init_std=0.02)
     q, k, v = (jnp.asarray(rng.randn(2, 7, 3, 8), jnp.float32) for _ in range(3))
     mask = jnp.asarray(rng.rand(2, 1, 1, 7) > 0.3).at[:, :, :, 0].set(True)

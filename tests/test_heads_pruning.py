@@ -30,13 +30,9 @@ def _model(name, **overrides):
     return module, config, params
 
 
-def _depth(config):
-    return config.n_layer if config.family == "gpt" else config.num_hidden_layers
-
-
 def _silence(config, params, pruned):
     """The full model with the listed heads' outputs zeroed (their rows of the output projection)."""
-    layers = unstack_layers(params, _depth(config), config.scan_layers, "blocks")
+    layers = unstack_layers(params, config.n_layer, config.scan_layers, "blocks")
     out = []
     for layer, heads in zip(layers, pruned):
         kernel = np.array(layer["attn"]["out"]["kernel"])

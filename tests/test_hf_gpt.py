@@ -165,16 +165,17 @@ def test_missing_and_misshaped_tensors_are_named(tmp_path):
     assert "ln_f.weight has shape (5,), expected (48,)" in str(err.value)
 
 
-def test_overrides_that_reshape_parameters_are_refused(tmp_path, rng):
-    """4 heads of 12 hold as many parameters as the checkpoint's 3 heads of 16, but are another model."""
+def test_overrides_that_change_the_model_are_refused(tmp_path, rng):
+    """4 heads of 12 hold as many parameters as the checkpoint's 3 heads of 16, but are another
+    model; another activation or LayerNorm epsilon keeps every shape but computes another function."""
     ref, folder = make_reference("gpt2-3heads", tmp_path)
-    with pytest.raises(ValueError, match=r"override n_head=4 changes the parameter shapes the checkpoint fixes "
-                                         r"\(blocks/attn/key/bias: \(3, 3, 16\) in the checkpoint, \(3, 4, 12\) "
-                                         r"with the override\); leave n_head out.*\(n_head=3\)"):
-        hf.load_pretrained(folder, n_head=4, dtype="bfloat16")
+    for key, value, stored in (("n_head", 4, 3), ("activation", "relu", "'gelu_tanh'"), ("layer_norm_eps", 1e-5, 1e-06)):
+        with pytest.raises(ValueError, match=rf"override {key}={value!r} changes the model the checkpoint holds "
+                                             rf"\(its config.json sets {key}={stored}\); only dtype, "):
+            hf.load_pretrained(folder, **{key: value}, dtype="bfloat16")
     ids, _ = batch(CASES["gpt2-3heads"][1], rng)
     for overrides in ({"scan_layers": True, "remat": "full"},
-                      {"embd_dropout": 0.0, "attn_dropout": 0.0, "resid_dropout": 0.0},
+                      {"embed_dropout": 0.0, "attn_dropout": 0.0, "resid_dropout": 0.0},
                       {"dtype": "bfloat16", "param_dtype": "bfloat16"}):
         module, config, params = hf.load_pretrained(folder, **overrides)
         assert {k: getattr(config, k) for k in overrides} == overrides

@@ -143,7 +143,7 @@ def test_two_processes_train_are_killed_and_resume_like_one(corpus, tmp_path, xl
     common = dict(steps=steps, batch_size=8, checkpoint_every=2, log_every=1, eval_data=None)
     gpt = dict(common, mesh={"fsdp": 2, "model": 2})
     bert = dict(common, mesh={"data": 2, "model": 2}, model="bert-tiny", task="mlm_nsp",
-                model_overrides={"vocab_size": 120, "max_position_embeddings": 32})
+                model_overrides={"vocab_size": 120, "n_positions": 32})
     for name, fields in (("gpt", gpt), ("bert", bert)):
         train(tiny_config(corpus, tmp_path / f"{name}-one", **{**fields, "mesh": {"data": 1}}))
     runs = [(name, tiny_config(corpus, tmp_path / name, **fields)) for name, fields in (("gpt", gpt), ("bert", bert))]

@@ -142,7 +142,7 @@ def test_encoders_pretrain_and_evaluate_in_the_main_loop(corpus, tmp_path, model
 
     root, _ = corpus
     config = tiny_config(corpus, tmp_path / "run", model=model, task=task, steps=4, eval_every=4,
-                         model_overrides={"vocab_size": 120, "max_position_embeddings": 32},
+                         model_overrides={"vocab_size": 120, "n_positions": 32},
                          whole_word_masking=True, max_ngram=3 if task == "mlm_sop" else 1)
     summary = train(config)
     objective = task.split("_")[1]
@@ -161,7 +161,7 @@ def test_masked_lm_alone_is_the_mlm_part_of_the_pair_objective(corpus, tmp_path)
     from train.task_registry import make_task
 
     config = tiny_config(corpus, tmp_path, model="bert-tiny", task="mlm_nsp",
-                         model_overrides={"vocab_size": 120, "max_position_embeddings": 32})
+                         model_overrides={"vocab_size": 120, "n_positions": 32})
     tokenizer = load_tokenizer(config.tokenizer)
     pair_task = make_task(config, tokenizer, "spm")
     mlm_task = make_task(config.__class__(**{**config.to_dict(), "task": "mlm"}), tokenizer, "spm")

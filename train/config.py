@@ -222,7 +222,7 @@ def gpt2_mini_sotu() -> TrainConfig:
 def _encoder_on_sotu(model: str, task: str, workdir: str, **overrides) -> TrainConfig:
     return _on_sotu(
         model=model,
-        model_overrides={"vocab_size": 8192, "max_position_embeddings": 128},
+        model_overrides={"vocab_size": 8192, "n_positions": 128},
         task=task,
         steps=600,
         warmup_steps=60,

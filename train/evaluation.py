@@ -16,7 +16,7 @@ from train.config import TrainConfig
 from train.data.tokenizers import load_tokenizer, tokenizer_id
 from train.step import make_eval_step, variables_sharding
 from train.task_registry import make_task
-from train.tasks import DEFAULT_TASKS, check_fit, context_length
+from train.tasks import DEFAULT_TASKS, check_fit
 
 
 def evaluate(eval_step, variables, task, batches, mesh, max_batches: int | None = None) -> dict:
@@ -64,7 +64,7 @@ def evaluate_checkpoint(checkpoint, data_source, *, tokenizer=None, task=None, s
         raise ValueError("no tokenizer: pass one (a .model file, vocab.txt, or a GPT-2 BPE folder)")
     is_classifier = isinstance(model_config, ClassifierConfig)
     body = model_config.body if is_classifier else model_config
-    seq_len = seq_len or run.get("seq_len") or context_length(body)
+    seq_len = seq_len or run.get("seq_len") or body.n_positions
     tok = load_tokenizer(tokenizer)
     check_fit(tok, body, seq_len)
     # The run's own settings (task, masking, seed, classifier) where it has them.

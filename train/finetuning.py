@@ -16,13 +16,14 @@ import models
 import optim
 from models import hf
 from models.classifier import ClassifierConfig
+from models.config import TransformerConfig
 from train.checkpoint import load_params, read_model_config
 from train.data.tokenizers import tokenizer_id
 
 # Config fields that change how a model computes or is laid out, not what its weights mean.
 NOT_ARCHITECTURE = {
     "dtype", "param_dtype", "scan_layers", "remat", "head", "initializer_range", "scale_residual_init",
-    "embd_dropout", "attn_dropout", "resid_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob",
+    *TransformerConfig.DROPOUTS,
 }
 
 

@@ -28,13 +28,6 @@ from train.data import labelled, sentence_pairs
 from train.data.downloads import cache_dir
 
 
-def context_length(model_config) -> int:
-    for name in ("n_positions", "max_position_embeddings"):
-        if hasattr(model_config, name):
-            return getattr(model_config, name)
-    raise TypeError(f"{type(model_config).__name__} has no context length field")
-
-
 def check_fit(tokenizer, model_config, seq_len: int) -> None:
     """The tokenizer's ids must index the model's embeddings, and sequences must fit its context."""
     if tokenizer.vocab_size > model_config.vocab_size:
@@ -42,7 +35,7 @@ def check_fit(tokenizer, model_config, seq_len: int) -> None:
             f"the tokenizer has {tokenizer.vocab_size} tokens but the model embeds only {model_config.vocab_size}; "
             f"set model_overrides.vocab_size={tokenizer.vocab_size} or use a matching tokenizer"
         )
-    context = context_length(model_config)
+    context = model_config.n_positions
     if seq_len > context:
         raise ValueError(
             f"seq_len={seq_len} exceeds the model's context of {context} positions; lower seq_len or raise the context"

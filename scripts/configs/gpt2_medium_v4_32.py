@@ -15,7 +15,7 @@ from train.config import TrainConfig
 def get_config() -> TrainConfig:
     return TrainConfig(
         model="gpt2-medium",
-        model_overrides={"dtype": "bfloat16", "embd_dropout": 0.0, "attn_dropout": 0.0, "resid_dropout": 0.0},
+        model_overrides={"dtype": "bfloat16", "embed_dropout": 0.0, "attn_dropout": 0.0, "resid_dropout": 0.0},
         train_data=os.environ.get("DATA", "/mnt/shared/openwebtext/train.jsonl"),
         tokenizer=os.environ.get("TOKENIZER", "/mnt/shared/gpt2-tokenizer"),
         streaming=True,
