@@ -35,11 +35,14 @@ def param_bytes(params) -> int:
     return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params)))
 
 
+def has_int8(params) -> bool:
+    """Whether a parameter tree holds int8 weights (qwix ``QArray`` leaves from :func:`int8`)."""
+    return any(is_quantized(x) for x in jax.tree.leaves(params, is_leaf=is_quantized))
+
+
 def is_int8(module, params) -> bool:
     """Whether ``module`` / ``params`` come from :func:`int8`."""
-    return hasattr(type(module), "_unquantized_type") or any(
-        is_quantized(x) for x in jax.tree.leaves(params, is_leaf=is_quantized)
-    )
+    return hasattr(type(module), "_unquantized_type") or has_int8(params)
 
 
 def cast(module, params, dtype: str):
