@@ -14,7 +14,8 @@ Dense kernels go through qwix's PTQ (``qwix.PtqProvider``): the quantized module
 it (one scale per non-contracted axis). Two things qwix does not cover are written here: kernels
 stacked by ``nn.scan`` (qwix would compute one scale across all layers' channels: each layer is
 quantized on its own instead), and embedding tables, which are also lookups (``models.layers.Embed``
-gathers int8 rows and their scales itself).
+gathers int8 rows and their scales itself). An adaptive softmax (``models.adaptive_softmax``) takes
+its shortlist from the int8 input table; its cluster and tail weights stay in their float dtype.
 """
 
 from __future__ import annotations
