@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models.layers import normal
+from models.layers import normal, table_logits
 
 Dtype = Any
 
@@ -79,9 +79,10 @@ class AdaptiveSoftmax(nn.Module):
         ]
 
     def _head(self, h, shortlist_table):
-        """log p over [shortlist..., cluster 1, ..., cluster n], in fp32."""
-        table = jnp.concatenate([shortlist_table[: self.cutoffs[0]], self.cluster_embedding]).astype(self.dtype)
-        return jax.nn.log_softmax(jnp.einsum("...d,vd->...v", h, table).astype(jnp.float32), axis=-1)
+        """log p over [shortlist..., cluster 1, ..., cluster n], in fp32. The shortlist's rows may be
+        int8 (``models.quantize``), as the input table they are."""
+        logits = [table_logits(h, table, self.dtype) for table in (shortlist_table[: self.cutoffs[0]], self.cluster_embedding)]
+        return jax.nn.log_softmax(jnp.concatenate(logits, axis=-1), axis=-1)
 
     def _tail(self, h, i):
         """log p within tail cluster i, in fp32."""

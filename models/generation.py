@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 
 import jax
@@ -135,9 +136,25 @@ def decode(module, params, ids, mask, rng, temperature, top_p, eos_id, vocab_siz
     return out, steps
 
 
+def check_options(max_new_tokens: int, *, num_samples: int, temperature: float, top_k: int, top_p: float) -> None:
+    """Refuse sampling options that mean nothing, naming ``scripts/generate.py``'s flag for each
+    (a NaN temperature would otherwise give token 0 at every step)."""
+    if max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens={max_new_tokens}: ask for at least one new token")
+    if num_samples < 1:
+        raise ValueError(f"--num-samples={num_samples} must be at least 1")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"--temperature={temperature} must be a finite number, 0 or more (0: greedy decoding)")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"--top-p={top_p} must lie in (0, 1]; 1 keeps every token")
+    if top_k < 0:
+        raise ValueError(f"--top-k={top_k} is negative: 0 keeps every token, k > 0 the k likeliest")
+
+
 def check_request(config, prompts, max_new_tokens: int, *, num_samples: int, temperature: float, top_k: int,
                   top_p: float) -> None:
     """Refuse what cannot be generated, naming the problem and the fix."""
+    check_options(max_new_tokens, num_samples=num_samples, temperature=temperature, top_k=top_k, top_p=top_p)
     if getattr(config, "family", None) != "gpt":
         raise ValueError(f"generation needs a decoder (GPT or GPT-2); this is a {type(config).__name__}")
     if not prompts:
@@ -146,22 +163,18 @@ def check_request(config, prompts, max_new_tokens: int, *, num_samples: int, tem
         if not len(prompt):
             raise ValueError(f"prompt {i} is empty: give at least one token (e.g. the end-of-text id)")
         check_ids(np.asarray(prompt), config.vocab_size, f"prompt {i}'s token ids")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens}: ask for at least one new token")
     longest, context = max(len(p) for p in prompts), config.n_positions
+    if longest >= context:
+        raise ValueError(f"the prompt ({longest} tokens) leaves no room for a new token in the model's context of "
+                         f"{context} positions: shorten it to at most {context - 1} tokens")
     if longest + max_new_tokens > context:
         raise ValueError(
-            f"prompt ({longest} tokens) + {max_new_tokens} new tokens exceed the context of {context} positions: "
-            f"shorten the prompt or ask for at most {max(context - longest, 0)} new tokens"
+            f"prompt ({longest} tokens) + {max_new_tokens} new tokens exceed the context of {context} "
+            f"positions: shorten the prompt or ask for at most {context - longest} new tokens (--max-new-tokens)"
         )
-    if num_samples < 1:
-        raise ValueError(f"num_samples={num_samples} must be at least 1")
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature} is negative: use 0 for greedy decoding, or a positive value")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p={top_p} must lie in (0, 1]; 1 keeps every token")
-    if not 0 <= top_k <= config.vocab_size:
-        raise ValueError(f"top_k={top_k} must lie in 0..{config.vocab_size} (0 keeps every token)")
+    if top_k > config.vocab_size:
+        raise ValueError(f"--top-k={top_k} exceeds the model's vocabulary of {config.vocab_size} tokens; "
+                         "0 keeps every token")
 
 
 def sample(module, params, prompts, max_new_tokens: int, *, num_samples: int = 1, rng=None, temperature: float = 1.0,

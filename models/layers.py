@@ -185,13 +185,17 @@ class Embed(nn.Module):
         return jnp.take(jnp.asarray(table, self.dtype), ids, axis=0, mode="fill", fill_value=jnp.nan)
 
     def attend(self, x: Array) -> Array:
-        """Project hidden states onto the table: the tied output layer. The logits are fp32 whatever
-        the compute dtype (accumulated and returned in fp32)."""
-        table = self.embedding
-        if is_quantized(table):  # one scale per row, i.e. per output channel: applied to the product
-            logits = jnp.einsum("...d,vd->...v", x, table.qvalue.astype(self.dtype), preferred_element_type=jnp.float32)
-            return logits * table.scale[:, 0].astype(jnp.float32)
-        return jnp.einsum("...d,vd->...v", x, jnp.asarray(table, self.dtype), preferred_element_type=jnp.float32)
+        """Project hidden states onto the table: the tied output layer (see :func:`table_logits`)."""
+        return table_logits(x, self.embedding, self.dtype)
+
+
+def table_logits(x: Array, table, dtype: Dtype) -> Array:
+    """Hidden states [..., d] projected onto the rows of a table [v, d] (an :class:`Embed` table,
+    int8 ones included) computing in ``dtype``: logits [..., v], accumulated and returned in fp32."""
+    if is_quantized(table):  # one scale per row, i.e. per output channel: applied to the product
+        logits = jnp.einsum("...d,vd->...v", x, table.qvalue.astype(dtype), preferred_element_type=jnp.float32)
+        return logits * table.scale[:, 0].astype(jnp.float32)
+    return jnp.einsum("...d,vd->...v", x, jnp.asarray(table, dtype), preferred_element_type=jnp.float32)
 
 
 class Dense(nn.Module):

@@ -14,7 +14,8 @@ Dense kernels go through qwix's PTQ (``qwix.PtqProvider``): the quantized module
 it (one scale per non-contracted axis). Two things qwix does not cover are written here: kernels
 stacked by ``nn.scan`` (qwix would compute one scale across all layers' channels: each layer is
 quantized on its own instead), and embedding tables, which are also lookups (``models.layers.Embed``
-gathers int8 rows and their scales itself).
+gathers int8 rows and their scales itself). An adaptive softmax (``models.adaptive_softmax``) takes
+its shortlist from the int8 input table; its cluster and tail weights stay in their float dtype.
 """
 
 from __future__ import annotations
@@ -35,11 +36,14 @@ def param_bytes(params) -> int:
     return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params)))
 
 
+def has_int8(params) -> bool:
+    """Whether a parameter tree holds int8 weights (qwix ``QArray`` leaves from :func:`int8`)."""
+    return any(is_quantized(x) for x in jax.tree.leaves(params, is_leaf=is_quantized))
+
+
 def is_int8(module, params) -> bool:
     """Whether ``module`` / ``params`` come from :func:`int8`."""
-    return hasattr(type(module), "_unquantized_type") or any(
-        is_quantized(x) for x in jax.tree.leaves(params, is_leaf=is_quantized)
-    )
+    return hasattr(type(module), "_unquantized_type") or has_int8(params)
 
 
 def cast(module, params, dtype: str):

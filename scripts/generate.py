@@ -18,7 +18,7 @@ import jax
 
 from models import quantize
 from models.classifier import ClassifierConfig
-from models.generation import sample
+from models.generation import check_options, sample
 from models.gpt import GPTConfig
 from train import cli  # noqa: E402
 from train.checkpoint import load_for_eval
@@ -39,6 +39,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], help="parameters and compute (default: the run's)")
     parser.add_argument("--quantize", choices=quantize.QUANTIZATIONS, help="int8 dense and embedding weights")
     args = parser.parse_args(argv)
+    check_options(args.max_new_tokens, num_samples=args.num_samples, temperature=args.temperature, top_k=args.top_k,
+                  top_p=args.top_p)  # before the checkpoint loads
     module, config, params, run = load_for_eval(args.checkpoint)
     if not isinstance(config, GPTConfig):
         hint = ("; it is a classifier: report its accuracy and F1 with scripts/evaluate.py CHECKPOINT --data TEST.jsonl"

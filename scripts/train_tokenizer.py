@@ -15,7 +15,12 @@ if __package__ in (None, ""):  # run as a file: make the repository's packages i
 
 from train import cli  # noqa: E402
 from train.data.corpora import read_texts
-from train.data.tokenizers import SentencePieceTokenizer, train_sentencepiece, training_sentences
+from train.data.tokenizers import (
+    SentencePieceTokenizer,
+    check_nonempty_file,
+    train_sentencepiece,
+    training_sentences,
+)
 
 
 def main(argv=None) -> dict:
@@ -50,8 +55,7 @@ def main(argv=None) -> dict:
     if model_file.exists() and not args.overwrite:
         parser.error(f"{model_file} exists; pass --overwrite to replace it")
     for path in args.inputs:
-        if not path.is_file():
-            parser.error(f"input {path} not found")
+        check_nonempty_file(path, "a text or .jsonl file to train on")
 
     train_sentencepiece(
         training_sentences(read_texts(args.inputs, args.text_field)),

@@ -80,3 +80,14 @@ def lowerings():
         yield seen
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def load_script(name: str):
+    """``scripts/NAME.py`` as a module, to call its ``main(argv)``."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script

@@ -3,14 +3,17 @@ ones, the sampling options, several samples of one prompt, and bad requests."""
 
 import dataclasses
 import functools
+import re
 
 import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+from conftest import load_script
 
 import models
 from models.generation import bucket, init_cache, left_pad, sample
+from train import cli
 
 
 @functools.lru_cache
@@ -122,21 +125,28 @@ def test_prompts_pad_to_power_of_two_buckets():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(prompts=[[]]), "prompt 0 is empty"),
     (dict(prompts=[]), "no prompts"),
-    (dict(max_new_tokens=62), r"prompt \(3 tokens\) \+ 62 new tokens exceed the context of 64 .*at most 61"),
-    (dict(max_new_tokens=0), "at least one new token"),
-    (dict(top_p=0.0), r"top_p=0.0 must lie in \(0, 1\]"),
-    (dict(top_p=1.5), r"top_p=1.5 must lie in \(0, 1\]"),
-    (dict(temperature=-0.5), "temperature=-0.5 is negative"),
-    (dict(top_k=-1), "top_k=-1"),
-    (dict(num_samples=0), "num_samples=0"),
+    (dict(max_new_tokens=62), r"prompt \(3 tokens\) \+ 62 new tokens exceed the context of 64 .*at most 61 new"),
+    (dict(prompts=[[5] * 64]), r"the prompt \(64 tokens\) leaves no room .* context of 64 .*shorten it to at most 63"),
+    (dict(prompts=[[5] * 80]), r"the prompt \(80 tokens\) leaves no room"),
+    (dict(max_new_tokens=0), r"--max-new-tokens=0: ask for at least one new token"),
+    (dict(top_p=0.0), r"--top-p=0.0 must lie in \(0, 1\]"),
+    (dict(top_p=1.5), r"--top-p=1.5 must lie in \(0, 1\]"),
+    (dict(top_p=float("nan")), r"--top-p=nan must lie in \(0, 1\]"),
+    (dict(temperature=-0.5), "--temperature=-0.5 must be a finite number, 0 or more"),
+    (dict(temperature=float("nan")), "--temperature=nan must be a finite number"),
+    (dict(temperature=float("inf")), "--temperature=inf must be a finite number"),
+    (dict(top_k=-1), "--top-k=-1 is negative"),
+    (dict(top_k=300), "--top-k=300 exceeds the model's vocabulary of 256"),
+    (dict(num_samples=0), "--num-samples=0 must be at least 1"),
     (dict(prompts=[[1, 999]]), "token ids out of range"),
     (dict(vocab_size=300), "vocab_size=300 must lie in 1..256"),
 ])
 def test_bad_requests_are_refused_with_the_fix(kwargs, message):
     module, config, params = _model()
     request = dict(prompts=[[5, 17, 3]], max_new_tokens=4) | kwargs
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as e:
         sample(module, params, request.pop("prompts"), **request)
+    assert "\n" not in str(e.value)
 
 
 def test_encoders_cannot_generate():
@@ -150,3 +160,20 @@ def test_remat_setting_does_not_change_decoding():
     remat = dataclasses.replace(config, remat="full").module()
     assert sample(remat, params, [[5, 17, 3]], 3, temperature=0.0).ids == \
         sample(module, params, [[5, 17, 3]], 3, temperature=0.0).ids
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--temperature", "nan"], "--temperature=nan must be a finite number"),
+    (["--top-p", "0"], r"--top-p=0.0 must lie in \(0, 1\]"),
+    (["--top-k", "-2"], "--top-k=-2 is negative"),
+    (["--num-samples", "0"], "--num-samples=0 must be at least 1"),
+    (["--max-new-tokens", "0"], "--max-new-tokens=0: ask for at least one new token"),
+])
+def test_generate_script_refuses_bad_flags_before_loading(tmp_path, capsys, flags, message):
+    """One line naming the flag and exit status 2, before the (here missing) checkpoint is read."""
+    script = load_script("generate")
+    with pytest.raises(SystemExit) as e:
+        cli.run(script.main, [str(tmp_path / "no-such-run"), "--prompt", "the", *flags])
+    assert e.value.code == 2
+    error = capsys.readouterr().err.splitlines()[0]
+    assert re.match(f"error: {message}", error), error

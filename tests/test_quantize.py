@@ -13,6 +13,7 @@ import models
 from models import quantize
 from models.generation import init_cache, left_pad
 from models.layers import is_quantized
+from train.checkpoint import save_params
 
 
 @functools.lru_cache
@@ -125,3 +126,13 @@ def test_tables_quantized_by_row_serve_lookup_and_tied_logits():
     np.testing.assert_allclose(q.qvalue * q.scale, table, atol=float(jnp.abs(table).max()) / 127)
     flat = flax.traverse_util.flatten_dict(qparams)
     assert ("wte", "embedding") in flat and ("wpe", "embedding") in flat
+
+
+def test_int8_parameters_are_not_saved(tmp_path):
+    """A run folder records the float model: int8 parameters saved in it would not load. Nothing is written."""
+    module, params = _model("gpt2-tiny")
+    qmodule, qparams = quantize.prepare(module, params, quantize="int8")
+    with pytest.raises(ValueError, match=r"int8 weights are made at load time \(--quantize int8 .*not saved") as e:
+        save_params(tmp_path / "run", qmodule.config, qparams, {})
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "run").exists()

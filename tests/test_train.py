@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -13,8 +14,9 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import load_script, tiny_config
 
+from train import cli
 from train.checkpoint import CheckpointError, load_params
 from train.config import TrainConfig, apply_overrides, load_config
 from train.loop import NonFiniteLoss, train
@@ -207,6 +209,24 @@ def test_config_names_files_and_overrides(tmp_path):
         load_config("nope")
     with pytest.raises(ValueError, match="warmup_steps=10 must lie in"):
         TrainConfig(steps=5, warmup_steps=10)
+
+
+@pytest.mark.parametrize("text, message", [
+    (None, r"config file .*nope.py does not exist: give an existing .py file that defines get_config\(\)"),
+    ("STEPS = 5\n", r"config file .*cfg.py defines no get_config\(\): add one that returns a train.config.TrainConfig"),
+    ("def get_config():\n    return {'steps': 5}\n", r"get_config\(\) in .*cfg.py returned a dict, not a TrainConfig"),
+])
+def test_config_files_that_give_no_config_are_named(tmp_path, capsys, text, message):
+    """load_config and scripts/train.py --config: one line and exit status 2, not a traceback."""
+    path = tmp_path / ("nope.py" if text is None else "cfg.py")
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ValueError, match=message) as e:
+        load_config(str(path))
+    assert "\n" not in str(e.value)
+    with pytest.raises(SystemExit) as e:
+        cli.run(load_script("train").main, ["--config", str(path), "--print-config"])
+    assert e.value.code == 2 and re.match(f"error: {message}", capsys.readouterr().err)
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ import jax
 import orbax.checkpoint as ocp
 
 import models
-from models import hf
+from models import hf, quantize
 from train import distributed
 from train.config import TrainConfig
 from train.sharding import make_mesh, replicated
@@ -230,7 +230,11 @@ class Checkpoints:
 
 def save_params(workdir, model_config, params, run_info: dict) -> Path:
     """A run folder holding only parameters (step 0), e.g. converted from Hugging Face: what
-    ``load_params``, ``scripts/evaluate.py`` and ``scripts/generate.py`` read. Refuses a non-empty folder."""
+    ``load_params``, ``scripts/evaluate.py`` and ``scripts/generate.py`` read. Refuses a non-empty
+    folder, and int8 parameters: the run folder records the float model, which loading rebuilds."""
+    if quantize.has_int8(params):
+        raise ValueError("these parameters are int8: int8 weights are made at load time (--quantize int8 on "
+                         "evaluate.py and generate.py), not saved; save the float parameters")
     workdir = Path(workdir).absolute()
     if workdir.exists() and any(workdir.iterdir()):
         raise CheckpointError(f"{workdir} exists and is not empty; choose another folder")

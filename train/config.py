@@ -255,15 +255,24 @@ def load_config(name_or_path: str) -> TrainConfig:
     if name_or_path in CONFIGS:
         return CONFIGS[name_or_path]()
     path = Path(name_or_path)
-    if path.suffix == ".py" and path.exists():
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module.get_config()
-    raise ValueError(
-        f"unknown config {name_or_path!r}: give a registered name ({', '.join(sorted(CONFIGS))}) "
-        "or a .py file that defines get_config()"
-    )
+    if path.suffix != ".py":
+        raise ValueError(
+            f"unknown config {name_or_path!r}: give a registered name ({', '.join(sorted(CONFIGS))}) "
+            "or a .py file that defines get_config()"
+        )
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist: give an existing .py file that defines get_config(), "
+                         f"or a registered name ({', '.join(sorted(CONFIGS))})")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "get_config", None)):
+        raise ValueError(f"config file {path} defines no get_config(): add one that returns a train.config.TrainConfig")
+    config = module.get_config()
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"get_config() in {path} returned a {type(config).__name__}, not a TrainConfig: "
+                         "return train.config.TrainConfig(...)")
+    return config
 
 
 def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:

@@ -55,7 +55,8 @@ class Tokenizer(Protocol):
     def token_to_id(self, token: str) -> int | None: ...
 
 
-def _check_nonempty_file(path: Path, expected: str) -> Path:
+def check_nonempty_file(path: Path, expected: str) -> Path:
+    """``path``, or FileNotFoundError / ValueError saying it is missing or empty and what it should hold."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: expected {expected}")
@@ -78,7 +79,7 @@ class SentencePieceTokenizer:
     """A sentencepiece model (unigram or BPE), as used by ALBERT and by our own LMs."""
 
     def __init__(self, model_file: str | os.PathLike):
-        self.model_file = _check_nonempty_file(model_file, "a sentencepiece .model file")
+        self.model_file = check_nonempty_file(model_file, "a sentencepiece .model file")
         self.sp = spm.SentencePieceProcessor(model_file=str(self.model_file))
         self.vocab_size = self.sp.get_piece_size()
 
@@ -137,6 +138,10 @@ def train_sentencepiece(
     """
     if model_type not in ("unigram", "bpe"):
         raise ValueError(f"model_type must be 'unigram' or 'bpe', got {model_type!r}")
+    specials = (SPM_PAD, SPM_UNK, SPM_BOS, SPM_EOS, *user_defined_symbols, *control_symbols)
+    if vocab_size <= len(specials):
+        raise ValueError(f"vocabulary size {vocab_size} leaves no room for text: it must exceed the {len(specials)} "
+                         f"special pieces ({' '.join(specials)}) and hold every character of the text besides")
     model_prefix = Path(model_prefix)
     model_prefix.parent.mkdir(parents=True, exist_ok=True)
 
@@ -144,14 +149,16 @@ def train_sentencepiece(
         inputs = [inputs]
     if isinstance(inputs, Sequence) and all(isinstance(p, (str, os.PathLike)) for p in inputs):
         for path in inputs:
-            _check_nonempty_file(
+            check_nonempty_file(
                 path,
                 "a text file, one sentence per line (to train on sentences held in memory, "
                 "pass an iterator over them, e.g. iter(sentences))",
             )
         source = {"input": ",".join(str(p) for p in inputs)}
+        what = ", ".join(str(p) for p in inputs)
     else:
         source = {"sentence_iterator": iter(inputs)}
+        what = "the input"
 
     options = dict(
         model_prefix=str(model_prefix),
@@ -167,8 +174,31 @@ def train_sentencepiece(
         minloglevel=1,
     )
     options.update(trainer_options)
-    spm.SentencePieceTrainer.train(**source, **options)
+    try:
+        spm.SentencePieceTrainer.train(**source, **options)
+    except RuntimeError as e:
+        message = _refusal(str(e), vocab_size, what)
+        if message is None:
+            raise
+        raise ValueError(message) from None
     return model_prefix.with_name(model_prefix.name + ".model")
+
+
+def _refusal(error: str, vocab_size: int, what: str) -> str | None:
+    """sentencepiece's refusal of a vocabulary size or of an empty input (a multi-line check
+    failure) as one line that says what to ask for; None for any other error."""
+    if "sentences_.empty()" in error or "(all_chars_count) > (0)" in error:
+        return f"no text to train on in {what}: every line is blank"
+    if "Vocabulary size too high" in error:
+        most = regex.search(r"<= (\d+)", error)
+        ask = f"sentencepiece can make at most {most[1]} pieces from it; ask for at most {most[1]}" if most else "ask for fewer pieces"
+        return f"vocabulary size {vocab_size} is too large for {what}: {ask}, or train on more text"
+    if "Vocabulary size is smaller than required_chars" in error:
+        least = regex.search(r"required_chars\. \d+ vs (\d+)", error)
+        need = f"it needs at least {least[1]} pieces" if least else "it needs more pieces"
+        return (f"vocabulary size {vocab_size} is too small for {what}: {need} (the special pieces and one per "
+                "character kept); ask for more, or lower character_coverage")
+    return None
 
 
 _SENTENCE_END = regex.compile(r"(?<=[.!?])\s+")
@@ -248,8 +278,8 @@ class ByteLevelBPETokenizer:
     def from_files(cls, vocab_file: str | os.PathLike, merges_file: str | os.PathLike):
         """Load ``vocab.json`` + ``merges.txt`` (Hugging Face's names) or ``encoder.json`` +
         ``vocab.bpe`` (OpenAI's): a JSON token -> id map and one ``a b`` merge per line."""
-        vocab_file = _check_nonempty_file(vocab_file, "a JSON object mapping token to id")
-        merges_file = _check_nonempty_file(merges_file, "BPE merges, one 'a b' pair per line")
+        vocab_file = check_nonempty_file(vocab_file, "a JSON object mapping token to id")
+        merges_file = check_nonempty_file(merges_file, "BPE merges, one 'a b' pair per line")
         vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
         merges = []
         for n, line in enumerate(merges_file.read_text(encoding="utf-8").splitlines(), 1):
@@ -264,7 +294,7 @@ class ByteLevelBPETokenizer:
     @classmethod
     def from_tokenizer_json(cls, path: str | os.PathLike):
         """Load a Hugging Face ``tokenizer.json`` holding a byte-level BPE model."""
-        path = _check_nonempty_file(path, "a Hugging Face tokenizer.json")
+        path = check_nonempty_file(path, "a Hugging Face tokenizer.json")
         config = json.loads(path.read_text(encoding="utf-8"))
         model = config.get("model") or {}
         byte_level = _find_byte_level(config.get("pre_tokenizer"))
@@ -419,7 +449,7 @@ class WordPieceTokenizer:
         strip_accents: bool | None = None,
         max_word_chars: int = 100,
     ):
-        self.vocab_file = _check_nonempty_file(vocab_file, "a WordPiece vocab.txt, one token per line")
+        self.vocab_file = check_nonempty_file(vocab_file, "a WordPiece vocab.txt, one token per line")
         lines = self.vocab_file.read_text(encoding="utf-8").split("\n")
         if lines[-1] == "":
             lines.pop()
