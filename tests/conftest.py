@@ -9,6 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import contextlib
 import json
 import random
+import socket
 
 import numpy as np
 import pytest
@@ -60,6 +61,13 @@ def tiny_config(corpus, workdir, **kw):
     )
     values.update(kw)
     return TrainConfig(**values)
+
+
+def free_port() -> int:
+    """A TCP port on localhost that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
