@@ -1,4 +1,4 @@
-"""The training loop: outputs, resumption after SIGKILL/SIGTERM, and refusals that lose nothing."""
+"""The training loop: outputs, resumption after SIGKILL/SIGTERM/SIGINT, and refusals that lose nothing."""
 
 import json
 import os
@@ -41,7 +41,13 @@ def _run_script(config_file, *extra):
     cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--config", str(config_file), *extra]
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(Path(config_file).parent / "xla-cache"),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    # Started while SIGINT is handled here: exec resets a handler to the default, but a SIGINT
+    # ignored here (a background job) would stay ignored there, and Ctrl-C is tested.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _write_config(corpus, path, steps):
@@ -113,9 +119,37 @@ def test_killed_or_preempted_runs_resume_to_identical_parameters(corpus, tmp_pat
     resumed = _run_script(config_file, "--set", f"workdir={tmp_path / 'preempted'}")
     assert resumed.wait() == 0
 
+    # Ctrl-C (SIGINT) in a single process: the same, with one line instead of the summary.
+    interrupted = _run_script(config_file, "--set", f"workdir={tmp_path / 'interrupted'}")
+    _wait_for_checkpoint(tmp_path / "interrupted", interrupted)
+    interrupted.send_signal(signal.SIGINT)
+    out, _ = interrupted.communicate()
+    assert interrupted.returncode == 0 and out.splitlines()[-1].startswith("interrupted at step "), out
+    stopped_at = _latest_step(tmp_path / "interrupted")
+    assert f"interrupted at step {stopped_at}: saved" in out and stopped_at < steps
+    resumed = _run_script(config_file, "--set", f"workdir={tmp_path / 'interrupted'}")
+    out, _ = resumed.communicate()
+    assert resumed.returncode == 0, out
+    assert json.loads(out[out.index("{"):])["start_step"] == stopped_at
+
     reference_params = _final_params(tmp_path / "ref")
-    _assert_bitwise_equal(_final_params(tmp_path / "killed"), reference_params)
-    _assert_bitwise_equal(_final_params(tmp_path / "preempted"), reference_params)
+    for run in ("killed", "preempted", "interrupted"):
+        _assert_bitwise_equal(_final_params(tmp_path / run), reference_params)
+
+
+def test_ctrl_c_saves_the_step_and_says_so_in_one_line(corpus, tmp_path):
+    config_file = _write_config(corpus, tmp_path / "cfg.py", steps=100_000)
+    workdir = tmp_path / "run"
+    interrupted = _run_script(config_file, "--set", f"workdir={workdir}")
+    _wait_for_checkpoint(workdir, interrupted)
+    interrupted.send_signal(signal.SIGINT)
+    out, _ = interrupted.communicate(timeout=60)
+    assert interrupted.returncode == 0, out
+    last = out.splitlines()[-1]
+    assert last.startswith("interrupted at step ") and "Traceback" not in out, out
+    step = int(last.split()[3].rstrip(":"))
+    assert last == f"interrupted at step {step}: saved; rerun the same command to resume"
+    assert _latest_step(workdir) == step and load_params(workdir)[3]["step"] == step  # what a rerun resumes from
 
 
 @pytest.mark.slow

@@ -14,6 +14,11 @@ import warnings
 from typing import Callable
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a command after it saved its work (training: the current step), so that
+    rerunning the same command resumes. Its message says so; ``run`` exits with status 0."""
+
+
 def expected_errors() -> tuple[type[BaseException], ...]:
     """ValueError: bad values and files; OSError: missing, refused or unreadable files and
     downloads; the checkpoints' and the loop's own errors."""
@@ -38,7 +43,8 @@ def quiet_libraries() -> None:
 
 
 def run(main: Callable[[list[str]], object], argv: list[str] | None = None) -> object:
-    """Call ``main(argv)``; an expected error becomes one line on stderr and exit status 2."""
+    """Call ``main(argv)``; an expected error becomes one line on stderr and exit status 2, and
+    Ctrl-C that stopped after saving (:class:`Interrupted`) one line and status 0."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
@@ -46,6 +52,9 @@ def run(main: Callable[[list[str]], object], argv: list[str] | None = None) -> o
     logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.INFO, force=True)
     try:
         return main(argv)
+    except Interrupted as e:
+        print(e, file=sys.stderr)
+        sys.exit(0)
     except expected_errors() as e:
         if debug:
             raise
