@@ -63,6 +63,12 @@ def tiny_config(corpus, workdir, **kw):
     return TrainConfig(**values)
 
 
+def damage_arrays(step_dir):
+    """Garbage in the array data of a checkpoint step's parameters: TensorStore cannot read them."""
+    for f in (step_dir / "params").glob("ocdbt.process_*/d/*"):
+        f.write_bytes(b"garbage")
+
+
 def free_port() -> int:
     """A TCP port on localhost that nothing listens on now."""
     with socket.socket() as s:
