@@ -30,6 +30,7 @@ def main(argv=None) -> dict:
     parser.add_argument("checkpoint", help="a run folder of ours or a Hugging Face GPT/GPT-2 folder")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--tokenizer", help="default: the run's tokenizer")
+    parser.add_argument("--step", type=int, help="checkpoint step (default: latest)")
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--num-samples", type=int, default=1, help="continuations of the prompt (computed once)")
     parser.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
@@ -41,7 +42,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     check_options(args.max_new_tokens, num_samples=args.num_samples, temperature=args.temperature, top_k=args.top_k,
                   top_p=args.top_p)  # before the checkpoint loads
-    module, config, params, run = load_for_eval(args.checkpoint)
+    module, config, params, run = load_for_eval(args.checkpoint, args.step)
     if not isinstance(config, GPTConfig):
         hint = ("; it is a classifier: report its accuracy and F1 with scripts/evaluate.py CHECKPOINT --data TEST.jsonl"
                 if isinstance(config, ClassifierConfig) else "")

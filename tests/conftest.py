@@ -9,6 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import contextlib
 import json
 import random
+import socket
 
 import numpy as np
 import pytest
@@ -60,6 +61,19 @@ def tiny_config(corpus, workdir, **kw):
     )
     values.update(kw)
     return TrainConfig(**values)
+
+
+def damage_arrays(step_dir):
+    """Garbage in the array data of a checkpoint step's parameters: TensorStore cannot read them."""
+    for f in (step_dir / "params").glob("ocdbt.process_*/d/*"):
+        f.write_bytes(b"garbage")
+
+
+def free_port() -> int:
+    """A TCP port on localhost that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

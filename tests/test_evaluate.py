@@ -1,16 +1,24 @@
 """Evaluation of run folders and HF folders, the unigram baseline, and sampling."""
 
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import damage_arrays, tiny_config
 
 import models
 from models import hf
 from models.generation import generate
-from train.checkpoint import load_params
+from train import cli
+from train.checkpoint import CheckpointError, load_params
 from train.evaluation import evaluate_checkpoint, unigram_baseline
 from train.loop import train
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +42,72 @@ def test_run_folder_and_its_hf_export_evaluate_alike(corpus, run, tmp_path):
     assert theirs["loss"] == pytest.approx(ours["loss"], abs=1e-5)
     with pytest.raises(ValueError, match="no tokenizer"):
         evaluate_checkpoint(folder, str(root / "validation.jsonl"))
+
+
+def test_a_damaged_step_is_one_line_on_stderr_that_names_the_other_steps(corpus, run, tmp_path):
+    """Damaged arrays (TensorStore's error holds a 60-line spec) and an empty manifest (the reads
+    abandoned by orbax report dozens of tracebacks): the scripts print the message alone."""
+    root, _ = corpus
+    arrays, manifest = tmp_path / "arrays", tmp_path / "manifest"
+    for copy in (arrays, manifest):
+        shutil.copytree(run, copy)
+    damage_arrays(arrays / "checkpoints" / "6")
+    (manifest / "checkpoints" / "6" / "params" / "manifest.ocdbt").write_bytes(b"")
+    cases = [
+        (arrays, ["evaluate.py", "--data", str(root / "validation.jsonl"), "--max-batches", "1"],
+         "TensorStore OUT_OF_RANGE reading params: "),
+        (manifest, ["generate.py", "--prompt", "the", "--max-new-tokens", "2"],
+         "TensorStore DATA_LOSS reading params/manifest.ocdbt: "),
+    ]
+    for copy, (script, *flags), reason in cases:
+        done = subprocess.run([sys.executable, f"scripts/{script}", str(copy), *flags], cwd=REPO, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 2, done.stderr[-3000:]
+        lines = done.stderr.splitlines()
+        assert len(lines) == 2, done.stderr[-3000:]
+        message, hint = lines
+        assert message.startswith(f"error: checkpoint step 6 in {copy} cannot be restored ({reason}"), message
+        assert message.endswith("); its other steps: 4 (choose one with --step, e.g. --step 4)"), message
+        assert hint == "(run with --debug for the traceback)"
+    assert evaluate_checkpoint(arrays, str(root / "validation.jsonl"), step=4, max_batches=1)["step"] == 4
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import generate as script
+    finally:
+        sys.path.pop(0)
+    assert script.main([str(arrays), "--prompt", "the", "--max-new-tokens", "2", "--step", "4"])["new_tokens"] == 2
+    with pytest.raises(CheckpointError, match=f"^{arrays} has no checkpoint step 5; its steps: 6, 4$"):
+        load_params(arrays, step=5)
+
+
+def test_reports_of_reads_orbax_abandoned_are_dropped_and_other_unraisable_errors_kept(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # restored afterwards
+    cli.quiet_libraries()
+
+    class Pending:
+        def __await__(self):
+            yield
+
+    async def read():
+        try:
+            await Pending()
+        finally:
+            raise ValueError("OUT_OF_RANGE: an abandoned read")
+
+    class RaisesWhenCollected:
+        def __init__(self, message):
+            self.message = message
+
+        def __del__(self):
+            raise RuntimeError(self.message)
+
+    abandoned = read()
+    abandoned.send(None)
+    del abandoned  # closed while suspended: its finally clause raises
+    RaisesWhenCollected("Event loop is closed")
+    RaisesWhenCollected("a bug of ours")
+    err = capsys.readouterr().err
+    assert "a bug of ours" in err and "abandoned read" not in err and "Event loop is closed" not in err
 
 
 def test_unigram_baseline_is_the_entropy_of_the_counts():

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,16 +19,13 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import free_port, tiny_config
 
 from models.generation import generate
 from train.checkpoint import load_params
 from train.evaluation import evaluate_checkpoint
 from train.loop import train
 from train.metrics import read_metrics
-
-# Every test here starts subprocesses that compile and train on several simulated devices.
-pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = dict(rtol=1e-4, atol=1e-5)
@@ -75,6 +71,7 @@ def _assert_close(workdir, reference):
                                **TOLERANCE, err_msg=str(workdir))
 
 
+@pytest.mark.slow
 def test_eight_device_meshes_place_arrays_by_the_rules_and_train_like_one_device(corpus, tmp_path, xla_cache):
     """Data, fsdp, tensor and mixed meshes; a run saved on 8-way data parallelism resumed on
     2 x 2 x 2; its checkpoint evaluated and sampled on one CPU."""
@@ -111,14 +108,8 @@ def test_eight_device_meshes_place_arrays_by_the_rules_and_train_like_one_device
     assert len(generate(module, params, [1, 2, 3], 5, rng=jax.random.PRNGKey(0))) == 5
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def _launch(runs_file, cache):
-    port = _free_port()
+    port = free_port()
     return [subprocess.Popen([sys.executable, "tests/mesh_runs.py", "process", str(runs_file), str(port), str(i)],
                              cwd=REPO, env=_env(2, cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for i in range(2)]
@@ -136,6 +127,7 @@ def _kill_after_first_checkpoint(procs, workdir, timeout=600):
         assert p.wait() == -signal.SIGKILL
 
 
+@pytest.mark.slow
 def test_two_processes_train_are_killed_and_resume_like_one(corpus, tmp_path, xla_cache):
     """gpt2-tiny (fsdp 2 across the processes x model 2) and bert-tiny (data 2 x model 2), each
     killed with SIGKILL after a checkpoint and resumed by a new pair of processes."""
@@ -164,11 +156,12 @@ def test_two_processes_train_are_killed_and_resume_like_one(corpus, tmp_path, xl
         _assert_close(tmp_path / name, tmp_path / f"{name}-one")
 
 
-def test_a_process_told_another_process_count_than_the_coordinator_stops_with_the_reason(corpus, tmp_path, xla_cache):
+def test_processes_told_different_counts_both_stop_at_once_naming_both(corpus, tmp_path, xla_cache):
+    """Found by the handshake before JAX's runtime starts (which would wait 300 s, then abort)."""
     config = tmp_path / "cfg.py"
     fields = dataclasses.asdict(tiny_config(corpus, tmp_path / "run", eval_data=None))
     config.write_text(f"from train.config import TrainConfig\n\ndef get_config():\n    return TrainConfig(**{fields!r})\n")
-    port = _free_port()
+    port = free_port()
 
     def start(count, index):
         cmd = [sys.executable, "scripts/train.py", "--config", str(config), "--coordinator", f"localhost:{port}",
@@ -176,12 +169,21 @@ def test_a_process_told_another_process_count_than_the_coordinator_stops_with_th
         return subprocess.Popen(cmd, cwd=REPO, env=_env(2, xla_cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
 
-    first, second = start(2, 0), start(3, 1)
+    procs = [start(2, 0), start(3, 1)]
     try:
-        _, err = second.communicate(timeout=300)
+        errors = [p.communicate(timeout=60)[1] for p in procs]
     finally:
-        first.kill()
-        first.wait()
-    assert second.returncode == 2, err[-3000:]
-    assert ("this process was started for 3 processes, but the coordinator at localhost:"
-            f"{port} runs 2: give every process the same --num-processes") in err
+        for p in procs:
+            p.kill()
+            p.wait()
+    message = ("error: process 1 was told 3 processes, process 0 was told 2: give every process the same "
+               "--num-processes (WORLD_SIZE)")
+    for p, err in zip(procs, errors):
+        assert p.returncode == 2 and err.splitlines()[0] == message, err[-3000:]
+    assert not (tmp_path / "run").exists()
+
+
+def test_processes_told_the_same_count_start(tmp_path, xla_cache):
+    procs = _launch(_runs_file(tmp_path / "none.json", []), xla_cache)  # start the runtime, train nothing
+    outputs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-3000:] for _, err in outputs]

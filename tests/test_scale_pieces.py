@@ -4,9 +4,11 @@ multi-process settings, and the example pod config."""
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 import models
 from bench.memory import MemorySpec, largest_batch, plan
@@ -62,6 +64,29 @@ def test_settings_come_from_flags_or_the_launcher_environment():
         distributed.initialize("localhost:1234", 2, 2, env={})
     with pytest.raises(ValueError, match="is not HOST:PORT"):
         distributed.initialize("localhost", 2, 0, env={})
+
+
+def test_the_handshake_refuses_a_repeated_id_on_every_process_and_times_out_alone():
+    port = free_port()
+    results = {}
+
+    def join(name, count, index):
+        try:
+            distributed.handshake(f"localhost:{port}", count, index, timeout_s=30)
+        except ValueError as e:
+            results[name] = str(e)
+
+    threads = [threading.Thread(target=join, args=(name, 3, index)) for name, index in (("0", 0), ("a", 1), ("b", 1))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == dict.fromkeys(["0", "a", "b"], "two processes were told process id 1: give each process its "
+                                    "own --process-id (RANK) in 0..2")
+    with pytest.raises(TimeoutError, match=f"nothing answered at the coordinator localhost:{port} within 0.3 s"):
+        distributed.handshake(f"localhost:{port}", 2, 1, timeout_s=0.3)
+    with pytest.raises(TimeoutError, match="only 0 of the other 1 processes reached the coordinator"):
+        distributed.handshake(f"localhost:{port}", 2, 0, timeout_s=0.3)
 
 
 def test_the_pod_example_config_fits_a_v4_32_as_the_readme_says():

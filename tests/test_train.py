@@ -1,4 +1,4 @@
-"""The training loop: outputs, resumption after SIGKILL/SIGTERM, and refusals that lose nothing."""
+"""The training loop: outputs, resumption after SIGKILL/SIGTERM/SIGINT, and refusals that lose nothing."""
 
 import json
 import os
@@ -14,7 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import load_script, tiny_config
+from conftest import damage_arrays, load_script, tiny_config
 
 from train import cli
 from train.checkpoint import CheckpointError, load_params
@@ -43,7 +43,13 @@ def _run_script(config_file, *extra):
     cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--config", str(config_file), *extra]
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(Path(config_file).parent / "xla-cache"),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    # Started while SIGINT is handled here: exec resets a handler to the default, but a SIGINT
+    # ignored here (a background job) would stay ignored there, and Ctrl-C is tested.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _write_config(corpus, path, steps):
@@ -115,9 +121,37 @@ def test_killed_or_preempted_runs_resume_to_identical_parameters(corpus, tmp_pat
     resumed = _run_script(config_file, "--set", f"workdir={tmp_path / 'preempted'}")
     assert resumed.wait() == 0
 
+    # Ctrl-C (SIGINT) in a single process: the same, with one line instead of the summary.
+    interrupted = _run_script(config_file, "--set", f"workdir={tmp_path / 'interrupted'}")
+    _wait_for_checkpoint(tmp_path / "interrupted", interrupted)
+    interrupted.send_signal(signal.SIGINT)
+    out, _ = interrupted.communicate()
+    assert interrupted.returncode == 0 and out.splitlines()[-1].startswith("interrupted at step "), out
+    stopped_at = _latest_step(tmp_path / "interrupted")
+    assert f"interrupted at step {stopped_at}: saved" in out and stopped_at < steps
+    resumed = _run_script(config_file, "--set", f"workdir={tmp_path / 'interrupted'}")
+    out, _ = resumed.communicate()
+    assert resumed.returncode == 0, out
+    assert json.loads(out[out.index("{"):])["start_step"] == stopped_at
+
     reference_params = _final_params(tmp_path / "ref")
-    _assert_bitwise_equal(_final_params(tmp_path / "killed"), reference_params)
-    _assert_bitwise_equal(_final_params(tmp_path / "preempted"), reference_params)
+    for run in ("killed", "preempted", "interrupted"):
+        _assert_bitwise_equal(_final_params(tmp_path / run), reference_params)
+
+
+def test_ctrl_c_saves_the_step_and_says_so_in_one_line(corpus, tmp_path):
+    config_file = _write_config(corpus, tmp_path / "cfg.py", steps=100_000)
+    workdir = tmp_path / "run"
+    interrupted = _run_script(config_file, "--set", f"workdir={workdir}")
+    _wait_for_checkpoint(workdir, interrupted)
+    interrupted.send_signal(signal.SIGINT)
+    out, _ = interrupted.communicate(timeout=60)
+    assert interrupted.returncode == 0, out
+    last = out.splitlines()[-1]
+    assert last.startswith("interrupted at step ") and "Traceback" not in out, out
+    step = int(last.split()[3].rstrip(":"))
+    assert last == f"interrupted at step {step}: saved; rerun the same command to resume"
+    assert _latest_step(workdir) == step and load_params(workdir)[3]["step"] == step  # what a rerun resumes from
 
 
 @pytest.mark.slow
@@ -173,6 +207,23 @@ def test_corrupt_newest_checkpoint_is_moved_aside_and_the_run_resumes_from_the_p
     assert train(tiny_config(corpus, copy, steps=12, eval_data=None))["start_step"] == 4
     resumed, by_hand = load_params(run)[2], load_params(copy)[2]
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(by_hand)))
+
+
+def test_a_damaged_newest_step_is_set_aside_in_one_line_on_resume(corpus, tmp_path):
+    """TensorStore's error holds a 60-line spec, and the reads orbax abandons report more: the
+    script prints one line (the whole error with --debug)."""
+    config_file = _write_config(corpus, tmp_path / "cfg.py", steps=10)
+    run = tmp_path / "run"
+    train(apply_overrides(load_config(str(config_file)), [f"workdir={run}"]))  # steps 5 and 10
+    damage_arrays(run / "checkpoints" / "10")
+    resumed = _run_script(config_file, "--set", f"workdir={run}", "--set", "steps=6")
+    out, _ = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, out
+    (moved,) = (run / "corrupt").iterdir()
+    (line,) = out[:out.index("{")].splitlines()  # before the summary: stderr, as nothing else is printed
+    assert line.startswith(f"WARNING: checkpoint step 10 in {run} cannot be restored (TensorStore OUT_OF_RANGE "), out
+    assert line.endswith(f"); moved it to {moved}; resuming from step 5"), out
+    assert json.loads(out[out.index("{"):])["start_step"] == 5
 
 
 def test_no_restorable_checkpoint_is_an_error_that_keeps_the_files(corpus, tmp_path):

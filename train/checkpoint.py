@@ -21,6 +21,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -41,6 +42,29 @@ log = logging.getLogger(__name__)
 
 class CheckpointError(RuntimeError):
     """A checkpoint folder that cannot be used: another run's, corrupt, or incomplete."""
+
+
+def _reason(error: BaseException, step_dir: Path) -> str:
+    """Why orbax could not restore a step, in one line: TensorStore's status (its code, the file
+    and the last clause, without the specs it appends, often 60 lines) where one is in the chain
+    of exceptions, else the type and first line of ``error``. The whole chain stays the cause."""
+    chain = [error]
+    while (cause := chain[-1].__cause__ or chain[-1].__context__) is not None and cause not in chain:
+        chain.append(cause)
+    for e in reversed(chain):
+        status = re.match(r"([A-Z_]{4,}): (.*)", str(e))
+        if status:
+            code, text = status.group(1), status.group(2).split(" [tensorstore_spec", 1)[0]
+            files = re.findall(r'local file "([^"]+)"', text)
+            where = f" reading {os.path.relpath(files[-1], step_dir)}" if files else ""
+            return f"TensorStore {code}{where}: {text.rsplit(': ', 1)[-1]}"
+    lines = str(error).splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def _cannot_restore(workdir: Path, step: int, error: BaseException) -> str:
+    """One line on a step of ``workdir`` that orbax could not restore."""
+    return f"checkpoint step {step} in {workdir} cannot be restored ({_reason(error, workdir / 'checkpoints' / str(step))})"
 
 
 def _model_dict(model_config) -> dict:
@@ -177,9 +201,7 @@ class Checkpoints:
                 ),
             )
         except Exception as e:  # orbax raises many types for damaged files
-            raise CheckpointError(
-                f"checkpoint step {step} in {self.manager.directory} cannot be restored ({type(e).__name__}: {e})."
-            ) from e
+            raise CheckpointError(_cannot_restore(self.workdir, step, e)) from e
         state = abstract_state.replace(
             step=jax.numpy.asarray(restored["meta"]["step"], jax.numpy.int32),
             params=restored["params"],
@@ -190,22 +212,27 @@ class Checkpoints:
 
     def restore_latest(self, abstract_state):
         """``(step, state, data_state)`` of the newest step that restores, or None if there is no
-        step. Each newer step that fails is moved to ``corrupt/`` (and logged) before the next
-        older one is tried; if none restores, the error says so and names where they went."""
-        moved = []
+        step. Each newer step that fails is moved to ``corrupt/`` before the next older one is
+        tried, and logged in one line (its whole error at DEBUG level); if none restores, the
+        error says so and names where they went."""
+        moved, restored = [], None  # moved: (error, where the step went)
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
-                return (step, *self.restore(step, abstract_state))
+                restored = (step, *self.restore(step, abstract_state))
+                break
             except CheckpointError as e:
-                moved.append(self._move_aside(step))
-                log.warning("%s\nMoved it to %s; trying the previous step.", e, moved[-1])
-        if moved:
+                moved.append((e, self._move_aside(step)))
+        then = f"; resuming from step {restored[0]}" if restored else ""
+        for error, dest in moved:
+            log.warning("%s; moved it to %s%s", error, dest, then)
+            log.debug("the error in full", exc_info=error.__cause__)
+        if moved and restored is None:
             raise CheckpointError(
                 f"no checkpoint in {self.manager.directory} restores; moved {len(moved)} step(s) to "
-                f"{moved[0].parent}. Rerunning starts this run over from step 0; choose another workdir to keep "
+                f"{moved[0][1].parent}. Rerunning starts this run over from step 0; choose another workdir to keep "
                 "this folder as it is."
             )
-        return None
+        return restored
 
     def _move_aside(self, step: int) -> Path:
         """Move a step folder out of orbax's sight, into ``corrupt/`` of the run folder."""
@@ -274,9 +301,12 @@ def load_variables(workdir, step: int | None = None, **model_overrides):
     model_config, record = read_model_config(workdir, **model_overrides)
     manager = ocp.CheckpointManager(workdir / "checkpoints", item_names=ITEMS,
                                     options=ocp.CheckpointManagerOptions(create=False))
-    step = manager.latest_step() if step is None else step
-    if step is None:
+    steps = sorted(manager.all_steps(), reverse=True)
+    if not steps:
         raise CheckpointError(f"{workdir} has no complete checkpoint yet")
+    step = steps[0] if step is None else step
+    if step not in steps:
+        raise CheckpointError(f"{workdir} has no checkpoint step {step}; its steps: {', '.join(map(str, steps))}")
     module = model_config.module()
     # Restore onto this process's devices, whatever topology saved it.
     mesh = make_mesh()
@@ -289,8 +319,11 @@ def load_variables(workdir, step: int | None = None, **model_overrides):
             jax.tree.map(lambda shape: place(shape, replicated(mesh)), shapes))
     try:
         restored = manager.restore(step, args=ocp.args.Composite(**items))
-    except Exception as e:
-        raise CheckpointError(f"checkpoint step {step} in {workdir} cannot be restored ({type(e).__name__}: {e})") from e
+    except Exception as e:  # orbax raises many types for damaged files
+        others = [s for s in steps if s != step]
+        hint = (f"; its other steps: {', '.join(map(str, others))} (choose one with --step, e.g. --step {others[0]})"
+                if others else "; it has no other step")
+        raise CheckpointError(_cannot_restore(workdir, step, e) + hint) from e
     variables = {"params": restored["params"], **(restored["model_state"] if shapes else {})}
     return module, model_config, variables, {**record["run"], "step": step}
 

@@ -3,7 +3,8 @@
 ``train(config)`` starts a run or resumes the one in ``config.workdir`` from its latest
 checkpoint (parameters, optimizer state, step, data position; dropout keys are derived from the
 step), so a run killed at any point and restarted ends with the same parameters as one never
-interrupted. SIGTERM, the preemption notice on TPU VMs, saves a checkpoint and returns.
+interrupted. SIGTERM, the preemption notice on TPU VMs, saves a checkpoint and returns; Ctrl-C
+(SIGINT) in a single process saves one and raises ``train.cli.Interrupted``.
 
 The host never waits on the device between steps: each step is queued, and the next batch is
 prepared while it runs. Metrics stay on the device until every ``log_every`` steps (and before
@@ -27,6 +28,7 @@ from tqdm import tqdm
 import models
 from train import distributed, sharding
 from train.checkpoint import Checkpoints
+from train.cli import Interrupted
 from train.config import TrainConfig
 from train.data.tokenizers import load_tokenizer, tokenizer_id
 from train.evaluation import evaluate
@@ -42,32 +44,40 @@ class NonFiniteLoss(RuntimeError):
 
 
 class _Preemption:
-    """SIGTERM, the preemption notice on TPU VMs, stops the loop after a step, which is saved.
+    """SIGTERM, the preemption notice on TPU VMs, and in a single process SIGINT (Ctrl-C) stop
+    the loop after a step, which is saved.
 
-    One process turns the signal into a flag. With several processes JAX's preemption service
-    catches SIGTERM instead and names a step at which every process stops, so that all of them
-    save the same step.
+    One process turns either signal into a flag (SIGINT only once: a second Ctrl-C, e.g. during
+    a long save, interrupts as usual; an ignored SIGINT stays ignored). With several processes
+    JAX's preemption service catches SIGTERM instead and names a step at which every process
+    stops, so that all of them save the same step.
     """
 
     def __init__(self):
-        self.requested = False
+        self.received = None  # the signal that asked to stop
         self.multi = jax.process_count() > 1
 
     def __enter__(self):
         if not self.multi:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            signals = [signal.SIGTERM]
+            if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+                signals.append(signal.SIGINT)
+            self._previous = {s: signal.signal(s, self._handle) for s in signals}
         return self
 
     def _handle(self, signum, frame):
-        self.requested = True
+        self.received = signum
+        if signum == signal.SIGINT:
+            signal.signal(signum, self._previous[signum])
 
     def reached(self, step: int) -> bool:
         """Whether to save and stop after ``step``; every process must ask at every step."""
-        return multihost_utils.reached_preemption_sync_point(step) if self.multi else self.requested
+        return multihost_utils.reached_preemption_sync_point(step) if self.multi else self.received is not None
 
     def __exit__(self, *exc):
         if not self.multi:
-            signal.signal(signal.SIGTERM, self._previous)
+            for s, handler in self._previous.items():
+                signal.signal(s, handler)
 
 
 def _all_data_states(state: dict, per_process: bool):
@@ -215,6 +225,8 @@ def train(config: TrainConfig) -> dict:
     checkpoints.wait()
     checkpoints.close()
     writer.close()
+    if summary.get("preempted") and preemption.received == signal.SIGINT:
+        raise Interrupted(f"interrupted at step {step}: saved; rerun the same command to resume")
     summary.update(step=step, compile_seconds=compile_s, validation=eval_metrics)
     if primary and not summary.get("preempted"):
         summary["loss_curve"] = str(plot_loss_curve(config.workdir))
