@@ -18,8 +18,8 @@ import json
 import math
 import os
 import pickle
+import secrets
 import shutil
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -318,6 +318,7 @@ class Converter:
     choosable_fields: tuple[str, ...] = ()
     prefix: str  # of the model's tensors in transformers' classes with a head
     ignorable: tuple[str, ...] = ()  # tensors that are buffers, or tied to ones we read
+    generates: bool = False  # a language model that transformers' generate() continues
 
     @classmethod
     def config_from_checkpoint(cls, hf: dict, state: dict):
@@ -361,6 +362,7 @@ class GPTConverter(Converter):
 
     model_types = ("gpt2", "openai-gpt")
     prefix = "transformer."
+    generates = True
     # lm_head.weight is tied to the token embedding; the attention masks are buffers.
     ignorable = ("lm_head.weight", "attn.bias", "attn.masked_bias", "position_ids")
     layer_names = {"qkv": "attn.c_attn", "out": "attn.c_proj", "ln_1": "ln_1",
@@ -631,7 +633,8 @@ def _converter(config):
     try:
         return CONVERTERS[type(config)]
     except KeyError:
-        raise TypeError(f"no Hugging Face converter for {type(config).__name__}") from None
+        raise ValueError(f"a {type(config).__name__} has no Hugging Face export: only "
+                         f"{', '.join(c.__name__ for c in CONVERTERS)} models have one") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -705,28 +708,49 @@ def to_hf_config(config) -> dict:
     return _converter(config).config_to_hf(config)
 
 
-def save_pretrained(folder, config, params, overwrite: bool = False, files: dict | None = None) -> Path:
+SPECIAL_IDS = ("bos", "eos", "pad")  # the token ids config.json and generation_config.json carry
+
+
+def save_pretrained(folder, config, params, overwrite: bool = False, files: dict | None = None,
+                    special_ids: dict[str, int | None] | None = None) -> Path:
     """Write ``config.json`` + ``model.safetensors`` that transformers' ``from_pretrained`` loads.
 
     ``files`` adds more files by name (e.g. a tokenizer's): a path to copy, or the bytes to write.
-    The folder is assembled next to its destination and renamed into place, so a failure leaves
-    nothing half-written; an existing non-empty folder is kept unless ``overwrite``.
+    ``special_ids`` gives the tokenizer's ``bos``, ``eos`` and ``pad`` ids (None where it has none),
+    which config.json and, for a language model, generation_config.json carry; absent ones are
+    written as null, since transformers would otherwise take GPT-2's (50256) and ``generate()``
+    would never stop at ours. The folder is assembled next to its destination and renamed into
+    place, so a failure leaves nothing half-written; an existing non-empty folder is kept unless
+    ``overwrite``. Files and folder get the modes the umask gives new ones (0644 and 0755 under
+    umask 022), so others may read an export on a shared disk.
     """
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()) and not overwrite:
         raise FileExistsError(f"{folder} exists and is not empty; choose another folder or pass overwrite=True")
     hf_config = to_hf_config(config)
+    ids = {f"{name}_token_id": (special_ids or {}).get(name) for name in SPECIAL_IDS}
+    outside = {k: i for k, i in ids.items() if i is not None and not 0 <= i < hf_config["vocab_size"]}
+    if outside:
+        raise ValueError(f"the tokenizer's {outside} fall outside the model's vocabulary of {hf_config['vocab_size']}: "
+                         "it is not this model's tokenizer")
     state = to_hf_state_dict(config, params)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    # mkdir, unlike mkdtemp (0700), applies the umask: the folder's mode gives the files' too.
+    tmp = folder.parent / f".{folder.name}.{secrets.token_hex(6)}"
+    tmp.mkdir()
     try:
-        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+        (tmp / "config.json").write_text(json.dumps({**hf_config, **ids}, indent=2) + "\n")
+        if _converter(config).generates:
+            (tmp / "generation_config.json").write_text(json.dumps(ids, indent=2) + "\n")
         safetensors.numpy.save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         for name, source in (files or {}).items():
             if isinstance(source, bytes):
                 (tmp / name).write_bytes(source)
             else:
                 shutil.copyfile(source, tmp / name)
+        file_mode = tmp.stat().st_mode & 0o666
+        for path in tmp.iterdir():  # safetensors writes 0600
+            path.chmod(file_mode)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)

@@ -7,25 +7,23 @@ An HF folder holds config.json + model.safetensors (or pytorch_model.bin); ours 
 and an orbax checkpoint of the parameters. The HF folder written by to-hf loads with
 transformers' from_pretrained. to-ours records the HF folder as the run's tokenizer.
 
-to-hf also writes the run's tokenizer (the one run.json records, or --tokenizer) into the folder,
-under the names transformers looks for:
+to-hf also writes the run's tokenizer (the one run.json records, or --tokenizer) into the folder:
 
-- GPT-2's byte-level BPE (from any of the files our loader reads): vocab.json + merges.txt, and a
-  tokenizer_config.json naming GPT2Tokenizer, which gives our ids (for an openai-gpt model too,
-  whose own tokenizer is another BPE);
-- a WordPiece vocab.txt: vocab.txt, and a tokenizer_config.json naming BertTokenizer with our
-  lowercasing and accent stripping;
-- a sentencepiece unigram model for ALBERT (what ALBERT was released with): spiece.model, and a
-  tokenizer_config.json naming AlbertTokenizer without its default lowercasing and accent
-  stripping, which gives our ids on plain text but splits special tokens written in the text
-  ("[MASK]") differently;
-- any other sentencepiece model (a BPE one, or one for GPT, GPT-2 or BERT): sentencepiece.model.
-  transformers has no class that reads it as we do (its AlbertTokenizer reads a BPE model as
-  unigram), so it is under a name no class looks for: our loader finds it, AutoTokenizer does not.
+- tokenizer.json: the tokenizer rebuilt with Hugging Face's tokenizers library (``to_hf`` in
+  train/data/tokenizers.py), with tokenizer_config.json naming PreTrainedTokenizerFast and its
+  special tokens, so transformers' AutoTokenizer gives our ids. They are equal on any text for
+  GPT-2's byte-level BPE and for WordPiece; for a sentencepiece model they differ only where the
+  text holds a special piece's name (``<s>``, ``<|endoftext|>``: that token in transformers, text
+  in ours) and, for a BPE model, where the text begins with a user-defined piece (``[MASK]``);
+- the files our loader reads (vocab.json + merges.txt, vocab.txt, or sentencepiece.model), which
+  are how the run tokenised its data;
+- for BERT and ALBERT, tokenizer.json adds [CLS] ... [SEP] when transformers is asked for
+  special tokens.
 
-Nothing else beside the tokenizer is copied (a source HF folder's own tokenizer_config.json,
-special_tokens_map.json): the tokenizer_config.json written describes the tokenizer as our loader
-reads it, which is how the run tokenised its data.
+config.json and generation_config.json carry the tokenizer's bos, eos and pad ids, so
+transformers' generate() stops at our end-of-text. Nothing else beside the tokenizer is copied
+(a source HF folder's own tokenizer_config.json, special_tokens_map.json). A classifier has no
+Hugging Face class: --body writes its body (the language model or encoder) alone.
 """
 
 import argparse
@@ -36,37 +34,45 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sentencepiece import sentencepiece_model_pb2
+from tokenizers import processors
 
 import models
 from models import hf
+from models.classifier import ClassifierConfig
 from models.heads_pruning import restore_heads
 from train import cli  # noqa: E402
 from train.checkpoint import load_params, save_params
-from train.data.tokenizers import SentencePieceTokenizer, WordPieceTokenizer, load_tokenizer
+from train.data.tokenizers import SentencePieceTokenizer, Tokenizer, WordPieceTokenizer, load_tokenizer
+
+# Our tokenizers' special tokens, as transformers' tokenizer_config.json names them.
+SPECIAL_TOKENS = ("bos", "eos", "unk", "pad", "cls", "sep", "mask")
 
 
-def tokenizer_files(path, model_type: str) -> dict[str, Path | bytes]:
-    """The files of the tokenizer at ``path`` for an HF folder of ``model_type``, by name."""
-    tokenizer = load_tokenizer(path)
+def tokenizer_files(tokenizer: Tokenizer, model_type: str) -> dict[str, Path | bytes]:
+    """The files of ``tokenizer`` for an HF folder of ``model_type``, by name: tokenizer.json and
+    tokenizer_config.json for transformers, and the files our loader reads."""
     if isinstance(tokenizer, SentencePieceTokenizer):
-        proto = sentencepiece_model_pb2.ModelProto.FromString(tokenizer.sp.serialized_model_proto())
-        if model_type != "albert" or proto.trainer_spec.model_type != proto.trainer_spec.UNIGRAM:
-            return {"sentencepiece.model": tokenizer.model_file}  # a name no transformers class looks for
-        files = {"spiece.model": tokenizer.model_file}
-        config = {"tokenizer_class": "AlbertTokenizer", "do_lower_case": False, "keep_accents": True}
+        ours = {"sentencepiece.model": tokenizer.model_file}
     elif isinstance(tokenizer, WordPieceTokenizer):
-        files = {"vocab.txt": tokenizer.vocab_file}
-        config = {"tokenizer_class": "BertTokenizer", "do_lower_case": tokenizer.lowercase,
-                  "strip_accents": tokenizer.strip_accents}
+        ours = {"vocab.txt": tokenizer.vocab_file}
     else:  # GPT-2's byte-level BPE, read from whichever files: written as transformers names them
         merges = sorted(tokenizer.bpe_ranks, key=tokenizer.bpe_ranks.get)
-        files = {
+        ours = {
             "vocab.json": json.dumps(tokenizer.encoder, ensure_ascii=False).encode(),
             "merges.txt": "".join(["#version: 0.2\n", *(f"{a} {b}\n" for a, b in merges)]).encode(),
         }
-        config = {"tokenizer_class": "GPT2Tokenizer"}
-    return {**files, "tokenizer_config.json": (json.dumps(config, indent=2) + "\n").encode()}
+    backend = tokenizer.to_hf()
+    names = {name: tokenizer.id_to_token(i) for name in SPECIAL_TOKENS
+             if (i := getattr(tokenizer, f"{name}_id")) is not None}
+    if model_type in ("bert", "albert") and {"cls", "sep"} <= set(names):
+        cls, sep = names["cls"], names["sep"]
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
+            special_tokens=[(cls, tokenizer.cls_id), (sep, tokenizer.sep_id)])
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "split_special_tokens": backend.encode_special_tokens,
+              "clean_up_tokenization_spaces": False, **{f"{name}_token": t for name, t in names.items()}}
+    return {**ours, "tokenizer.json": backend.to_str().encode(),
+            "tokenizer_config.json": (json.dumps(config, indent=2, ensure_ascii=False) + "\n").encode()}
 
 
 def main(argv=None) -> dict:
@@ -81,6 +87,8 @@ def main(argv=None) -> dict:
     to_hf.add_argument("dest")
     to_hf.add_argument("--step", type=int, help="checkpoint step (default: latest)")
     to_hf.add_argument("--overwrite", action="store_true", help="replace a non-empty destination")
+    to_hf.add_argument("--body", action="store_true",
+                       help="a classifier run: write its body (language model or encoder) without the head")
     to_hf.add_argument("--restore-heads", action="store_true",
                        help="write pruned heads back as zeros in the full shapes, for transformers 5, which has no "
                             "pruned_heads (by default: the smaller tensors and pruned_heads, as transformers 4 reads)")
@@ -95,19 +103,34 @@ def main(argv=None) -> dict:
         written = {}
     else:
         module, config, params, run = load_params(args.source, args.step)
+        if isinstance(config, ClassifierConfig):
+            if not args.body:
+                raise ValueError(
+                    f"{args.source} holds a classifier, which has no Hugging Face export here (transformers has no "
+                    f"class with its pooling and head); pass --body to write its {type(config.body).__name__} body alone")
+            config, params = config.body, params["body"]
+        elif args.body:
+            raise ValueError(f"--body writes a classifier's body; {args.source} holds a {type(config).__name__}, "
+                             "which to-hf writes whole: leave --body out")
         if args.restore_heads:
             config, params = restore_heads(config, params)
         tokenizer = None if args.no_tokenizer else args.tokenizer or run.get("tokenizer")
-        files = {}
+        files, special_ids = {}, {}
         if tokenizer:
+            hf_config = hf.to_hf_config(config)
             try:
-                files = tokenizer_files(tokenizer, hf.to_hf_config(config)["model_type"])
+                tok = load_tokenizer(tokenizer)
+                if tok.vocab_size > hf_config["vocab_size"]:
+                    raise ValueError(f"it has {tok.vocab_size} tokens, the model embeds {hf_config['vocab_size']}")
+                files = tokenizer_files(tok, hf_config["model_type"])
             except (OSError, ValueError) as e:
                 raise ValueError(
                     f"cannot write the tokenizer {tokenizer} beside the weights ({e}); "
                     "pass --tokenizer PATH to write another, or --no-tokenizer to write the weights alone"
                 ) from None
-        out = hf.save_pretrained(args.dest, config, params, overwrite=args.overwrite, files=files)
+            special_ids = {name: getattr(tok, f"{name}_id") for name in hf.SPECIAL_IDS}
+        out = hf.save_pretrained(args.dest, config, params, overwrite=args.overwrite, files=files,
+                                 special_ids=special_ids)
         written = {"tokenizer_files": sorted(files)}
     result = {"direction": args.direction, "dest": str(out), "model": type(config).__name__,
               "params": models.count_params(params), "tokenizer": tokenizer, **written}

@@ -3,7 +3,8 @@
 Decodes with the KV cache (``models.generation``), stops a sample at the tokenizer's end-of-text
 token, and prints JSON with the continuations and the decoding speed (new tokens per second,
 compilation excluded). ``--dtype bfloat16`` and ``--quantize int8`` run the cheaper variants
-(``models.quantize``).
+(``models.quantize``). The tokenizer is the run's, or a Hugging Face folder's own files, unless
+``--tokenizer`` names another.
 """
 
 import argparse
@@ -25,11 +26,21 @@ from train.checkpoint import load_for_eval
 from train.data.tokenizers import load_tokenizer
 
 
+def _tokenizer(given: str | None, default: str):
+    """``--tokenizer``, else the run's (a Hugging Face folder holds its own)."""
+    if given:
+        return load_tokenizer(given)
+    try:
+        return load_tokenizer(default)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{e}; pass --tokenizer with the model's tokenizer") from None
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="a run folder of ours or a Hugging Face GPT/GPT-2 folder")
     parser.add_argument("--prompt", required=True)
-    parser.add_argument("--tokenizer", help="default: the run's tokenizer")
+    parser.add_argument("--tokenizer", help="default: the run's tokenizer, or a Hugging Face folder's own")
     parser.add_argument("--step", type=int, help="checkpoint step (default: latest)")
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--num-samples", type=int, default=1, help="continuations of the prompt (computed once)")
@@ -49,7 +60,7 @@ def main(argv=None) -> dict:
         raise ValueError(f"{args.checkpoint} holds a {type(config).__name__}, but generate.py continues text with a "
                          f"GPT/GPT-2 language model{hint}")
     module, params = quantize.prepare(module, params, args.dtype, args.quantize)
-    tokenizer = load_tokenizer(args.tokenizer or run["tokenizer"])
+    tokenizer = _tokenizer(args.tokenizer, run.get("tokenizer") or args.checkpoint)
     out = sample(module, params, [tokenizer.encode(args.prompt)], args.max_new_tokens, num_samples=args.num_samples,
                  rng=jax.random.PRNGKey(args.seed), temperature=args.temperature, top_k=args.top_k,
                  top_p=args.top_p, eos_id=tokenizer.eos_id, vocab_size=min(tokenizer.vocab_size, config.vocab_size))

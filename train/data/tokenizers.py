@@ -13,6 +13,10 @@ its special tokens as attributes that are None where the vocabulary has no such 
 - ``WordPieceTokenizer``: BERT's. Special tokens written in the text (``[MASK]`` in a prompt)
   are kept whole, as Hugging Face's ``BertTokenizer`` does.
 - ``load_tokenizer(path)`` picks one from the files found at ``path``.
+
+Each also has ``to_hf()``: the same tokenizer built with Hugging Face's ``tokenizers`` library
+(what transformers' tokenizers run), for a ``tokenizer.json``; its docstring says where its ids
+differ from ours.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ from typing import Protocol
 
 import regex
 import sentencepiece as spm
+import tokenizers
+from sentencepiece import sentencepiece_model_pb2
+from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers
 
 ENDOFTEXT = "<|endoftext|>"
 # The special pieces of models made by train_sentencepiece, in id order from 0.
@@ -108,6 +115,66 @@ class SentencePieceTokenizer:
     def token_to_id(self, token: str) -> int | None:
         i = self.sp.piece_to_id(token)  # gives unk's id for a piece it does not know
         return i if self.sp.id_to_piece(i) == token else None
+
+    def to_hf(self) -> tokenizers.Tokenizer:
+        """This model in ``tokenizers``: the normalizer's character map (``Precompiled``), its
+        whitespace rules, ``▁`` for spaces with the dummy prefix, and the pieces (a unigram model
+        with their scores; a BPE one with merges ranked by the merged piece's score, the order in
+        which sentencepiece merges). Unknown characters give one ``<unk>`` per run, or bytes with
+        ``byte_fallback``. The special and user-defined pieces are special tokens.
+
+        Its ids equal ours except where the text holds a piece's name: a control or unknown piece
+        written in the text (``<s>``, ``<|endoftext|>``, ``<pad>``, ``<unk>``) is that token here,
+        text in sentencepiece. A unigram model reads user-defined pieces (``[MASK]``) as
+        sentencepiece does, through its scores (``encode_special_tokens``); a BPE model cannot,
+        so they are matched before the model, which loses the lone ``▁`` sentencepiece puts
+        before one that begins the text.
+        """
+        proto = sentencepiece_model_pb2.ModelProto.FromString(self.sp.serialized_model_proto())
+        trainer, norm = proto.trainer_spec, proto.normalizer_spec
+        kind = sentencepiece_model_pb2.ModelProto.SentencePiece
+        unigram = trainer.model_type == trainer.UNIGRAM
+        if not unigram and trainer.model_type != trainer.BPE:
+            raise ValueError(f"{self.model_file}: only unigram and BPE sentencepiece models have a tokenizer.json here")
+        if not (norm.remove_extra_whitespaces and norm.escape_whitespaces) or trainer.treat_whitespace_as_suffix:
+            raise ValueError(f"{self.model_file}: its whitespace rules (remove_extra_whitespaces=false, "
+                             "escape_whitespaces=false or treat_whitespace_as_suffix) have no tokenizer.json here")
+        pieces = proto.pieces
+        if unigram:
+            model = tokenizers.models.Unigram([(p.piece, p.score) for p in pieces], unk_id=self.unk_id,
+                                              byte_fallback=trainer.byte_fallback)
+        else:
+            model = tokenizers.models.BPE({p.piece: i for i, p in enumerate(pieces)}, _spm_merges(pieces),
+                                          unk_token=pieces[self.unk_id].piece, fuse_unk=True,
+                                          byte_fallback=trainer.byte_fallback)
+        backend = tokenizers.Tokenizer(model)
+        # sentencepiece maps the characters, then drops spaces at the end and repeated ones.
+        backend.normalizer = normalizers.Sequence([
+            *([normalizers.Precompiled(norm.precompiled_charsmap)] if norm.precompiled_charsmap else []),
+            normalizers.Replace(Regex(" {2,}"), " "),
+            normalizers.Replace(Regex(r" +\z"), ""),
+        ])
+        # The dummy prefix goes before the first word only; a space left at the start already is one.
+        prepend = "first" if norm.add_dummy_prefix else "never"
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=prepend, split=True)
+        backend.decoder = decoders.Sequence([
+            decoders.ByteFallback(), decoders.Metaspace(replacement="▁", prepend_scheme=prepend, split=True)])
+        specials = [p.piece for p in pieces if p.type in (kind.CONTROL, kind.UNKNOWN, kind.USER_DEFINED)]
+        # Matched in the normalized text, as sentencepiece matches them after its normalizer.
+        backend.add_special_tokens([AddedToken(piece, special=True, normalized=True) for piece in specials])
+        backend.encode_special_tokens = unigram
+        return backend
+
+
+def _spm_merges(pieces) -> list[tuple[str, str]]:
+    """A sentencepiece BPE model's merges, for ``tokenizers.models.BPE``: every split of a normal
+    piece into two normal pieces, the best-scored merged piece first (sentencepiece merges the
+    adjacent pair whose union scores best)."""
+    normal = sentencepiece_model_pb2.ModelProto.SentencePiece.NORMAL
+    scores = {p.piece: p.score for p in pieces if p.type == normal}
+    merges = [(-score, piece, piece[:k], piece[k:]) for piece, score in scores.items()
+              for k in range(1, len(piece)) if piece[:k] in scores and piece[k:] in scores]
+    return [(a, b) for _, _, a, b in sorted(merges)]
 
 
 def train_sentencepiece(
@@ -383,6 +450,19 @@ class ByteLevelBPETokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self.encoder.get(token)
 
+    def to_hf(self) -> tokenizers.Tokenizer:
+        """This tokenizer in ``tokenizers``: the same pre-tokenisation, byte map and ranked merges.
+        ``<|endoftext|>`` is a special token that ``encode_special_tokens`` leaves to the model,
+        so written in the text it is ordinary text, as here: the ids equal ours on every text."""
+        merges = sorted(self.bpe_ranks, key=self.bpe_ranks.get)
+        backend = tokenizers.Tokenizer(tokenizers.models.BPE(self.encoder, merges))
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        backend.decoder = decoders.ByteLevel()
+        if self.eos_id is not None:
+            backend.add_special_tokens([AddedToken(ENDOFTEXT, special=True, normalized=False)])
+        backend.encode_special_tokens = True
+        return backend
+
 
 def _find_byte_level(pre_tokenizer) -> dict | None:
     """The ByteLevel step of a tokenizer.json pre-tokenizer, alone or within a Sequence."""
@@ -544,6 +624,20 @@ class WordPieceTokenizer:
 
     def token_to_id(self, token: str) -> int | None:
         return self.vocab.get(token)
+
+    def to_hf(self) -> tokenizers.Tokenizer:
+        """This tokenizer in ``tokenizers`` (its BERT normalizer, pre-tokenizer and WordPiece, with
+        our lowercasing and accent stripping): the ids equal ours on every text, special tokens
+        written in it kept whole in both."""
+        backend = tokenizers.Tokenizer(tokenizers.models.WordPiece(
+            self.vocab, unk_token=self.tokens[self.unk_id], max_input_chars_per_word=self.max_word_chars))
+        backend.normalizer = normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=True, strip_accents=self.strip_accents, lowercase=self.lowercase)
+        backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        backend.decoder = decoders.WordPiece(prefix="##")
+        specials = [t for t in self.SPECIAL_TOKENS if t in self.vocab]
+        backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+        return backend
 
 
 # --- Loading -------------------------------------------------------------------------------
