@@ -11,17 +11,17 @@ to-hf also writes the run's tokenizer (the one run.json records, or --tokenizer)
 
 - tokenizer.json: the tokenizer rebuilt with Hugging Face's tokenizers library (``to_hf`` in
   train/data/tokenizers.py), with tokenizer_config.json naming PreTrainedTokenizerFast and its
-  special tokens, so transformers' AutoTokenizer gives our ids. They are equal on any text for
-  GPT-2's byte-level BPE and for WordPiece; for a sentencepiece model they differ only where the
-  text holds a special piece's name (``<s>``, ``<|endoftext|>``: that token in transformers, text
-  in ours) and, for a BPE model, where the text begins with a user-defined piece (``[MASK]``);
-- the files our loader reads (vocab.json + merges.txt, vocab.txt, or sentencepiece.model), which
-  are how the run tokenised its data;
-- for BERT and ALBERT, tokenizer.json adds [CLS] ... [SEP] when transformers is asked for
-  special tokens.
+  special tokens, so transformers' AutoTokenizer gives our ids: for GPT-2's byte-level BPE on
+  any text; for WordPiece except on rare characters whose Unicode tables differ (as transformers'
+  own BertTokenizer); for a sentencepiece model except where the text holds a special piece's
+  name (``<s>``, ``<|endoftext|>``: that token in transformers, text in ours) and, for a BPE
+  model, where the text begins with a user-defined piece (``[MASK]``);
+- the files our loader reads (vocab.json + merges.txt, vocab.txt, or sentencepiece.model), with
+  which the run tokenised its data.
 
-config.json and generation_config.json carry the tokenizer's bos, eos and pad ids, so
-transformers' generate() stops at our end-of-text. Nothing else beside the tokenizer is copied
+For BERT and ALBERT, transformers adds [CLS] ... [SEP] when asked for special tokens (its default);
+for GPT and GPT-2 nothing. config.json and generation_config.json carry the tokenizer's bos, eos
+and pad ids, so transformers' generate() stops at our end-of-text. Nothing else beside the tokenizer is copied
 (a source HF folder's own tokenizer_config.json, special_tokens_map.json). A classifier has no
 Hugging Face class: --body writes its body (the language model or encoder) alone.
 """

@@ -10,11 +10,12 @@ import pytest
 import torch
 import transformers
 from test_bert import IDS, MASK, SEGMENTS, forward, init, tiny
-from test_hf_gpt import convert_hf
+from test_hf_gpt import assert_transformers_reads_our_ids, convert_hf
+from test_tokenizers import HF_TEXTS, SMALL_VOCAB, small_sentencepiece
 
 from models import hf
 from train.checkpoint import save_params
-from train.data.tokenizers import SentencePieceTokenizer, WordPieceTokenizer, load_tokenizer, train_sentencepiece
+from train.data.tokenizers import SentencePieceTokenizer, WordPieceTokenizer, load_tokenizer
 
 # Shapes unlike the presets: head counts that are not powers of two, intermediate != 4H, three
 # segment types, both GELUs, ALBERT with several groups of several layers and uneven groups.
@@ -243,30 +244,29 @@ def test_real_weights_minilm_sentence_embeddings(tmp_path):
 
 def test_to_hf_writes_a_wordpiece_tokenizer_that_transformers_reads_as_we_do(tmp_path):
     vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join("[PAD] [UNK] [CLS] [SEP] [MASK] the union of nation , ! ##s etat x 1 ##2".split()) + "\n")
+    vocab.write_text("\n".join(SMALL_VOCAB) + "\n")
     _, c = tiny("bert")
     save_params(tmp_path / "run", c, init(c), {"tokenizer": str(vocab)})
     assert convert_hf("to-hf", tmp_path / "run", tmp_path / "out")["tokenizer_files"] == [
-        "tokenizer_config.json", "vocab.txt"]
-    text = "The Union of the nations, États! x12 [MASK]"
-    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "out").encode(text, add_special_tokens=False)
-    assert theirs == WordPieceTokenizer(vocab).encode(text)
+        "tokenizer.json", "tokenizer_config.json", "vocab.txt"]
+    ours = load_tokenizer(vocab)
+    assert_transformers_reads_our_ids(tmp_path / "out", ours, HF_TEXTS + ["The Union of the nations, États! [MASK]"])
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+    assert theirs.encode("the fox") == [ours.cls_id, *ours.encode("the fox"), ours.sep_id]
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["pad_token_id"] == ours.pad_id
 
 
-@pytest.mark.parametrize("model_type", ["unigram", "bpe"])
-def test_to_hf_writes_albert_sentencepiece_model(model_type, tmp_path, corpus):
-    """A unigram model, as ALBERT's own, is written for transformers' AlbertTokenizer, which reads it
-    as we do; a BPE one (which AlbertTokenizer would read as unigram) only for our loader."""
-    root, _ = corpus
-    spm_model = train_sentencepiece([str(root / "train.jsonl")], tmp_path / "spm", vocab_size=60, model_type=model_type)
-    _, c = tiny("albert")
+@pytest.mark.parametrize("family, model_type", [("albert", "unigram"), ("albert", "bpe"), ("bert", "bpe")])
+def test_to_hf_writes_a_sentencepiece_tokenizer_for_an_encoder(family, model_type, tmp_path):
+    """Any sentencepiece model with any encoder (transformers read a BERT's as a 5-token BertTokenizer)."""
+    spm_model = small_sentencepiece(tmp_path, model_type)
+    _, c = tiny(family, vocab_size=150)
     save_params(tmp_path / "run", c, init(c), {"tokenizer": str(spm_model)})
     files = convert_hf("to-hf", tmp_path / "run", tmp_path / "out")["tokenizer_files"]
-    text = "the Union  state, nation people"
-    ours = SentencePieceTokenizer(spm_model).encode(text)
-    assert load_tokenizer(tmp_path / "out").encode(text) == ours
-    if model_type == "unigram":
-        assert files == ["spiece.model", "tokenizer_config.json"]
-        assert transformers.AutoTokenizer.from_pretrained(tmp_path / "out").encode(text, add_special_tokens=False) == ours
-    else:
-        assert files == ["sentencepiece.model"]
+    ours = SentencePieceTokenizer(spm_model)
+    assert_transformers_reads_our_ids(tmp_path / "out", ours, HF_TEXTS + ["the [MASK] model."])
+    assert files == ["sentencepiece.model", "tokenizer.json", "tokenizer_config.json"]
+    assert load_tokenizer(tmp_path / "out").encode(HF_TEXTS[0]) == ours.encode(HF_TEXTS[0])
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+    assert theirs.mask_token_id == ours.mask_id
+    assert theirs.encode("a", "b") == [ours.cls_id, *ours.encode("a"), ours.sep_id, *ours.encode("b"), ours.sep_id]

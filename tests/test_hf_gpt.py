@@ -2,7 +2,9 @@
 
 import importlib.util
 import json
+import os
 import pickle
+import stat
 import subprocess
 import sys
 import zipfile
@@ -17,20 +19,22 @@ import safetensors.torch
 import torch
 import transformers
 from conftest import torch_logits
+from test_tokenizers import HF_TEXTS, small_sentencepiece
 
 import models
 from models import hf
 from train.checkpoint import load_params, save_params
 from train.data.tokenizers import bytes_to_unicode, load_tokenizer
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "convert_hf.py"
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+SCRIPT = SCRIPTS / "convert_hf.py"
 
 # Shapes unlike the presets: head counts that are not powers of two, d_ff != 4 d, other epsilons.
 CASES = {
     "gpt2-3heads": (transformers.GPT2LMHeadModel, transformers.GPT2Config(
         vocab_size=97, n_positions=40, n_embd=48, n_layer=3, n_head=3, n_inner=100, layer_norm_epsilon=1e-6)),
     "gpt2-5heads-relu": (transformers.GPT2LMHeadModel, transformers.GPT2Config(
-        vocab_size=61, n_positions=24, n_embd=40, n_layer=2, n_head=5, activation_function="relu")),
+        vocab_size=260, n_positions=24, n_embd=40, n_layer=2, n_head=5, activation_function="relu")),
     "gpt2-exact-gelu": (transformers.GPT2LMHeadModel, transformers.GPT2Config(
         vocab_size=50, n_positions=32, n_embd=24, n_layer=1, n_head=6, n_inner=72, activation_function="gelu",
         layer_norm_epsilon=1e-3)),
@@ -205,15 +209,23 @@ def byte_level_bpe(folder: Path) -> None:
     (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
 
 
-def convert_hf(*args) -> dict:
-    """scripts/convert_hf.py's main, in this process."""
-    spec = importlib.util.spec_from_file_location("convert_hf", SCRIPT)
+def script_main(name: str, *args) -> dict:
+    """scripts/<name>.py's main, in this process."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     return script.main(list(map(str, args)))
 
 
-TEXT = "the union, unthe 12 états!  x"
+def convert_hf(*args) -> dict:
+    return script_main("convert_hf", *args)
+
+
+def assert_transformers_reads_our_ids(folder, ours, texts=HF_TEXTS):
+    """AutoTokenizer on the exported folder gives our tokenizer's ids."""
+    theirs = transformers.AutoTokenizer.from_pretrained(folder)
+    for text in texts:
+        assert theirs.encode(text, add_special_tokens=False) == ours.encode(text), text
 
 
 def test_convert_script_both_directions(tmp_path, rng):
@@ -228,28 +240,122 @@ def test_convert_script_both_directions(tmp_path, rng):
     np.testing.assert_allclose(np.asarray(module.apply({"params": params}, ids)), torch_logits(ref, ids), atol=1e-4)
     back = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "back").eval()
     np.testing.assert_array_equal(torch_logits(back, ids), torch_logits(ref, ids))
-    # The tokenizer travelled with the weights, and transformers reads it as we do.
-    ours = load_tokenizer(folder).encode(TEXT)
-    assert transformers.AutoTokenizer.from_pretrained(tmp_path / "back").encode(TEXT) == ours
-    assert load_tokenizer(tmp_path / "back").encode(TEXT) == ours
+    # The tokenizer travelled with the weights, and transformers reads it as we do, <|endoftext|> in
+    # the text included (text, not the end of a document).
+    ours = load_tokenizer(folder)
+    assert_transformers_reads_our_ids(tmp_path / "back", ours, HF_TEXTS + ["a<|endoftext|>b"])
+    assert load_tokenizer(tmp_path / "back").encode(HF_TEXTS[0]) == ours.encode(HF_TEXTS[0])
+    saved = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert (saved["bos_token_id"], saved["eos_token_id"], saved["pad_token_id"]) == (ours.eos_id, ours.eos_id, None)
     again = subprocess.run([sys.executable, SCRIPT, "to-ours", str(folder), str(tmp_path / "ours")],
                            capture_output=True, text=True)
     assert again.returncode == 2 and "not empty" in again.stderr
 
 
-def test_to_hf_writes_the_runs_tokenizer(tmp_path, corpus):
-    """A sentencepiece model travels for our loader only (no transformers class reads it for GPT-2);
-    a tokenizer that is not where run.json says is named, with the ways out."""
+def random_params(config, seed=0) -> dict:
+    """Parameters of the config's shapes, drawn in numpy: these tests need weights, and a compiled
+    init takes seconds."""
+    rng = np.random.RandomState(seed)
+    return jax.tree.map(lambda s: rng.normal(0, 0.2, s.shape).astype(np.float32), models.param_shapes(config.module()))
+
+
+def gpt_run(tmp_path, tokenizer, name="run", params_fn=None) -> Path:
+    """A gpt2-tiny run folder recording ``tokenizer``; ``params_fn`` may change the parameters."""
+    _, config = models.create("gpt2-tiny")
+    params = random_params(config)
+    return save_params(tmp_path / name, config, params_fn(params) if params_fn else params, {"tokenizer": str(tokenizer)})
+
+
+@pytest.mark.parametrize("model_type", ["unigram", "bpe"])
+def test_to_hf_writes_a_sentencepiece_tokenizer_that_transformers_reads_as_we_do(model_type, tmp_path):
+    spm_model = small_sentencepiece(tmp_path, model_type)
+    result = convert_hf("to-hf", gpt_run(tmp_path, spm_model), tmp_path / "out")
+    ours = load_tokenizer(spm_model)
+    assert_transformers_reads_our_ids(tmp_path / "out", ours)
+    assert result["tokenizer_files"] == ["sentencepiece.model", "tokenizer.json", "tokenizer_config.json"]
+    assert load_tokenizer(tmp_path / "out").encode(HF_TEXTS[0]) == ours.encode(HF_TEXTS[0])
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+    assert (theirs.eos_token_id, theirs.bos_token_id, theirs.pad_token_id) == (ours.eos_id, ours.bos_id, ours.pad_id)
+    assert theirs.encode("the union") == ours.encode("the union")  # a GPT adds no special tokens
+
+
+def test_to_hf_names_a_tokenizer_it_cannot_write(tmp_path, corpus):
     _, spm_model = corpus
-    module, config = models.create("gpt2-tiny")
-    params = models.init_params(module, jax.random.key(0))
-    save_params(tmp_path / "run", config, params, {"tokenizer": str(spm_model)})
-    result = convert_hf("to-hf", tmp_path / "run", tmp_path / "out")
-    assert result["tokenizer_files"] == ["sentencepiece.model"]
-    assert load_tokenizer(tmp_path / "out").encode(TEXT) == load_tokenizer(spm_model).encode(TEXT)
-    save_params(tmp_path / "moved", config, params, {"tokenizer": str(tmp_path / "gone.model")})
+    moved = gpt_run(tmp_path, tmp_path / "gone.model", name="moved")
     with pytest.raises(ValueError, match=r"cannot write the tokenizer .*gone.model.*--tokenizer PATH.*--no-tokenizer"):
-        convert_hf("to-hf", tmp_path / "moved", tmp_path / "out2")
+        convert_hf("to-hf", moved, tmp_path / "out2")
     assert not (tmp_path / "out2").exists()
-    assert convert_hf("to-hf", tmp_path / "moved", tmp_path / "out2", "--no-tokenizer")["tokenizer_files"] == []
-    assert sorted(p.name for p in (tmp_path / "out2").iterdir()) == ["config.json", "model.safetensors"]
+    assert convert_hf("to-hf", moved, tmp_path / "out2", "--no-tokenizer")["tokenizer_files"] == []
+    assert sorted(p.name for p in (tmp_path / "out2").iterdir()) == [
+        "config.json", "generation_config.json", "model.safetensors"]
+    assert json.loads((tmp_path / "out2" / "config.json").read_text())["eos_token_id"] is None
+    folder = tmp_path / "big"
+    folder.mkdir()
+    byte_level_bpe(folder)  # 260 tokens, for a model of 256
+    with pytest.raises(ValueError, match=r"it has 260 tokens, the model embeds 256\); pass --tokenizer"):
+        convert_hf("to-hf", moved, tmp_path / "out3", "--tokenizer", folder)
+
+
+def test_transformers_generate_stops_at_our_end_of_text(tmp_path, corpus):
+    """config.json and generation_config.json carry our tokenizer's end-of-text (3, not GPT-2's 50256)."""
+    _, spm_model = corpus
+    eos = load_tokenizer(spm_model).eos_id
+
+    def always_eos(params):  # the final LayerNorm outputs e_0, along which only <|endoftext|> embeds
+        params["ln_f"] = {"scale": np.zeros_like(params["ln_f"]["scale"]), "bias": np.eye(params["ln_f"]["bias"].size, dtype=np.float32)[0]}
+        params["wte"]["embedding"][:, 0] = 0
+        params["wte"]["embedding"][eos, 0] = 10
+        return params
+
+    convert_hf("to-hf", gpt_run(tmp_path, spm_model, params_fn=always_eos), tmp_path / "out")
+    model = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out").eval()
+    assert (model.generation_config.eos_token_id, model.config.eos_token_id) == (eos, eos)
+    prompt = torch.tensor([[7, 8, 9]])
+    out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=10, do_sample=False)
+    assert out.tolist() == [[7, 8, 9, eos]]
+
+
+def test_export_is_readable_as_the_umask_allows(tmp_path, corpus):
+    """Not 0600/0700 (safetensors' and mkdtemp's modes): others may read an export on a shared disk."""
+    _, spm_model = corpus
+    run = gpt_run(tmp_path, spm_model)
+    for umask, dir_mode, file_mode in ((0o022, 0o755, 0o644), (0o027, 0o750, 0o640)):
+        old = os.umask(umask)
+        try:
+            out = Path(convert_hf("to-hf", run, tmp_path / f"out-{umask:o}")["dest"])
+        finally:
+            os.umask(old)
+        assert stat.S_IMODE(out.stat().st_mode) == dir_mode
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+        assert len(modes) == 6 and set(modes.values()) == {file_mode}, modes
+
+
+def test_generate_script_reads_an_hf_folder_and_its_tokenizer(tmp_path, corpus):
+    _, spm_model = corpus
+    run = gpt_run(tmp_path, spm_model)
+    convert_hf("to-hf", run, tmp_path / "hf")
+    convert_hf("to-hf", run, tmp_path / "bare", "--no-tokenizer")
+    args = ("--prompt", "the union", "--max-new-tokens", "4", "--temperature", "0")
+    ours = script_main("generate", run, *args)
+    assert script_main("generate", tmp_path / "hf", *args)["continuation"] == ours["continuation"]
+    with pytest.raises(ValueError, match=r"no tokenizer files in .*bare: .*; pass --tokenizer"):
+        script_main("generate", tmp_path / "bare", *args)
+    assert script_main("generate", tmp_path / "bare", *args, "--tokenizer", spm_model)["continuation"] == ours["continuation"]
+
+
+def test_a_classifier_exports_its_body_only_when_asked(tmp_path, rng):
+    body_module, body = models.create("gpt2-tiny")
+    config = models.ClassifierConfig(body, ("a", "b"))
+    params = random_params(config)
+    save_params(tmp_path / "clf", config, params, {})
+    with pytest.raises(ValueError, match=r"holds a classifier, which has no Hugging Face export here .*"
+                                         r"pass --body to write its GPTConfig body alone"):
+        convert_hf("to-hf", tmp_path / "clf", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    convert_hf("to-hf", tmp_path / "clf", tmp_path / "out", "--body")
+    back = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out").eval()
+    ids = rng.randint(0, body.vocab_size, (2, 10))
+    ours = np.asarray(body_module.apply({"params": params["body"]}, ids))
+    np.testing.assert_allclose(torch_logits(back, ids), ours, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match=r"--body writes a classifier's body; .*GPTConfig.*leave --body out"):
+        convert_hf("to-hf", gpt_run(tmp_path, "unused"), tmp_path / "out2", "--body")

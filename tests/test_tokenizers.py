@@ -342,3 +342,50 @@ def test_load_tokenizer_errors(tmp_path):
     )
     with pytest.raises(ValueError, match="unlike GPT-2"):
         load_tokenizer(wordpiece_json / "tokenizer.json")
+
+
+# --- The same tokenizers in Hugging Face's tokenizers library (to_hf) -------------------------
+
+# Whitespace at the ends and in runs, blank lines, digits: where normalizers most often differ.
+HF_TEXTS = VARIED_TEXTS + WORDPIECE_TEXTS + [
+    "", "   ", "  leading", "trailing  \n ", "a  b\n\nc\r\n", "0123456789 42.0 -7 1e5 ½ ² ٣",
+    "the union, unthe 12 états!  x", "state of the union.\tpeace  war 2024",
+]
+
+
+def small_sentencepiece(folder, model_type: str, byte_fallback: bool = False) -> Path:
+    """A sentencepiece model of 150 pieces (400 with the byte pieces) that has seen HF_TEXTS' scripts."""
+    return train_sentencepiece(iter(tiny_corpus(1000) + VARIED_TEXTS), Path(folder) / f"spm-{model_type}",
+                               model_type=model_type, vocab_size=400 if byte_fallback else 150,
+                               byte_fallback=byte_fallback)
+
+
+def test_gpt2_to_hf_gives_our_ids(gpt2):
+    backend = gpt2.to_hf()
+    for text in HF_TEXTS + ["a<|endoftext|>b", "<|endoftext|>"]:
+        assert backend.encode(text).ids == gpt2.encode(text), text
+    assert backend.token_to_id("<|endoftext|>") == gpt2.eos_id
+
+
+@pytest.mark.parametrize("lowercase, strip_accents", [(True, None), (False, None), (False, True)])
+def test_wordpiece_to_hf_gives_our_ids(small_vocab_file, lowercase, strip_accents):
+    ours = WordPieceTokenizer(small_vocab_file, lowercase=lowercase, strip_accents=strip_accents)
+    backend = ours.to_hf()
+    for text in HF_TEXTS + ["[CLS] the [MASK] fox [SEP] [PAD]"]:
+        assert backend.encode(text).ids == ours.encode(text), text
+
+
+@pytest.mark.parametrize("model_type, byte_fallback", [("unigram", False), ("bpe", False), ("unigram", True),
+                                                       ("bpe", True)])
+def test_sentencepiece_to_hf_gives_our_ids(tmp_path, model_type, byte_fallback):
+    """Equal on every text but two cases the docstring names: a special piece's name written in
+    the text, and (BPE only) a user-defined piece that begins the text."""
+    ours = SentencePieceTokenizer(small_sentencepiece(tmp_path, model_type, byte_fallback))
+    backend = ours.to_hf()
+    hf = lambda text: backend.encode(text, add_special_tokens=False).ids  # noqa: E731
+    for text in HF_TEXTS + ["the [MASK] model.", "x[MASK]y", "a [SEP] b [SEP]", " [CLS] a"]:
+        assert hf(text) == ours.encode(text), text
+    assert ours.eos_id in hf("a <|endoftext|> b") and ours.eos_id not in ours.encode("a <|endoftext|> b")
+    first = ours.encode("[MASK] is here")
+    assert ours.id_to_token(first[0]) == "▁" and first[1] == ours.mask_id
+    assert hf("[MASK] is here") == (first if model_type == "unigram" else first[1:])

@@ -451,9 +451,9 @@ class ByteLevelBPETokenizer:
         return self.encoder.get(token)
 
     def to_hf(self) -> tokenizers.Tokenizer:
-        """This tokenizer in ``tokenizers``: the same pre-tokenisation, byte map and ranked merges.
-        ``<|endoftext|>`` is a special token that ``encode_special_tokens`` leaves to the model,
-        so written in the text it is ordinary text, as here: the ids equal ours on every text."""
+        """This tokenizer in ``tokenizers``: the same pre-tokenisation, byte map and ranked merges,
+        so the same ids. ``<|endoftext|>`` is a special token that ``encode_special_tokens`` leaves
+        to the model, so written in the text it is ordinary text, as here."""
         merges = sorted(self.bpe_ranks, key=self.bpe_ranks.get)
         backend = tokenizers.Tokenizer(tokenizers.models.BPE(self.encoder, merges))
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -627,8 +627,11 @@ class WordPieceTokenizer:
 
     def to_hf(self) -> tokenizers.Tokenizer:
         """This tokenizer in ``tokenizers`` (its BERT normalizer, pre-tokenizer and WordPiece, with
-        our lowercasing and accent stripping): the ids equal ours on every text, special tokens
-        written in it kept whole in both."""
+        our lowercasing and accent stripping), which is what transformers' ``BertTokenizer`` runs:
+        special tokens written in the text are kept whole in both. The ids equal ours except on
+        rarely used characters whose Unicode properties differ between Python's ``unicodedata``
+        and the tables in ``tokenizers`` (punctuation and marks of recent Unicode versions, part
+        of CJK Extension E), where ``BertTokenizer`` differs from ours the same way."""
         backend = tokenizers.Tokenizer(tokenizers.models.WordPiece(
             self.vocab, unk_token=self.tokens[self.unk_id], max_input_chars_per_word=self.max_word_chars))
         backend.normalizer = normalizers.BertNormalizer(
