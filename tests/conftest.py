@@ -7,6 +7,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import contextlib
+import dataclasses
 import json
 import random
 import socket
@@ -61,6 +62,13 @@ def tiny_config(corpus, workdir, **kw):
     )
     values.update(kw)
     return TrainConfig(**values)
+
+
+def config_file(path, config):
+    """A ``--config`` file for the scripts whose ``get_config()`` returns ``config``."""
+    fields = dataclasses.asdict(config)
+    path.write_text(f"from train.config import TrainConfig\n\ndef get_config():\n    return TrainConfig(**{fields!r})\n")
+    return path
 
 
 def damage_arrays(step_dir):

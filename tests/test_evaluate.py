@@ -1,5 +1,6 @@
 """Evaluation of run folders and HF folders, the unigram baseline, and sampling."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -8,7 +9,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import damage_arrays, tiny_config
+from conftest import config_file, damage_arrays, tiny_config
 
 import models
 from models import hf
@@ -21,10 +22,13 @@ from train.loop import train
 REPO = Path(__file__).resolve().parents[1]
 
 
+RUN = dict(steps=6, eval_data=None)  # checkpoints at steps 4 and 6
+
+
 @pytest.fixture(scope="module")
 def run(corpus, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("eval") / "run"
-    train(tiny_config(corpus, workdir, steps=6, eval_data=None))
+    train(tiny_config(corpus, workdir, **RUN))
     return workdir
 
 
@@ -78,6 +82,22 @@ def test_a_damaged_step_is_one_line_on_stderr_that_names_the_other_steps(corpus,
     assert script.main([str(arrays), "--prompt", "the", "--max-new-tokens", "2", "--step", "4"])["new_tokens"] == 2
     with pytest.raises(CheckpointError, match=f"^{arrays} has no checkpoint step 5; its steps: 6, 4$"):
         load_params(arrays, step=5)
+
+
+def test_a_damaged_newest_step_is_set_aside_in_one_line_on_resume(corpus, run, tmp_path):
+    """The same damage when training resumes: the script logs one line (the whole error with --debug)."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    damage_arrays(copy / "checkpoints" / "6")
+    config = config_file(tmp_path / "cfg.py", tiny_config(corpus, copy, **RUN))
+    done = subprocess.run([sys.executable, "scripts/train.py", "--config", str(config), "--set", "steps=5"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (moved,) = (copy / "corrupt").iterdir()
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"WARNING: checkpoint step 6 in {copy} cannot be restored (TensorStore OUT_OF_RANGE "), line
+    assert line.endswith(f"); moved it to {moved}; resuming from step 4"), line
+    assert json.loads(done.stdout)["start_step"] == 4
 
 
 def test_reports_of_reads_orbax_abandoned_are_dropped_and_other_unraisable_errors_kept(monkeypatch, capsys):

@@ -19,7 +19,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import free_port, tiny_config
+from conftest import config_file, free_port, tiny_config
 
 from models.generation import generate
 from train.checkpoint import load_params
@@ -158,9 +158,7 @@ def test_two_processes_train_are_killed_and_resume_like_one(corpus, tmp_path, xl
 
 def test_processes_told_different_counts_both_stop_at_once_naming_both(corpus, tmp_path, xla_cache):
     """Found by the handshake before JAX's runtime starts (which would wait 300 s, then abort)."""
-    config = tmp_path / "cfg.py"
-    fields = dataclasses.asdict(tiny_config(corpus, tmp_path / "run", eval_data=None))
-    config.write_text(f"from train.config import TrainConfig\n\ndef get_config():\n    return TrainConfig(**{fields!r})\n")
+    config = config_file(tmp_path / "cfg.py", tiny_config(corpus, tmp_path / "run", eval_data=None))
     port = free_port()
 
     def start(count, index):
