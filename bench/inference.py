@@ -174,7 +174,7 @@ def quality_tokens(spec: InferSpec, tokenizer, vocab_size: int, context: int) ->
         return rng.integers(0, vocab_size, (blocks, seq)).astype(np.int32), "random tokens"
     if tokenizer is None:
         raise ValueError("--data needs the model's tokenizer: give a run folder (run.json names it) as --model")
-    from train.data.corpora import read_texts
+    from train.data.documents import read_texts
 
     ids = []
     for text in read_texts([spec.data]):
@@ -189,7 +189,8 @@ def quality_tokens(spec: InferSpec, tokenizer, vocab_size: int, context: int) ->
 
 def encoder_sentences(spec: InferSpec) -> list[str]:
     """Sentences of ``spec.encoder_data`` (default: the SOTU validation addresses)."""
-    from train.data.corpora import prepare_sotu, read_texts
+    from train.data.corpora import prepare_sotu
+    from train.data.documents import read_texts
     from train.data.downloads import cache_dir
 
     path = Path(spec.encoder_data) if spec.encoder_data else cache_dir() / "sotu" / "validation.jsonl"

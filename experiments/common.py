@@ -27,7 +27,8 @@ SOTU_VOCAB = 8192
 def sotu_files() -> dict:
     """The SOTU train/validation split and its 8,192-piece sentencepiece model (the main job's),
     prepared on first use."""
-    from train.data.corpora import prepare_sotu, read_texts
+    from train.data.corpora import prepare_sotu
+    from train.data.documents import read_texts
     from train.data.downloads import cache_dir
     from train.data.tokenizers import train_sentencepiece, training_sentences
 

@@ -726,7 +726,7 @@ def save_pretrained(folder, config, params, overwrite: bool = False, files: dict
     """
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()) and not overwrite:
-        raise FileExistsError(f"{folder} exists and is not empty; choose another folder or pass overwrite=True")
+        raise FileExistsError(f"{folder} exists and is not empty; choose another folder")
     hf_config = to_hf_config(config)
     ids = {f"{name}_token_id": (special_ids or {}).get(name) for name in SPECIAL_IDS}
     outside = {k: i for k, i in ids.items() if i is not None and not 0 <= i < hf_config["vocab_size"]}

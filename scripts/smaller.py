@@ -32,7 +32,7 @@ if __name__ == "__main__":
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.variants import InferSpec, Variant, compare, compare_train_steps, environment  # noqa: E402
+from bench.variants import VariantSpec, Variant, compare, compare_train_steps, environment  # noqa: E402
 from models.heads_pruning import prune_heads, select_heads  # noqa: E402
 from train import data  # noqa: E402
 from train.checkpoint import load_params, save_params  # noqa: E402
@@ -116,7 +116,7 @@ def distill(args) -> dict:
     teacher_quality = evaluate_checkpoint(teacher_dir, load_config("gpt2-mini-sotu").eval_data)
     rows = compare([variant("teacher (gpt2-mini, 300 steps)", teacher_dir, teacher_quality),
                     variant("student alone", alone["run"], alone), variant("student distilled", taught["run"], taught)],
-                   InferSpec())
+                   VariantSpec())
     for row, train_row in zip(rows[1:], (alone, taught)):
         row.update(train_step_s=train_row["train_step_s"], steps=train_row["steps"])
     return finish(args, "distill", {"student": STUDENT, "distill": spec, "rows": rows},
@@ -141,9 +141,9 @@ def adaptive(args) -> dict:
     ada = run(base_config(args, "bpe-adaptive-softmax", tokenizer=tokenizer,
                           model_overrides={**shape, "adaptive_cutoffs": list(cutoffs)}))
     variants = [variant("full softmax", full["run"], full), variant(f"adaptive {list(cutoffs)}", ada["run"], ada)]
-    rows = compare(variants, InferSpec())
+    rows = compare(variants, VariantSpec())
     # The runs' own speeds come from different times of a shared machine; these steps are interleaved.
-    step_s = compare_train_steps([v.module for v in variants], InferSpec(batch_size=16, seq_len=128, steps=5))
+    step_s = compare_train_steps([v.module for v in variants], VariantSpec(batch_size=16, seq_len=128, steps=5))
     for row, train_row, seconds in zip(rows, (full, ada), step_s):
         row.update(run_train_step_s=train_row["train_step_s"], steps=train_row["steps"], train_step_s=seconds)
     rows[1]["train_step_s_vs_baseline"] = rows[1]["train_step_s"] / rows[0]["train_step_s"]
@@ -162,7 +162,7 @@ def prune(args) -> dict:
                                             "end_step": steps * 7 // 10, "every": max(steps // 20, 1)}
         result = run(base_config(args, name, pruning=pruning))
         runs.append(variant(f"{int(sparsity * 100)}% of block matrices", result["run"], result))
-    rows = compare(runs, InferSpec())
+    rows = compare(runs, VariantSpec())
     return finish(args, "prune", {"rows": rows}, QUALITY + SPEED)
 
 
@@ -180,7 +180,7 @@ def heads(args) -> dict:
         label = (f"{count * config.n_layer} heads ({count} per layer)" if per_layer
                  else f"{count} of {config.n_layer * config.n_head} heads") + f": {list(pruned_config.pruned_heads)}"
         variants.append(variant(label, str(folder), quality))
-    rows = compare(variants, InferSpec())
+    rows = compare(variants, VariantSpec())
     return finish(args, "heads", {"importance": np.asarray(importance).tolist(), "rows": rows}, QUALITY + SPEED)
 
 

@@ -9,7 +9,7 @@ import pytest
 
 import models
 from bench import inference
-from bench.variants import InferSpec, Variant, compare
+from bench.variants import VariantSpec, Variant, compare
 from models.heads_pruning import prune_heads
 from train.checkpoint import save_params
 
@@ -21,7 +21,7 @@ def test_variant_rows():
     small_config, small = prune_heads(config, params, [[0, 1], [2]])
     rows = compare([Variant("base", module, params, {"loss": 2.0}),
                     Variant("pruned", small_config.module(), small, {"loss": 2.5})],
-                   InferSpec(batch_size=2, seq_len=16, prompt_len=4, new_tokens=4, steps=2, warmup=0))
+                   VariantSpec(batch_size=2, seq_len=16, prompt_len=4, new_tokens=4, steps=2, warmup=0))
     assert [r["variant"] for r in rows] == ["base", "pruned"]
     assert rows[0]["decode_ms_per_token_vs_baseline"] == 1.0 and rows[1]["loss_change"] == 0.5
     assert rows[1]["params"] < rows[0]["params"] and rows[1]["param_bytes_vs_baseline"] < 1
@@ -39,7 +39,7 @@ def test_variant_runs_join_the_inference_table(corpus, tmp_path):
     adaptive_module, adaptive_config = models.create("gpt2-tiny", n_positions=32, adaptive_cutoffs=(64, 128))
     adaptive = save_params(tmp_path / "adaptive", adaptive_config,
                            models.init_params(adaptive_module, jax.random.key(1)), run)
-    spec = inference.InferSpec(model=str(base), variants=("float32",), batch_sizes=(1, 2), prompt_len=4, new_tokens=4,
+    spec = inference.VariantSpec(model=str(base), variants=("float32",), batch_sizes=(1, 2), prompt_len=4, new_tokens=4,
                                rounds=2, data=str(corpus[0] / "validation.jsonl"), quality_tokens=64, quality_seq=16,
                                encoder=False, references=(),
                                variant_runs=(("heads-3", str(pruned)), ("adaptive", str(adaptive))))
@@ -65,4 +65,4 @@ def test_variant_runs_join_the_inference_table(corpus, tmp_path):
     with pytest.raises(ValueError, match="has 128 tokens, the baseline .* 256: a variant is compared on the baseline"):
         inference.compare_inference(dataclasses.replace(spec, variant_runs=(("small", str(other)),)))
     with pytest.raises(ValueError, match="names \\['float32'\\] are taken"):
-        inference.InferSpec(variant_runs=(("float32", str(pruned)),))
+        inference.VariantSpec(variant_runs=(("float32", str(pruned)),))

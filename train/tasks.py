@@ -74,21 +74,21 @@ class LanguageModeling:
     def load_corpus(self, source, split: str):
         """Tokenised and cached up front; with ``config.streaming`` the training split is instead
         read as an ``IterableDataset`` and tokenised on the fly (hub-scale corpora)."""
-        if self.config.streaming and split == "train":
-            return data.load_documents(source, split, self.config.text_field, streaming=True)
+        if self.config.data.streaming and split == "train":
+            return data.load_documents(source, split, self.config.data.text_field, streaming=True)
         return data.load_corpus(source, self.tokenizer, self.tokenizer_key, cache_dir() / "tokens", split=split,
-                                text_field=self.config.text_field)
+                                text_field=self.config.data.text_field)
 
     def train_batches(self, corpus, per_host_batch: int, process_index: int, process_count: int):
         layout = dict(seed=self.config.seed, process_index=process_index, process_count=process_count)
         if isinstance(corpus, data.TokenizedCorpus):
-            return data.PackedBatches(corpus, self.config.seq_len, per_host_batch, **layout)
-        return data.StreamingPackedBatches(corpus, self.tokenizer, self.config.seq_len, per_host_batch,
-                                           text_field=self.config.text_field, **layout)
+            return data.PackedBatches(corpus, self.config.data.seq_len, per_host_batch, **layout)
+        return data.StreamingPackedBatches(corpus, self.tokenizer, self.config.data.seq_len, per_host_batch,
+                                           text_field=self.config.data.text_field, **layout)
 
     def eval_batches(self, corpus, per_host_batch: int, process_index: int, process_count: int):
         return data.eval_batches(
-            corpus, self.config.seq_len, per_host_batch, process_index=process_index, process_count=process_count
+            corpus, self.config.data.seq_len, per_host_batch, process_index=process_index, process_count=process_count
         )
 
     @staticmethod
@@ -154,15 +154,15 @@ class MaskedLMWithPairs:
         self.pair_loss = pair_loss
         self.name = f"mlm_{objective}" if pair_loss else "mlm"
         self.encoder = sentence_pairs.PairEncoder(
-            sentence_pairs.special_ids(tokenizer), max_len=config.seq_len, rate=config.mask_rate,
-            word_start_table=sentence_pairs.word_start_table(tokenizer) if config.whole_word_masking else None,
-            max_ngram=config.max_ngram,
+            sentence_pairs.special_ids(tokenizer), max_len=config.data.seq_len, rate=config.task.mask_rate,
+            word_start_table=sentence_pairs.word_start_table(tokenizer) if config.task.whole_word_masking else None,
+            max_ngram=config.task.max_ngram,
         )
 
     def load_corpus(self, source, split: str):
         boundaries = sentence_pairs.SentenceBoundaries(self.tokenizer, self.encoder.specials["sep"])
         corpus = data.load_corpus(source, boundaries, self.tokenizer_key + ":sentences", cache_dir() / "tokens",
-                                  split=split, text_field=self.config.text_field)
+                                  split=split, text_field=self.config.data.text_field)
         return sentence_pairs.document_sentences(corpus)
 
     def train_batches(self, docs, per_host_batch: int, process_index: int, process_count: int):
@@ -231,7 +231,7 @@ def classification_sums(logits, batch) -> dict:
 class Classification:
     """Sequence classification (task ``classify``): labelled rows (``text_field``, ``label_field``)
     framed for the model family (see ``train.data.labelled``), a classifier on the run's model
-    (``models.ClassifierConfig`` with ``config.classifier``'s fields), mean cross-entropy over
+    (``models.ClassifierConfig`` with ``config.task.classifier``), mean cross-entropy over
     examples; metrics accuracy, macro-F1 and per-class counts.
 
     The class names are the sorted labels of the training split, or those of the classifier
@@ -242,12 +242,12 @@ class Classification:
 
     def __init__(self, config, tokenizer, tokenizer_key: str, labels: tuple[str, ...] | None = None):
         self.config, self.tokenizer, self.tokenizer_key = config, tokenizer, tokenizer_key
-        family = config.model_config().family
+        family = config.model.family
         self.framing = "encoder" if family in ("bert", "albert") else "decoder"
         self.labels = labels
 
     def load_corpus(self, source, split: str):
-        c = self.config
+        c = self.config.data
         examples = labelled.load_labelled(
             source, split, self.tokenizer, self.tokenizer_key, cache_dir() / "tokens", seq_len=c.seq_len,
             framing=self.framing, text_field=c.text_field, label_field=c.label_field,
@@ -259,7 +259,7 @@ class Classification:
             if len(classes) < 2:
                 raise ValueError(
                     f"label column {c.label_field!r} of {source!r} has one class ({classes[0]!r}); a classifier needs "
-                    "at least two: check label_field and the data"
+                    "at least two: check data.label_field and the data"
                 )
             self.labels = classes
         return examples, labelled.check_classes(examples, self.labels, split, c.label_field)
@@ -267,7 +267,7 @@ class Classification:
     def model_config(self, model_config):
         if self.labels is None:
             raise ValueError("the classifier's classes are unknown until the training split is loaded")
-        return ClassifierConfig(model_config, self.labels, **self.config.classifier)
+        return ClassifierConfig.on(model_config, self.labels, self.config.task.classifier)
 
     def train_batches(self, corpus, per_host_batch: int, process_index: int, process_count: int):
         return labelled.ExampleBatches(*corpus, per_host_batch, seed=self.config.seed, process_index=process_index,
