@@ -124,6 +124,9 @@ def quiet_libraries() -> None:
         pass
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     sys.unraisablehook = _drop_abandoned_async_reports
+    import datasets
+
+    datasets.disable_progress_bars()  # "Generating train split", "Tokenizing": a line per file
 
 
 def parser() -> Parser:

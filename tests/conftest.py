@@ -7,7 +7,6 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import contextlib
-import dataclasses
 import json
 import random
 import socket
@@ -48,26 +47,28 @@ def corpus(tmp_path_factory):
     return root, model
 
 
-def tiny_config(corpus, workdir, **kw):
+def tiny_config(corpus, run_dir, **changes):
     """A TrainConfig that trains ``gpt2-tiny`` (32-token context) for 12 steps on the ``corpus``
-    fixture in a few seconds; ``kw`` overrides any field."""
-    from train.config import TrainConfig
+    fixture in a few seconds; ``changes`` (dotted paths: ``**{"task.name": "mlm"}``) change it."""
+    import models
+    from train.config import DataConfig, TrainConfig
 
     root, model = corpus
-    values = dict(
-        model="gpt2-tiny", model_overrides={"n_positions": 32}, train_data=str(root / "train.jsonl"),
-        eval_data=str(root / "validation.jsonl"), tokenizer=str(model), seq_len=32, batch_size=4, steps=12,
-        warmup_steps=2, learning_rate=3e-3, log_every=2, eval_every=6, checkpoint_every=4, workdir=str(workdir),
-        progress_bar=False,
-    )
-    values.update(kw)
-    return TrainConfig(**values)
+    base = TrainConfig(model=models.get_config("gpt2-tiny", n_positions=32),
+                       data=DataConfig(seq_len=32, batch_size=4))
+    return base.replace({
+        "data.train": str(root / "train.jsonl"), "data.eval": str(root / "validation.jsonl"),
+        "data.tokenizer": str(model), "steps": 12, "optimizer.warmup_steps": 2, "optimizer.learning_rate": 3e-3,
+        "log.every": 2, "log.eval_every": 6, "checkpoint.every": 4, "run_dir": str(run_dir),
+        "log.progress_bar": False, **changes,
+    })
 
 
 def config_file(path, config):
-    """A ``--config`` file for the scripts whose ``get_config()`` returns ``config``."""
-    fields = dataclasses.asdict(config)
-    path.write_text(f"from train.config import TrainConfig\n\ndef get_config():\n    return TrainConfig(**{fields!r})\n")
+    """A ``--config`` file whose ``get_config()`` returns ``config``."""
+    text = json.dumps(config.to_dict())
+    path.write_text(f"import json\n\nfrom train.config import from_dict\n\n\ndef get_config():\n"
+                    f"    return from_dict(json.loads({text!r}))\n")
     return path
 
 
@@ -104,12 +105,8 @@ def lowerings():
         jax.monitoring.unregister_event_duration_listener(listener)
 
 
-def load_script(name: str):
-    """``scripts/NAME.py`` as a module, to call its ``main(argv)``."""
-    import importlib.util
-    from pathlib import Path
+def jaxlm(*argv):
+    """Run ``jaxlm ARGV`` in this process (its result; a refusal exits with status 2)."""
+    from jaxlm.cli import run
 
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
+    return run([str(a) for a in argv])
