@@ -1,4 +1,4 @@
-"""Inference benchmark (``scripts/benchmark.py --mode infer``): each inference variant of one model
+"""Inference benchmark (``jaxlm benchmark --mode infer``): each inference variant of one model
 measured against fp32, side by side with transformers' own generation and encoder.
 
 Decoder (``model``: a preset with random weights and dropout off, or a run / Hugging Face folder)

@@ -50,7 +50,7 @@ References (``compare``)
     per-round ratio (> 1: ours is faster).
 
 Memory allocator
-    ``scripts/benchmark.py`` (like ``scripts/train.py``) first calls
+    the ``jaxlm`` command first calls
     :func:`train.malloc.retain_freed_memory`, which keeps freed memory in the process instead of
     page-faulting XLA's temporaries in at every step; ``allocator`` in each contender's result
     says what its process used. The references keep their default allocator unless

@@ -137,7 +137,7 @@ def decode(module, params, ids, mask, rng, temperature, top_p, eos_id, vocab_siz
 
 
 def check_options(max_new_tokens: int, *, num_samples: int, temperature: float, top_k: int, top_p: float) -> None:
-    """Refuse sampling options that mean nothing, naming ``scripts/generate.py``'s flag for each
+    """Refuse sampling options that mean nothing, naming ``jaxlm generate``'s flag for each
     (a NaN temperature would otherwise give token 0 at every step)."""
     if max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens={max_new_tokens}: ask for at least one new token")

@@ -204,7 +204,7 @@ class Dense(nn.Module):
     The kernel keeps its multi-axis shape (``[embed, heads, kv]`` for a query projection) so each
     axis has a logical name. The input is flattened to [tokens, in...] first: XLA's CPU backend runs
     that product as one 2-D matrix multiply, faster than a dot_general with several batch axes
-    (about 12% on GPT-2's MLP, forward and backward). The kernel goes into ``dot_general`` as it
+    (measured on GPT-2's MLP, forward and backward). The kernel goes into ``dot_general`` as it
     is, never reshaped, so qwix's post-training quantization (``models.quantize``) finds it.
     """
 

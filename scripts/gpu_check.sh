@@ -5,7 +5,7 @@
 # CUDA build of jax in the environment (pip install "jax[cuda12]"). Prints
 # the markdown table and the targets: at least 2,000 tokens/s at batch 1 in bf16, and bf16 faster
 # than fp32. Writes gpu_check.json and gpu_check.md (OUT=path/name to move them).
-# Extra arguments go to scripts/benchmark.py. A dry run on a CPU, in about a minute:
+# Extra arguments go to jaxlm benchmark. A dry run on a CPU, in about a minute:
 #   MODEL=gpt2-tiny bash scripts/gpu_check.sh --new-tokens 32
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,9 +15,9 @@ python - <<'EOF'
 import jax
 print("devices:", jax.devices())
 EOF
-python scripts/benchmark.py --mode infer --model "$MODEL" --variants float32,bfloat16,int8,int8-bf16 --batch-sizes 1,64 \
-  --prompt-len 16 --new-tokens 128 --steps 3 --references none --no-encoder --quality-tokens 0 \
-  --output "$OUT.json" "$@" > /dev/null
+python -m jaxlm benchmark --mode infer --model "$MODEL" --variants float32,bfloat16,int8,int8-bf16 --batch-sizes 1,64 \
+  --prompt-len 16 --new-tokens 128 --rounds 3 --references none --no-encoder --quality-tokens 0 \
+  --out "$OUT.json" "$@" > /dev/null
 OUT="$OUT" python - <<'EOF'
 import json, os
 out = json.load(open(os.environ["OUT"] + ".json"))

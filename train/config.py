@@ -300,8 +300,8 @@ def from_dict(data: dict) -> TrainConfig:
 
 def _section_class(path: list[str], data: dict):
     """The dataclass of the section at ``path`` (the model's from its record)."""
-    if path[:1] == ["model"]:
-        return config_classes()[data["model"]["preset_class"]]
+    if path[:1] == ["model"]:  # the model section has no sections inside
+        return config_classes()[data["model"]["preset_class"]] if len(path) == 1 else None
     cls = TrainConfig
     for key in path:
         hint = typing.get_type_hints(cls)[key]

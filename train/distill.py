@@ -96,7 +96,7 @@ class Distillation:
             raise ValueError(f"task.distill.task={self.base_name!r}: distillation supports {', '.join(BASES)}")
         if self.base_name == "classify" and not is_classifier:
             raise ValueError(f"task.distill.task='classify' needs a classifier teacher, but {self.spec.teacher} holds a "
-                             f"{type(teacher_config).__name__}: give a run of task classify (e.g. scripts/finetune.py's "
+                             f"{type(teacher_config).__name__}: give a run of task classify (e.g. jaxlm finetune's "
                              f"3-classifier), or distil this teacher's own task ({DEFAULT_TASKS[teacher_config.family]})")
         if is_classifier and self.base_name != "classify":
             raise ValueError(f"{self.spec.teacher} is a classifier: its outputs are class logits, so task.distill.task must "

@@ -74,7 +74,7 @@ def evaluate_checkpoint(checkpoint, data_source, *, tokenizer=None, task=None, s
         raise ValueError(f"task {task!r} does not fit {checkpoint}, which holds a {type(model_config).__name__}: "
                          f"classify goes with classifier checkpoints; evaluate this one with --task "
                          f"{DEFAULT_TASKS[model_config.family]}")
-    if task != "distill" and not _task_fits(task, body):
+    if task not in ("classify", "distill") and not _task_fits(task, body):
         fitting = [t for t in TASK_NAMES if t not in ("classify", "distill") and _task_fits(t, body)]
         raise ValueError(f"--task {task} does not fit {checkpoint}, which holds a {body.family} model: "
                          f"use --task {' or --task '.join(fitting)}")

@@ -120,7 +120,7 @@ def init_params(pretrained: Pretrained, model_config, params) -> tuple[dict, dic
             out.append(leaf)
         elif np.shape(value) != np.shape(leaf):
             raise ValueError(f"init_from {pretrained.source}: {path} has shape {np.shape(value)}, this model's "
-                             f"{np.shape(leaf)}; set model_overrides to match its architecture")
+                             f"{np.shape(leaf)}; set model (--set model.FIELD=VALUE) to match its architecture")
         else:
             loaded.append(path)
             out.append(np.asarray(value, leaf.dtype))

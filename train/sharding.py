@@ -47,7 +47,7 @@ RULES = (
 _DIVIDE_HINTS = {
     "heads": "choose a tensor-parallel size (mesh.model) that divides the number of attention heads",
     "mlp": "choose a tensor-parallel size (mesh.model) that divides the MLP width",
-    "vocab": "choose a mesh.model that divides the vocabulary, or pad it (model_overrides.vocab_size={padded})",
+    "vocab": "choose a mesh.model that divides the vocabulary, or pad it (--set model.vocab_size={padded})",
     "embed": "choose an fsdp size (mesh.fsdp) that divides the model width",
     "embed_factor": "choose an fsdp size (mesh.fsdp) that divides ALBERT's embedding size",
 }

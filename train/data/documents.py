@@ -41,7 +41,7 @@ def load_documents(
     """Loads a text corpus as a `datasets.Dataset` (or `IterableDataset` when `streaming`).
 
     `source` is a local file, glob, folder or list of those (the files become `split`; a folder
-    named by split, as `scripts/prepare_data.py` writes them, gives `split`'s file alone), a dict
+    named by split, as `jaxlm prepare` writes them, gives `split`'s file alone), a dict
     of split -> files, or else a dataset name for `datasets.load_dataset` (`load_kwargs` such as
     `name=` or `revision=` go there). The file extension picks the builder: .txt, .json/.jsonl,
     .parquet, .csv, optionally compressed (.gz, .bz2, .xz). A .txt file is one document unless
