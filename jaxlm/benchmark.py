@@ -75,7 +75,8 @@ def run(args) -> dict:
         base = load_config(args.config)
     else:  # a folder (infer) is loaded by the benchmark itself; its shape here is gpt2's
         preset = "gpt2" if Path(args.model).exists() else args.model
-        base = TrainConfig(model=models.get_config(preset), data=DataConfig(seq_len=256, batch_size=2),
+        model = models.get_config(preset)
+        base = TrainConfig(model=model, data=DataConfig(seq_len=min(256, model.n_positions), batch_size=2),
                            mesh=MeshConfig(data=1))
     result = modes.run(args.mode, cli.run_config(args, base), args, allocator=cli.ALLOCATOR)
     modes.write(result, args.out)
