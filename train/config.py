@@ -322,8 +322,8 @@ def _assign(data: dict, path: str, value) -> None:
             raise ValueError(f"unknown config field {'.'.join(keys[:depth + 1])!r}; "
                              f"{'.'.join(where) or 'the run config'} has {', '.join(fields)}")
         if depth == len(keys) - 1:
-            if path == "model" and isinstance(value, str):
-                value = config_to_dict(get_config(value))
+            if path == "model" and isinstance(value, (str, TransformerConfig)):  # a preset name or a model config
+                value = config_to_dict(get_config(value) if isinstance(value, str) else value)
             elif dataclasses.is_dataclass(_section_class(keys, data)) and not isinstance(value, (dict, type(None))):
                 raise ValueError(f"{path} is a section: set its fields ({path}.FIELD=VALUE) or give a JSON object")
             node[key] = value
