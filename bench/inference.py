@@ -127,7 +127,7 @@ def load_decoder(model: str, spec: InferSpec, option: str = "--model"):
         from train.checkpoint import load_for_eval
 
         module, config, params, run = load_for_eval(model)
-        tokenizer, source = run.get("tokenizer"), f"checkpoint {model}"
+        tokenizer, source = run.tokenizer, f"checkpoint {model}"
     else:
         config = models.get_config(model).without_dropout()
         if config.family == "gpt":

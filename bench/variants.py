@@ -1,5 +1,5 @@
 """Inference cost of smaller-model variants (pruned, head-pruned, distilled, adaptive softmax) side by
-side with their fp32 baseline, measured in one process on the same device (the smaller-models experiments).
+side with their fp32 baseline, measured in one process on the same device (``experiments.smaller_models``).
 
 For each variant: parameter count and bytes (and the nonzero count: unstructured sparsity stores
 and multiplies its zeros like any other weight), the forward pass over a batch (time per token and

@@ -47,6 +47,23 @@ def corpus(tmp_path_factory):
     return root, model
 
 
+@pytest.fixture(scope="session")
+def labelled_data(tmp_path_factory):
+    """Train, validation and test rows whose label (field ``topic``) is which of two words, war or
+    peace, they repeat: learnable in a few steps."""
+    root = tmp_path_factory.mktemp("labelled")
+    rng = random.Random(0)
+    words = [w for w in WORDS if w not in ("war", "peace")]
+    for split, n in (("train", 48), ("validation", 12), ("test", 12)):
+        with open(root / f"{split}.jsonl", "w") as f:
+            for i in range(n):
+                label = ("war", "peace")[i % 2]
+                text = rng.choices(words, k=rng.randint(4, 14)) + [label] * 2
+                rng.shuffle(text)
+                f.write(json.dumps({"text": " ".join(text), "topic": label}) + "\n")
+    return root
+
+
 def tiny_config(corpus, run_dir, **changes):
     """A TrainConfig that trains ``gpt2-tiny`` (32-token context) for 12 steps on the ``corpus``
     fixture in a few seconds; ``changes`` (dotted paths: ``**{"task.name": "mlm"}``) change it."""

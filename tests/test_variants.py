@@ -28,10 +28,11 @@ def test_variant_rows():
     assert rows[1]["forward_tokens_per_s"] > 0 and rows[1]["decode_tokens_per_s"] > 0
 
 
+@pytest.mark.slow
 def test_variant_runs_join_the_inference_table(corpus, tmp_path):
     """A gpt2-tiny run, a head-pruned copy and an adaptive-softmax run of the same vocabulary: rows
     timed with the fp32 baseline, with bytes and quality against it on the corpus's tokens."""
-    run = {"tokenizer": str(corpus[1]), "task": "lm", "seq_len": 32}
+    run = {"data.tokenizer": str(corpus[1]), "task.name": "lm", "data.seq_len": 32}
     module, config = models.create("gpt2-tiny", n_positions=32)
     params = models.init_params(module, jax.random.key(0))
     base = save_params(tmp_path / "base", config, params, run)
@@ -39,7 +40,7 @@ def test_variant_runs_join_the_inference_table(corpus, tmp_path):
     adaptive_module, adaptive_config = models.create("gpt2-tiny", n_positions=32, adaptive_cutoffs=(64, 128))
     adaptive = save_params(tmp_path / "adaptive", adaptive_config,
                            models.init_params(adaptive_module, jax.random.key(1)), run)
-    spec = inference.VariantSpec(model=str(base), variants=("float32",), batch_sizes=(1, 2), prompt_len=4, new_tokens=4,
+    spec = inference.InferSpec(model=str(base), variants=("float32",), batch_sizes=(1, 2), prompt_len=4, new_tokens=4,
                                rounds=2, data=str(corpus[0] / "validation.jsonl"), quality_tokens=64, quality_seq=16,
                                encoder=False, references=(),
                                variant_runs=(("heads-3", str(pruned)), ("adaptive", str(adaptive))))
@@ -65,4 +66,4 @@ def test_variant_runs_join_the_inference_table(corpus, tmp_path):
     with pytest.raises(ValueError, match="has 128 tokens, the baseline .* 256: a variant is compared on the baseline"):
         inference.compare_inference(dataclasses.replace(spec, variant_runs=(("small", str(other)),)))
     with pytest.raises(ValueError, match="names \\['float32'\\] are taken"):
-        inference.VariantSpec(variant_runs=(("float32", str(pruned)),))
+        inference.InferSpec(variant_runs=(("float32", str(pruned)),))

@@ -1,5 +1,5 @@
 """Head pruning of a trained run: Michel et al.'s importance on the run's own training data, then
-the pruned model saved as a run folder (``jaxlm prune``, the smaller-models experiments)."""
+the pruned model saved as a run folder (``jaxlm prune``, ``jaxlm experiments smaller-heads``)."""
 
 from __future__ import annotations
 
