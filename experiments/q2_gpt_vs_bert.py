@@ -55,9 +55,9 @@ def body(s: Scale, preset: str):
                              n_layer=s.layers, n_head=s.heads, d_ff=4 * s.width)
 
 
-def pretrain(s: Scale, preset: str, task: str, run_dir: Path) -> dict:
-    files = common.sotu_files()
-    config = TrainConfig().replace({
+def pretrain_config(s: Scale, preset: str, task: str, files: dict) -> TrainConfig:
+    """A body's pretraining run on the SOTU ``files`` (``common.sotu_files``)."""
+    return TrainConfig().replace({
         "model": body(s, preset), "task.name": task, "data.train": files["train"],
         "data.eval": files["validation"], "data.tokenizer": files["tokenizer"], "data.seq_len": s.seq_len,
         "data.batch_size": s.batch_size, "steps": s.pretrain_steps, "optimizer.learning_rate": s.pretrain_lr,
@@ -65,11 +65,12 @@ def pretrain(s: Scale, preset: str, task: str, run_dir: Path) -> dict:
         "log.eval_every": s.pretrain_steps, "checkpoint.every": s.pretrain_steps, "log.eval_max_batches": 30,
         "log.every": max(s.pretrain_steps // 10, 1), "checkpoint.keep": 1,
     })
-    return common.train_run(config, run_dir, keep=True)
 
 
-def finetune(s: Scale, source: Path, files: dict, seed: int, runs: Path) -> dict:
-    config = TrainConfig().replace({
+def finetune_config(s: Scale, source: Path, files: dict, seed: int) -> TrainConfig:
+    """The one recipe's classifier run from the pretrained ``source`` on a labelled task's ``files``
+    (``common.task_files``), scored on its test rows."""
+    return TrainConfig().replace({
         **pretrained_spec(source), "task.name": "classify", "init_from": str(source),
         "data.train": str(files["train"]), "data.eval": str(files["test"]), "data.seq_len": s.seq_len,
         "data.batch_size": s.batch_size, "steps": s.finetune_steps, "optimizer.learning_rate": s.finetune_lr,
@@ -78,7 +79,10 @@ def finetune(s: Scale, source: Path, files: dict, seed: int, runs: Path) -> dict
         "log.eval_every": s.finetune_steps, "checkpoint.every": s.finetune_steps, "checkpoint.keep": 1,
         "log.every": max(s.finetune_steps // 6, 1),
     })
-    summary = common.train_run(config, runs)
+
+
+def finetune(s: Scale, source: Path, files: dict, seed: int, runs: Path) -> dict:
+    summary = common.train_run(finetune_config(s, source, files, seed), runs)
     test = summary.get("validation") or {}
     return {"accuracy": test.get("accuracy"), "macro_f1": test.get("macro_f1"), "seconds": summary["seconds"],
             "diverged": summary["diverged"]}
@@ -104,7 +108,7 @@ def run(scale: bool = False, runs: Path = common.RUNS) -> dict:
     try:
         for name, (preset, task) in BODIES.items():
             run_dir = scratch / name.split()[0].lower() / task
-            summary = pretrain(s, preset, task, run_dir)
+            summary = common.train_run(pretrain_config(s, preset, task, common.sotu_files()), run_dir, keep=True)
             validation = summary.get("validation") or {}
             pretraining.append({"body": name, "task": task, "params": summary.get("params"),
                                 "validation": {k: v for k, v in validation.items() if isinstance(v, (int, float))},

@@ -59,11 +59,11 @@ VARIANTS = {  # name -> (shared, dropout)
 }
 
 
-def pretrain(scale: Scale, shared: bool, dropout: bool, seed: int, runs: Path) -> dict:
+def pretrain_config(scale: Scale, shared: bool, dropout: bool, seed: int, files: dict):
+    """The ALBERT run config ``CONFIG`` with or without sharing and dropout, on the SOTU ``files``."""
     base = load_config(CONFIG)
     rate = scale.dropout if dropout else 0.0
-    files = common.sotu_files()
-    config = base.replace({
+    return base.replace({
         "model.n_groups": 1 if shared else base.model.n_layer,
         **{f"model.{name}": rate for name in models.AlbertConfig.DROPOUTS},
         "steps": scale.steps, "optimizer.warmup_steps": scale.steps // 10, "seed": seed,
@@ -71,7 +71,10 @@ def pretrain(scale: Scale, shared: bool, dropout: bool, seed: int, runs: Path) -
         "log.eval_every": scale.steps, "checkpoint.every": scale.steps, "log.eval_max_batches": scale.eval_batches,
         "log.every": max(scale.steps // 20, 1), "checkpoint.keep": 1,
     })
-    summary = common.train_run(config, runs)
+
+
+def pretrain(scale: Scale, shared: bool, dropout: bool, seed: int, runs: Path) -> dict:
+    summary = common.train_run(pretrain_config(scale, shared, dropout, seed, common.sotu_files()), runs)
     curve = summary["train_curve"]
     tail = [loss for _, loss in curve[-max(len(curve) // 5, 1):]]  # the last fifth of the logged steps
     validation = summary.get("validation") or {}

@@ -61,7 +61,9 @@ FULL = Scale(steps=300)
 
 
 def main_job():
-    """The main job's run config (``gpt2-mini-sotu``) in its run folder, the teacher."""
+    """The main job's run config (``gpt2-mini-sotu``, its SOTU files prepared) in its run folder,
+    the teacher."""
+    common.sotu_files()
     return load_config("gpt2-mini-sotu").replace({"run_dir": str(common.MAIN_JOB), "log.progress_bar": False})
 
 

@@ -9,7 +9,7 @@ import pytest
 
 import models
 from bench import inference
-from bench.variants import VariantSpec, Variant, compare
+from bench.variants import Variant, VariantSpec, compare
 from models.heads_pruning import prune_heads
 from train.checkpoint import save_params
 
