@@ -1,4 +1,4 @@
-"""The GPU check, under 5 minutes on one GPU: ``python scripts/gpu_check.py --output gpu_check.json``.
+"""The GPU check, under 5 minutes on one GPU: ``python scripts/gpu_check.py --out gpu_check.json``.
 
 1. MFU: the bf16 train step of ``gpt2`` (124M; fp32 parameters and AdamW, bf16 compute, dropout
    off, 1024 tokens per row) at the largest batch the memory plan (``bench/memory.py``) fits on
@@ -24,17 +24,16 @@ if __package__ in (None, ""):  # run as a file: import the repository's packages
 
 import jax  # noqa: E402
 
+import models  # noqa: E402
 from bench.measure import device_peak_bytes, environment, matmul_peak_flops  # noqa: E402
 from bench.memory import MemorySpec, largest_batch  # noqa: E402
 from bench.spec import BenchSpec  # noqa: E402
 from bench.train_step import benchmark_train_step, prepare_ours  # noqa: E402
-from models.config import TransformerConfig  # noqa: E402
-from train import cli  # noqa: E402
+from jaxlm import cli  # noqa: E402
 
 # Dense bf16 peak FLOP/s by device kind (vendor figures, without sparsity).
 BF16_PEAK = {"H100 80GB HBM3": 989.4e12, "H100 PCIe": 756.5e12, "H100": 989.4e12, "H200": 989.4e12,
              "A100": 312e12, "L40S": 362e12, "L4": 121e12}
-NO_DROPOUT = dict.fromkeys(TransformerConfig.DROPOUTS, 0.0)
 
 
 def device_memory_gib() -> float:
@@ -49,7 +48,8 @@ def largest(fields: dict, memory_gib: float) -> dict | None:
 
 
 def mfu(model: str, memory_gib: float, seq_len: int, peak: float | None) -> dict:
-    planned = largest(dict(model=model, seq_len=seq_len, dtype="bfloat16", model_overrides=NO_DROPOUT), memory_gib)
+    planned = largest(dict(model=models.get_config(model).without_dropout(), seq_len=seq_len, dtype="bfloat16"),
+                      memory_gib)
     if planned is None:
         raise ValueError(f"{model} at one row of {seq_len} tokens does not fit {memory_gib:.1f} GiB")
     batch = planned["spec"]["batch_size"]
@@ -72,8 +72,7 @@ def _gib(n):
 
 def try_steps(model: str, batch: int, seq_len: int) -> dict:
     """Two fp32 train steps of ``model`` at ``batch``: ran, or ran out of memory."""
-    spec = BenchSpec(model=model, seq_len=seq_len, batch_size=batch, steps=2, warmup=1,
-                     model_overrides={"scan_layers": True, **NO_DROPOUT})
+    spec = BenchSpec(model=scanned(model), seq_len=seq_len, batch_size=batch, steps=2, warmup=1)
     t0 = time.perf_counter()
     try:
         contender = prepare_ours(spec)
@@ -85,8 +84,13 @@ def try_steps(model: str, batch: int, seq_len: int) -> dict:
     return {"batch": batch, "ran": True, "seconds": time.perf_counter() - t0, "device_peak_gib": _gib(device_peak_bytes())}
 
 
+def scanned(model: str):
+    """``model`` with its layers scanned (a short compile) and dropout off."""
+    return models.get_config(model, scan_layers=True).without_dropout()
+
+
 def fit(model: str, memory_gib: float, seq_len: int) -> dict:
-    planned = largest(dict(model=model, seq_len=seq_len, model_overrides={"scan_layers": True, **NO_DROPOUT}), memory_gib)
+    planned = largest(dict(model=scanned(model), seq_len=seq_len), memory_gib)
     batch = planned and planned["spec"]["batch_size"]
     out = {"model": model, "seq_len": seq_len, "device_memory_gib": memory_gib, "planned_largest_batch": batch}
     if batch is None:
@@ -107,7 +111,7 @@ def fit(model: str, memory_gib: float, seq_len: int) -> dict:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny models on any device, to check the script")
-    parser.add_argument("--output", help="also write the JSON here")
+    parser.add_argument("--out", help="also write the JSON result to this file")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     env = environment()
@@ -127,10 +131,15 @@ def main(argv=None) -> dict:
     result["mfu_target_met"] = None if args.tiny else result["mfu"]["mfu"] >= 0.5
     text = json.dumps(result, indent=2)
     print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
+    if args.out:
+        Path(args.out).write_text(text + "\n")
     return result
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.quiet_libraries()
+    try:
+        main()
+    except cli.expected_errors() as e:  # one line and exit status 2, as the jaxlm commands do
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
