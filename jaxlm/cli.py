@@ -137,7 +137,7 @@ def parser() -> Parser:
         sub = commands.add_parser(name, help=module.HELP, description=module.__doc__)
         module.add_arguments(sub)
         sub.add_argument("--debug", action="store_true", help="show tracebacks and our modules' debug logs")
-        sub.set_defaults(run=module.run)
+        sub.set_defaults(command_run=module.run)
     return top
 
 
@@ -152,7 +152,7 @@ def run(argv: list[str]) -> object:
     from train.loop import Interrupted
 
     try:
-        result = args.run(args)
+        result = args.command_run(args)
     except Interrupted as e:
         print(e, file=sys.stderr)
         sys.exit(0)

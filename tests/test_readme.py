@@ -4,7 +4,8 @@ Each command is a test of its own, named by its line. The commands run in one sc
 (``~/.cache/jaxlm`` is the test's) and one working folder, so a command that needs an earlier
 one's output (the tokenizer, the main job's run) finds it. The test appends the flags that make
 the work tiny (``TINY``: ``--set`` changes, fewer tokens); a command marked "[not run by the README
-test: REASON]" is skipped with that reason.
+test: REASON]" is skipped with that reason. ``jaxlm`` commands run in this process (as the
+console script would: ``jaxlm.cli.run`` on the words, ``~`` expanded), sharing its compilations.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -83,15 +82,17 @@ def tiny(command: str) -> str:
 
 @pytest.fixture(scope="module")
 def place(tmp_path_factory):
-    """A scratch home (with the npm packages already downloaded, when this machine has them)
-    and working folder, and an environment whose PATH finds ``jaxlm``."""
+    """A scratch home (with the npm packages already downloaded, when this machine has them) and
+    working folder, made this process's HOME and working directory for the module."""
     home, work = tmp_path_factory.mktemp("home"), tmp_path_factory.mktemp("work")
     cached = Path(os.environ.get("JAXLM_CACHE") or Path.home() / ".cache" / "jaxlm") / "npm"
     if cached.is_dir():
         shutil.copytree(cached, home / ".cache" / "jaxlm" / "npm")
-    env = {k: v for k, v in os.environ.items() if k not in ("JAXLM_CACHE", "XLA_FLAGS")}
-    env.update(HOME=str(home), PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", JAX_PLATFORMS="cpu")
-    return work, env
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HOME", str(home))
+        patch.delenv("JAXLM_CACHE", raising=False)
+        patch.chdir(work)
+        yield work
 
 
 COMMANDS = readme_commands()
@@ -101,6 +102,7 @@ def test_the_readme_has_commands_and_both_set_up_commands():
     commands = [c for _, c, _ in COMMANDS]
     assert "bash scripts/main.sh" in commands and "bash scripts/test.sh" in commands
     assert sum(reason is None for _, _, reason in COMMANDS) >= 15
+    assert all(c.startswith("jaxlm ") for c, reason in ((c, r) for _, c, r in COMMANDS) if reason is None)
 
 
 @pytest.mark.slow
@@ -108,6 +110,10 @@ def test_the_readme_has_commands_and_both_set_up_commands():
 def test_readme_command(line, command, reason, place):
     if reason:
         pytest.skip(reason)
-    work, env = place
-    run = subprocess.run(["bash", "-c", tiny(command)], cwd=work, env=env, capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, f"README line {line}: {command}\n{run.stderr[-3000:]}"
+    from jaxlm.cli import run
+
+    words = [os.path.expanduser(w) for w in shlex.split(tiny(command))]
+    try:
+        run(words[1:])
+    except SystemExit as e:
+        raise AssertionError(f"README line {line}: {command} exited with status {e.code}") from None
