@@ -5,6 +5,16 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One persistent XLA compilation cache for the session and the processes its tests start: many
+# tests compile the same tiny train and eval steps (new closures, the same HLO), which then
+# compile once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(os.path.dirname(__file__)), ".cache",
+                                                                "jax-tests"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+# The tests' models are tiny: XLA's LLVM code generation at full optimisation takes most of their
+# time (a test file of test_gpt's kind: 70 s against 27 s at level 0) and buys nothing at these
+# sizes. The HLO passes, which decide what is computed, are the same.
+os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"]))
 
 import contextlib
 import json
