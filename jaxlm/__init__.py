@@ -5,6 +5,6 @@
     jaxlm train --config gpt2-mini-sotu --set steps=100 --out runs/my-run
     jaxlm evaluate runs/my-run --data ~/.cache/jaxlm/sotu --split validation
 
-Every subcommand is argument parsing over the library (``jaxlm.cli`` holds what they share);
-``scripts/*.py`` are thin aliases of the subcommands.
+Every subcommand is argument parsing over the library; ``jaxlm.cli`` holds what they share.
+``python -m jaxlm`` is the same command.
 """

@@ -18,7 +18,7 @@ HELP = "time the train step, inference, sharing, memory or the loop"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--mode", default="train-step",
+    parser.add_argument("--mode", default="train-step", help="what to time (bench.modes)",
                         choices=["train-step", "infer", "sharing", "memory", "loop-idle", "formulations"])
     parser.add_argument("--model", default="gpt2", help="a preset of models.PRESETS (infer: also a run or HF folder)")
     cli.add_run_config(parser, default=None)
@@ -33,7 +33,8 @@ def add_arguments(parser) -> None:
     refs.add_argument("--references", default="flax,torch", help="which references (none: ours alone)")
     refs.add_argument("--reference-python", help="venv folder or interpreter of the Flax reference "
                                                  "(default .cache/bench-venv)")
-    refs.add_argument("--torch-adamw", choices=["fused", "foreach", "for-loop"], default="fused")
+    refs.add_argument("--torch-adamw", choices=["fused", "foreach", "for-loop"], default="fused",
+                      help="the PyTorch reference's AdamW implementation")
     refs.add_argument("--reference-allocator", choices=["default", "retained"], default="default",
                       help="the references' malloc: their libraries' default, or ours")
     refs.add_argument("--reference-threads", type=int, help="PyTorch's threads (default: every core)")
@@ -42,13 +43,13 @@ def add_arguments(parser) -> None:
     infer.add_argument("--variant-runs", default="", metavar="NAME=RUN_DIR[,NAME=RUN_DIR]",
                        help="run folders measured as extra rows next to the fp32 baseline")
     infer.add_argument("--batch-sizes", default="1,16", help="decoding batch sizes (formulations: the first)")
-    infer.add_argument("--prompt-len", type=int, default=16)
-    infer.add_argument("--new-tokens", type=int, default=64)
+    infer.add_argument("--prompt-len", type=int, default=16, help="tokens in each prompt")
+    infer.add_argument("--new-tokens", type=int, default=64, help="tokens decoded after each prompt")
     infer.add_argument("--data", help="text/JSONL to measure quality on (--model a run folder); default: random tokens")
-    infer.add_argument("--quality-tokens", type=int, default=16384)
+    infer.add_argument("--quality-tokens", type=int, default=16384, help="positions the quality is measured on")
     infer.add_argument("--no-encoder", action="store_true", help="skip the all-MiniLM-L6-v2 encoder rows")
-    infer.add_argument("--encoder-batch", type=int, default=32)
-    infer.add_argument("--encoder-sentences", type=int, default=256)
+    infer.add_argument("--encoder-batch", type=int, default=32, help="sentences per timed encoder batch")
+    infer.add_argument("--encoder-sentences", type=int, default=256, help="sentences the cosines are measured on")
     infer.add_argument("--encoder-data", help="sentences for the encoder's cosines (default: SOTU validation)")
     sharing = parser.add_argument_group("--mode sharing (the encoders' shape: --model and --set model.*)")
     sharing.add_argument("--d-embed", type=int, default=128, help="E of the factorised ALBERT rows")
@@ -56,7 +57,8 @@ def add_arguments(parser) -> None:
     memory.add_argument("--device", default="h100-80gb", help="a key of bench.memory.DEVICES, or custom")
     memory.add_argument("--device-memory-gib", type=float, help="memory per device (with --device custom)")
     memory.add_argument("--usable-fraction", type=float, help="share of it JAX may use (default: the device's)")
-    memory.add_argument("--attention", default="auto", choices=["auto", "xla", "flash"])
+    memory.add_argument("--attention", default="auto", choices=["auto", "xla", "flash"],
+                        help="xla: probabilities materialised; flash: fused (cuDNN); auto: by device")
     memory.add_argument("--compile", action="store_true",
                         help="also compile the train step from shapes (simulated CPU devices when the mesh needs "
                              "more) and report XLA's memory analysis next to the plan")

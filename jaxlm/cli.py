@@ -50,8 +50,16 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written; each option's default after its help, unless the help names it
+    or there is none to show."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        empty = action.default in (None, False, [], argparse.SUPPRESS)
+        if empty or "default" in text or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def add_out(parser, what: str, default=None, required: bool = False) -> None:
@@ -72,7 +80,8 @@ def add_set(parser, what: str = "a run config field") -> None:
 
 
 def add_seed(parser, default=None) -> None:
-    parser.add_argument("--seed", type=int, default=default, help="the random seed (default: the config's)")
+    parser.add_argument("--seed", type=int, default=default,
+                        help="the random seed" + (" (default: the run config's)" if default is None else ""))
 
 
 def run_config(args, base=None):

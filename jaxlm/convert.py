@@ -14,7 +14,7 @@ HELP = "convert checkpoints to and from Hugging Face folders"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("direction", choices=["to-ours", "to-hf"])
+    parser.add_argument("direction", choices=["to-ours", "to-hf"], help="to-ours: HF folder -> run folder; to-hf: back")
     parser.add_argument("source", help="to-ours: a Hugging Face folder; to-hf: a run folder of ours")
     cli.add_out(parser, "the folder to write (absent or empty)", required=True)
     parser.add_argument("--step", type=int, help="to-hf: the checkpoint step (default: the latest)")

@@ -15,10 +15,10 @@ HELP = "continue a prompt with a decoder"
 
 def add_arguments(parser) -> None:
     parser.add_argument("checkpoint", help="a run folder of ours or a Hugging Face GPT/GPT-2 folder")
-    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--prompt", required=True, help="the text to continue")
     parser.add_argument("--tokenizer", help="default: the run's, or a Hugging Face folder's own")
     parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
-    parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument("--max-new-tokens", type=int, default=40, help="tokens to add to the prompt, at most")
     parser.add_argument("--num-samples", type=int, default=1, help="continuations of the prompt (prefilled once)")
     parser.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
     parser.add_argument("--top-k", type=int, default=40, help="0: no top-k cut")

@@ -14,7 +14,8 @@ HELP = "fetch and split a corpus"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("corpus", nargs="?", default="sotu", choices=["sotu", "spam-assassin", "sotu-party"])
+    parser.add_argument("corpus", nargs="?", default="sotu", choices=["sotu", "spam-assassin", "sotu-party"],
+                        help="the corpus (see above)")
     cli.add_out(parser, "the folder for the split files (default: $JAXLM_CACHE/CORPUS or ~/.cache/jaxlm/CORPUS)")
 
 

@@ -15,8 +15,8 @@ HELP = "train a sentencepiece tokenizer"
 def add_arguments(parser) -> None:
     parser.add_argument("inputs", nargs="+", type=Path, help="text or .jsonl files")
     cli.add_out(parser, "the model's path without its extension: writes OUT.model and OUT.vocab", required=True)
-    parser.add_argument("--vocab-size", type=int, default=32000)
-    parser.add_argument("--model-type", choices=["unigram", "bpe"], default="unigram")
+    parser.add_argument("--vocab-size", type=int, default=32000, help="pieces in the vocabulary, special ones included")
+    parser.add_argument("--model-type", choices=["unigram", "bpe"], default="unigram", help="sentencepiece's algorithm")
     parser.add_argument("--text-field", default="text", help="the field of a .jsonl object holding its text")
     parser.add_argument("--input-sentence-size", type=int, default=1_000_000,
                         help="train on at most this many sentences, sampled at random")
