@@ -1,5 +1,8 @@
 """Tasks: what a batch looks like and what loss is minimised. The loop knows nothing else.
 
+The data modules (``train.data``: ``datasets`` behind them) are imported by the methods that
+read data, so the losses import without the data stack (a GPU check, a benchmark).
+
 A task provides
 - ``load_corpus(source, split)``: the tokenised data it draws batches from,
 - ``train_batches(corpus, ...)`` / ``eval_batches(corpus, ...)``: numpy batch iterators,
@@ -23,8 +26,6 @@ import optax
 
 from models import adaptive_softmax
 from models.classifier import ClassifierConfig
-from train import data
-from train.data import labelled, sentence_pairs
 from train.data.downloads import cache_dir
 
 
@@ -74,12 +75,14 @@ class LanguageModeling:
     def load_corpus(self, source, split: str):
         """Tokenised and cached up front; with ``config.streaming`` the training split is instead
         read as an ``IterableDataset`` and tokenised on the fly (hub-scale corpora)."""
+        from train import data
         if self.config.data.streaming and split == "train":
             return data.load_documents(source, split, self.config.data.text_field, streaming=True)
         return data.load_corpus(source, self.tokenizer, self.tokenizer_key, cache_dir() / "tokens", split=split,
                                 text_field=self.config.data.text_field)
 
     def train_batches(self, corpus, per_host_batch: int, process_index: int, process_count: int):
+        from train import data
         layout = dict(seed=self.config.seed, process_index=process_index, process_count=process_count)
         if isinstance(corpus, data.TokenizedCorpus):
             return data.PackedBatches(corpus, self.config.data.seq_len, per_host_batch, **layout)
@@ -87,6 +90,7 @@ class LanguageModeling:
                                            text_field=self.config.data.text_field, **layout)
 
     def eval_batches(self, corpus, per_host_batch: int, process_index: int, process_count: int):
+        from train import data
         return data.eval_batches(
             corpus, self.config.data.seq_len, per_host_batch, process_index=process_index, process_count=process_count
         )
@@ -150,6 +154,7 @@ class MaskedLMWithPairs:
     same pairs and the loss is the masked LM's alone: the ablation of the sentence-level objective."""
 
     def __init__(self, config, tokenizer, tokenizer_key: str, objective: str, pair_loss: bool = True):
+        from train.data import sentence_pairs
         self.config, self.tokenizer, self.tokenizer_key, self.objective = config, tokenizer, tokenizer_key, objective
         self.pair_loss = pair_loss
         self.name = f"mlm_{objective}" if pair_loss else "mlm"
@@ -160,18 +165,22 @@ class MaskedLMWithPairs:
         )
 
     def load_corpus(self, source, split: str):
+        from train import data
+        from train.data import sentence_pairs
         boundaries = sentence_pairs.SentenceBoundaries(self.tokenizer, self.encoder.specials["sep"])
         corpus = data.load_corpus(source, boundaries, self.tokenizer_key + ":sentences", cache_dir() / "tokens",
                                   split=split, text_field=self.config.data.text_field)
         return sentence_pairs.document_sentences(corpus)
 
     def train_batches(self, docs, per_host_batch: int, process_index: int, process_count: int):
+        from train.data import sentence_pairs
         return sentence_pairs.SentencePairBatches(
             docs, self.encoder, batch_size=per_host_batch, objective=self.objective, seed=self.config.seed,
             process_index=process_index, process_count=process_count,
         )
 
     def eval_batches(self, docs, per_host_batch: int, process_index: int, process_count: int):
+        from train.data import sentence_pairs
         return sentence_pairs.eval_pair_batches(
             docs, self.encoder, batch_size=per_host_batch, objective=self.objective, seed=self.config.seed,
             process_index=process_index, process_count=process_count,
@@ -247,6 +256,7 @@ class Classification:
         self.labels = labels
 
     def load_corpus(self, source, split: str):
+        from train.data import labelled
         c = self.config.data
         examples = labelled.load_labelled(
             source, split, self.tokenizer, self.tokenizer_key, cache_dir() / "tokens", seq_len=c.seq_len,
@@ -270,10 +280,12 @@ class Classification:
         return ClassifierConfig.on(model_config, self.labels, self.config.task.classifier)
 
     def train_batches(self, corpus, per_host_batch: int, process_index: int, process_count: int):
+        from train.data import labelled
         return labelled.ExampleBatches(*corpus, per_host_batch, seed=self.config.seed, process_index=process_index,
                                        process_count=process_count)
 
     def eval_batches(self, corpus, per_host_batch: int, process_index: int, process_count: int):
+        from train.data import labelled
         return labelled.eval_example_batches(*corpus, per_host_batch, process_index=process_index,
                                              process_count=process_count)
 
