@@ -49,6 +49,10 @@ class GPTConfig(TransformerConfig):
     # shortlist size and the starts of the tail clusters; () for the full, tied softmax.
     adaptive_cutoffs: tuple[int, ...] = ()
     adaptive_div: float = 4.0  # tail cluster i projects to d_model / adaptive_div**(i+1)
+    # The language-model loss computes the tied output layer this many positions at a time (each
+    # chunk's logits recomputed in the backward pass), so it never holds [batch, length, vocab]
+    # fp32 logits at once; 0: all positions at once. The same loss either way.
+    logits_chunk: int = 0
 
     family = "gpt"
     causal = True
@@ -60,6 +64,9 @@ class GPTConfig(TransformerConfig):
         object.__setattr__(self, "adaptive_cutoffs", check_cutoffs(self.adaptive_cutoffs, self.vocab_size))
         if self.adaptive_div < 1:
             raise ValueError(f"adaptive_div={self.adaptive_div} must be at least 1 (4 in Grave et al.)")
+        if self.logits_chunk < 0 or (self.logits_chunk and self.adaptive_cutoffs):
+            raise ValueError(f"logits_chunk={self.logits_chunk}: give positions per chunk (0: all at once); the adaptive "
+                             "softmax never holds the full logits and takes none")
 
     @property
     def residual_init_std(self) -> float:

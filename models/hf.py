@@ -662,7 +662,8 @@ def config_from_hf(path, **overrides):
 
 # Fields an override may change on a loaded checkpoint: how it computes (precision, layout,
 # rematerialisation) or trains (dropout), never what function its weights compute.
-LOADING_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat", *TransformerConfig.DROPOUTS)
+LOADING_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat", "attention", "logits_chunk",
+                  *TransformerConfig.DROPOUTS)
 
 
 def _check_overrides(stored, overrides: dict, choosable: tuple[str, ...]) -> None:

@@ -21,7 +21,8 @@ from train.data.tokenizers import tokenizer_id
 
 # Config fields that change how a model computes or is laid out, not what its weights mean.
 NOT_ARCHITECTURE = {
-    "dtype", "param_dtype", "scan_layers", "remat", "head", "initializer_range", "scale_residual_init",
+    "dtype", "param_dtype", "scan_layers", "remat", "attention", "logits_chunk", "head", "initializer_range",
+    "scale_residual_init",
     *TransformerConfig.DROPOUTS,
 }
 

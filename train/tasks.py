@@ -26,6 +26,7 @@ import optax
 
 from models import adaptive_softmax
 from models.classifier import ClassifierConfig
+from models.layers import table_logits
 from train.data.downloads import cache_dir
 
 
@@ -60,6 +61,26 @@ def cross_entropy_sums(logits, targets, weights):
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
     return {"nll": jnp.sum(nll * weights), "weight": jnp.sum(weights), "correct": jnp.sum(correct * weights)}
+
+
+def chunked_cross_entropy_sums(hidden, table, targets, weights, chunk: int):
+    """:func:`cross_entropy_sums` of the tied output layer ``hidden @ table.T``, over ``chunk``
+    positions at a time: each chunk's logits are made, summed over and, in the backward pass,
+    made again (``jax.checkpoint``), so the peak holds one chunk's [batch, chunk, vocab] logits."""
+    length = hidden.shape[1]
+    pad = -length % chunk
+    widen = lambda x: jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))  # noqa: E731
+    split = lambda x: jnp.moveaxis(x.reshape(x.shape[0], -1, chunk, *x.shape[2:]), 1, 0)  # noqa: E731
+    pieces = (split(widen(hidden)), split(widen(targets)), split(widen(weights)))  # padding has weight 0
+
+    @jax.checkpoint
+    def add(total, piece):
+        h, t, w = piece
+        sums = cross_entropy_sums(table_logits(h, table, h.dtype), t, w)
+        return jax.tree.map(jnp.add, total, sums), None
+
+    zero = {"nll": jnp.zeros((), jnp.float32), "weight": jnp.zeros((), jnp.float32), "correct": jnp.zeros((), jnp.float32)}
+    return jax.lax.scan(add, zero, pieces)[0]
 
 
 class LanguageModeling:
@@ -108,6 +129,11 @@ class LanguageModeling:
             nll, correct = adaptive_softmax.token_nll(module.config, variables["params"], hidden, batch["targets"])
             sums = {"nll": jnp.sum(nll * weights), "weight": jnp.sum(weights),
                     "correct": jnp.sum(correct.astype(jnp.float32) * weights)}
+        elif getattr(module.config, "logits_chunk", 0):
+            hidden, state = apply_model(module, variables, batch["inputs"], rng=rng, deterministic=deterministic,
+                                        return_hidden=True)
+            sums = chunked_cross_entropy_sums(hidden, variables["params"]["wte"]["embedding"], batch["targets"],
+                                              weights, module.config.logits_chunk)
         else:
             logits, state = apply_model(module, variables, batch["inputs"], rng=rng, deterministic=deterministic)
             sums = cross_entropy_sums(logits, batch["targets"], weights)
