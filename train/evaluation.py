@@ -63,9 +63,7 @@ def evaluate_checkpoint(checkpoint, data_source, *, tokenizer=None, task=None, s
     evaluate a cheaper variant (``models.quantize.prepare``).
     """
     module, model_config, variables, source = load_variables_for_eval(checkpoint, step)
-    tokenizer = tokenizer or source.tokenizer
-    if not tokenizer:
-        raise ValueError("no tokenizer: pass --tokenizer (a .model file, vocab.txt, or a GPT-2 BPE folder)")
+    tok, tokenizer = checkpoint_tokenizer(tokenizer, source)
     is_classifier = isinstance(model_config, ClassifierConfig)
     body = model_config.body if is_classifier else model_config
     run = source.config or run_config_for(model_config, checkpoint, {"data.seq_len": body.n_positions})
@@ -84,7 +82,6 @@ def evaluate_checkpoint(checkpoint, data_source, *, tokenizer=None, task=None, s
         changes["task.classifier"] = None
     config = run.replace(changes)
     seq_len, batch_size = config.data.seq_len, config.data.batch_size
-    tok = load_tokenizer(tokenizer)
     check_fit(tok, body, seq_len)
     task_obj = make_task(config, tok, tokenizer_id(tokenizer))
     if is_classifier:
@@ -117,6 +114,21 @@ def _task_fits(task: str, body) -> bool:
     return (task == "lm") == (body.family == "gpt")
 
 
+def checkpoint_tokenizer(given: str | None, source) -> tuple:
+    """``(tokenizer, its path)``: ``given``, else the one a checkpoint was trained with (a run's,
+    or a Hugging Face folder's own files); a checkpoint without one names ``--tokenizer``."""
+    path = given or source.tokenizer
+    if not path:
+        raise ValueError(f"{source.path} records no tokenizer: pass --tokenizer (a .model file, vocab.txt, or a GPT-2 "
+                         "BPE folder)")
+    try:
+        return load_tokenizer(path), path
+    except (OSError, ValueError) as e:
+        if given:
+            raise
+        raise ValueError(f"{e}; pass --tokenizer with the model's tokenizer") from None
+
+
 def generate_from_checkpoint(checkpoint, prompt: str, *, tokenizer=None, step=None, max_new_tokens: int = 40,
                              num_samples: int = 1, temperature: float = 0.8, top_k: int = 40, top_p: float = 1.0,
                              seed: int = 0, dtype=None, quantize=None) -> dict:
@@ -131,12 +143,7 @@ def generate_from_checkpoint(checkpoint, prompt: str, *, tokenizer=None, step=No
         raise ValueError(f"{checkpoint} holds a {type(config).__name__}, but generation continues text with a "
                          f"GPT/GPT-2 language model{hint}")
     module, params = prepare(module, params, dtype, quantize)
-    try:
-        tok = load_tokenizer(tokenizer or source.tokenizer or checkpoint)
-    except (OSError, ValueError) as e:
-        if tokenizer:
-            raise
-        raise ValueError(f"{e}; pass --tokenizer with the model's tokenizer") from None
+    tok, _ = checkpoint_tokenizer(tokenizer, source)
     out = sample(module, params, [tok.encode(prompt)], max_new_tokens, num_samples=num_samples,
                  rng=jax.random.PRNGKey(seed), temperature=temperature, top_k=top_k, top_p=top_p, eos_id=tok.eos_id,
                  vocab_size=min(tok.vocab_size, config.vocab_size))
