@@ -63,9 +63,7 @@ def evaluate_checkpoint(checkpoint, data_source, *, tokenizer=None, task=None, s
     evaluate a cheaper variant (``models.quantize.prepare``).
     """
     module, model_config, variables, source = load_variables_for_eval(checkpoint, step)
-    tokenizer = tokenizer or source.tokenizer
-    if not tokenizer:
-        raise ValueError("no tokenizer: pass --tokenizer (a .model file, vocab.txt, or a GPT-2 BPE folder)")
+    tokenizer, tok = _checkpoint_tokenizer(tokenizer, source)
     is_classifier = isinstance(model_config, ClassifierConfig)
     body = model_config.body if is_classifier else model_config
     run = source.config or run_config_for(model_config, checkpoint, {"data.seq_len": body.n_positions})
@@ -84,7 +82,6 @@ def evaluate_checkpoint(checkpoint, data_source, *, tokenizer=None, task=None, s
         changes["task.classifier"] = None
     config = run.replace(changes)
     seq_len, batch_size = config.data.seq_len, config.data.batch_size
-    tok = load_tokenizer(tokenizer)
     check_fit(tok, body, seq_len)
     task_obj = make_task(config, tok, tokenizer_id(tokenizer))
     if is_classifier:
@@ -112,6 +109,21 @@ def evaluate_checkpoint(checkpoint, data_source, *, tokenizer=None, task=None, s
     return {**result, "model_config": dataclasses.asdict(model_config)}
 
 
+def _checkpoint_tokenizer(tokenizer, source, checkpoint=None):
+    """``tokenizer``, else the checkpoint's own: the run's, or a Hugging Face folder's files (else
+    ``checkpoint``'s files) -> ``(its path, the tokenizer)``. Where the checkpoint's own is
+    missing or unreadable, the error says to pass --tokenizer."""
+    path = tokenizer or source.tokenizer or checkpoint
+    if not path:
+        raise ValueError("no tokenizer: pass --tokenizer (a .model file, vocab.txt, or a GPT-2 BPE folder)")
+    try:
+        return str(path), load_tokenizer(path)
+    except (OSError, ValueError) as e:
+        if tokenizer:
+            raise
+        raise ValueError(f"{e}; pass --tokenizer with the model's tokenizer") from None
+
+
 def _task_fits(task: str, body) -> bool:
     """Causal LM for decoders, the masked-LM tasks for encoders."""
     return (task == "lm") == (body.family == "gpt")
@@ -131,12 +143,7 @@ def generate_from_checkpoint(checkpoint, prompt: str, *, tokenizer=None, step=No
         raise ValueError(f"{checkpoint} holds a {type(config).__name__}, but generation continues text with a "
                          f"GPT/GPT-2 language model{hint}")
     module, params = prepare(module, params, dtype, quantize)
-    try:
-        tok = load_tokenizer(tokenizer or source.tokenizer or checkpoint)
-    except (OSError, ValueError) as e:
-        if tokenizer:
-            raise
-        raise ValueError(f"{e}; pass --tokenizer with the model's tokenizer") from None
+    _, tok = _checkpoint_tokenizer(tokenizer, source, checkpoint)
     out = sample(module, params, [tok.encode(prompt)], max_new_tokens, num_samples=num_samples,
                  rng=jax.random.PRNGKey(seed), temperature=temperature, top_k=top_k, top_p=top_p, eos_id=tok.eos_id,
                  vocab_size=min(tok.vocab_size, config.vocab_size))
