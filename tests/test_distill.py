@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 from conftest import jaxlm, tiny_config
-from test_finetune import classify_config, labelled_data  # noqa: F401  (fixture)
+from test_finetune import classify_config
 
 import models
 from bench.sharing import SharingSpec, random_batch
@@ -196,7 +196,7 @@ def classifier_teacher(corpus, tmp_path_factory):
     return save_params(tmp_path_factory.mktemp("classifier") / "classifier", config, params, {"data.tokenizer": str(corpus[1]), "data.seq_len": 32})
 
 
-def test_classifier_distillation_refuses_other_classes_and_other_teachers(corpus, labelled_data, tmp_path,  # noqa: F811
+def test_classifier_distillation_refuses_other_classes_and_other_teachers(corpus, labelled_data, tmp_path,
                                                                            teacher_folder, classifier_teacher):
     config = classify_config(corpus, labelled_data, tmp_path / "student", **{
         "task.name": "distill", "task.distill": {"teacher": str(classifier_teacher)}})
@@ -213,7 +213,7 @@ def test_classifier_distillation_refuses_other_classes_and_other_teachers(corpus
         make_task(config.replace({"task.distill": {"teacher": str(classifier_teacher), "task": "lm"}}), tokenizer, "key")
 
 
-def test_distilled_classifier_trains_and_reports(corpus, labelled_data, tmp_path):  # noqa: F811
+def test_distilled_classifier_trains_and_reports(corpus, labelled_data, tmp_path):
     """A ULMFiT-head teacher trained for a few steps, then a 1-layer student distilled from it by
     jaxlm distill: the teacher run's steps and validation split, a classifier's metrics."""
     teacher = tmp_path / "teacher"

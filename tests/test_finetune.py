@@ -4,7 +4,6 @@ ULMFiT's stages (jaxlm finetune) from a pretrained run that is only read."""
 
 import json
 import os
-import random
 import re
 import shutil
 import signal
@@ -26,24 +25,6 @@ from train.finetuning import Pretrained, init_params, load_pretrained
 from train.loop import train
 
 NO_EVAL = {"data.eval": None}
-
-WORDS = "the union state nation people congress year government law trade money work".split()
-
-
-@pytest.fixture(scope="module")
-def labelled_data(tmp_path_factory):
-    """Rows labelled by which of two words they repeat: learnable in a few steps."""
-    root = tmp_path_factory.mktemp("labelled")
-    rng = random.Random(0)
-    for split, n in (("train", 48), ("validation", 12), ("test", 12)):
-        with open(root / f"{split}.jsonl", "w") as f:
-            for i in range(n):
-                label = ("war", "peace")[i % 2]
-                words = rng.choices(WORDS, k=rng.randint(4, 14)) + [label] * 2
-                rng.shuffle(words)
-                f.write(json.dumps({"text": " ".join(words), "topic": label}) + "\n")
-    return root
-
 
 def classify_config(corpus, data, run_dir, model="gpt2-tiny", **changes) -> TrainConfig:
     """A ULMFiT-style classifier of ``data``'s topics on a tiny ``model`` (a preset); ``changes``

@@ -43,15 +43,13 @@ def test_run_writes_metrics_checkpoints_and_curve(corpus, tmp_path):
 
 
 def _run_script(config_file, *extra):
-    """``jaxlm train`` in a fresh process; the runs share a persistent compilation cache."""
+    """``jaxlm train`` in a fresh process (the session's compilation cache and XLA flags: conftest)."""
     cmd = [sys.executable, "-m", "jaxlm", "train", "--config", str(config_file), *map(str, extra)]
-    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(Path(config_file).parent / "xla-cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     # Started while SIGINT is handled here: exec resets a handler to the default, but a SIGINT
     # ignored here (a background job) would stay ignored there, and Ctrl-C is tested.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     finally:
         signal.signal(signal.SIGINT, previous)
 
@@ -310,7 +308,7 @@ def test_data_and_model_parallel_meshes_match_one_device(corpus, tmp_path):
         "for name, mesh in (('data', {'data': 2}), ('model', {'data': 1, 'model': 2})):\n"
         f"    train(tiny_config(corpus, Path({str(tmp_path)!r}) / name, steps=3, **{{'data.eval': None, 'mesh': mesh}}))\n"
     )
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2")
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     one = _final_params(tmp_path / "one")
