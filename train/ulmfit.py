@@ -60,7 +60,9 @@ def stage_configs(body: dict, data: Path, out: Path, source: str, changes: dict,
     """Stage 2's and 3's run configs: ``body`` (``pretrained_spec``'s model and tokenizer), the
     corpus folder ``data``, the stage-1 weights ``source``, and ``changes`` (see :func:`split_changes`)."""
     per_stage = split_changes(changes)
-    common = TrainConfig(model=body["model"], data=DataConfig(seq_len=128, batch_size=16)).replace({
+    # 128-token sequences, or the model's whole context if shorter (changes apply on top).
+    seq_len = min(128, body["model"].n_positions)
+    common = TrainConfig(model=body["model"], data=DataConfig(seq_len=seq_len, batch_size=16)).replace({
         "data.tokenizer": body["data.tokenizer"], "data.train": str(data / "train.jsonl"),
         "data.eval": str(data / "validation.jsonl"), "seed": seed, "optimizer.schedule": "stlr",
         "optimizer.warmup_steps": 0, "optimizer.discriminative_factor": 2.6, "optimizer.weight_decay": 0.01,
