@@ -702,9 +702,12 @@ def train_tokenizer_files(inputs, out: Path, *, vocab_size: int, model_type: str
                           overwrite: bool = False) -> dict:
     """Train a sentencepiece model on text and .jsonl files (``jaxlm tokenizer``): writes
     ``out.model`` and ``out.vocab``, refuses to replace a model unless ``overwrite``, and returns
-    a summary with the special pieces' ids."""
+    a summary with the special pieces' ids. ``out`` may name the model file itself (``x.model``
+    is the prefix ``x``)."""
     from train.data.documents import read_texts
 
+    out = Path(out)
+    out = out.with_suffix("") if out.suffix == ".model" else out
     model_file = out.with_name(out.name + ".model")
     if model_file.exists() and not overwrite:
         raise FileExistsError(f"{model_file} exists; pass --overwrite to replace it, or choose another --out")
