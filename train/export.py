@@ -68,9 +68,22 @@ def tokenizer_files(tokenizer: Tokenizer, model_type: str) -> dict[str, Path | b
             "tokenizer_config.json": (json.dumps(config, indent=2, ensure_ascii=False) + "\n").encode()}
 
 
+def check_apart(out, *inputs) -> None:
+    """Refuse an output folder that is an input, lies inside one or holds one: writing it (or
+    replacing it, as to-hf --overwrite does) would write the input, which is only read."""
+    dest = Path(out).resolve()
+    for given in filter(None, inputs):
+        path = Path(given).resolve()
+        where = "is" if dest == path else "lies inside" if path in dest.parents else "holds" if dest in path.parents else ""
+        if where:
+            raise ValueError(f"--out {out} {where} the input {given}, which convert only reads; choose an --out "
+                             f"outside it")
+
+
 def to_ours(source, out, tokenizer: str | None = None) -> dict:
     """An HF folder -> a run folder of its parameters at ``out`` (read only: the folder is not
     written); the run's tokenizer is ``tokenizer``, else the HF folder."""
+    check_apart(out, source, tokenizer)
     _, config, params = hf.load_pretrained(source)
     tokenizer = tokenizer or str(Path(source).absolute())
     written = save_params(out, config, params, {"data.tokenizer": tokenizer}, {"source": str(Path(source).absolute())})
@@ -84,6 +97,7 @@ def to_hf(source, out, *, step: int | None = None, overwrite: bool = False, body
     ``tokenizer``) unless ``with_tokenizer`` is false. ``body``: a classifier's body alone;
     ``full_heads``: pruned heads written back as zeros in the full shapes (transformers 5 has no
     ``pruned_heads``)."""
+    check_apart(out, source, tokenizer)
     _, config, params, loaded = load_params(source, step)
     if isinstance(config, ClassifierConfig):
         if not body:
@@ -99,6 +113,7 @@ def to_hf(source, out, *, step: int | None = None, overwrite: bool = False, body
     tokenizer = (tokenizer or loaded.tokenizer) if with_tokenizer else None
     files, special_ids = {}, {}
     if tokenizer:
+        check_apart(out, tokenizer)
         hf_config = hf.to_hf_config(config)
         try:
             tok = load_tokenizer(tokenizer)
