@@ -300,8 +300,8 @@ def save_params(run_dir, model_config, params, run: TrainConfig | dict | None = 
     non-empty folder, and int8 parameters: the run folder records the float model, which
     loading rebuilds."""
     if quantize.has_int8(params):
-        raise ValueError("these parameters are int8: int8 weights are made at load time (--quantize int8 on "
-                         "evaluate.py and generate.py), not saved; save the float parameters")
+        raise ValueError("these parameters are int8: int8 weights are made at load time (jaxlm evaluate or "
+                         "jaxlm generate --quantize int8), not saved; save the float parameters")
     workdir = Path(run_dir).absolute()
     if workdir.exists() and any(workdir.iterdir()):
         raise CheckpointError(f"{workdir} exists and is not empty; choose another folder")
