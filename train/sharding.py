@@ -99,9 +99,9 @@ def check_batch(batch_size: int, grad_accum: int, mesh_sizes: dict[str, int]) ->
     ways = batch_parallelism(mesh_sizes)
     if (batch_size // grad_accum) % ways:
         raise ValueError(
-            f"batch_size={batch_size} (/ grad_accum={grad_accum}) does not split over the {ways} data-parallel "
-            f"devices (mesh data={mesh_sizes['data']} x fsdp={mesh_sizes['fsdp']}); make batch_size / grad_accum a "
-            f"multiple of {ways}"
+            f"data.batch_size={batch_size} (/ data.grad_accum={grad_accum}) does not split over the {ways} "
+            f"data-parallel devices (mesh data={mesh_sizes['data']} x fsdp={mesh_sizes['fsdp']}); make "
+            f"data.batch_size / data.grad_accum a multiple of {ways}"
         )
 
 
