@@ -90,7 +90,7 @@ def test_meshes_that_do_not_divide_the_model_or_the_batch_are_named():
         sharding.check_divisible(boxed, {"data": 1, "fsdp": 1, "model": 3})
     with pytest.raises(ValueError, match=r"mlp axis of size 128 .* that divides the MLP width"):
         sharding.check_divisible(boxed, {"data": 1, "fsdp": 1, "model": 3})
-    with pytest.raises(ValueError, match=r"vocab axis of size 256 .* pad it \(model.vocab_size=258\)"):
+    with pytest.raises(ValueError, match=r"vocab axis of size 256 .* pad it \(--set model.vocab_size=258\)"):
         sharding.check_divisible(boxed, {"data": 1, "fsdp": 1, "model": 3})
     with pytest.raises(ValueError, match=r"embed axis of size 32 .* \(fsdp=3\): choose an fsdp size"):
         sharding.check_divisible(boxed, {"data": 1, "fsdp": 3, "model": 1})
