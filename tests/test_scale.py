@@ -3,7 +3,7 @@ each joined by JAX's distributed runtime (gloo collectives), against one-device 
 
 Across meshes and processes the sums are reduced in another order, so parameters agree within
 fp32 reduction tolerance rather than bitwise. The subprocesses run tests/mesh_runs.py and share
-a persistent compilation cache.
+the session's persistent compilation cache (conftest).
 """
 
 import json
@@ -29,15 +29,11 @@ REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = dict(rtol=1e-4, atol=1e-5)
 
 
-@pytest.fixture(scope="module")
-def xla_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("xla-cache")
-
-
-def _env(devices, cache, **more):
-    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-                JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", **more)
+def _env(devices, **more):
+    """This process's environment (conftest's compilation cache and XLA flags) for a subprocess
+    with ``devices`` CPU devices."""
+    flags = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), f"--xla_force_host_platform_device_count={devices}"]))
+    return dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu", **more)
 
 
 def _runs_file(path, runs):
@@ -71,7 +67,7 @@ def _assert_close(run_dir, reference):
 
 
 @pytest.mark.slow
-def test_eight_device_meshes_place_arrays_by_the_rules_and_train_like_one_device(corpus, tmp_path, xla_cache):
+def test_eight_device_meshes_place_arrays_by_the_rules_and_train_like_one_device(corpus, tmp_path):
     """Arrays placed by the rules on data, fsdp, tensor and mixed meshes; training like one device
     on 8-way fsdp (mesh.data=1, mesh.fsdp=-1) and on 2 x 2 x 2, which has data and tensor
     parallelism too (each mesh compiles its own steps, ~10 s); a run saved on 8-way fsdp resumed
@@ -89,7 +85,7 @@ def test_eight_device_meshes_place_arrays_by_the_rules_and_train_like_one_device
     with open(log, "w") as stderr:  # a file, not a pipe: nothing waits for the parent to read it
         meshes_run = subprocess.Popen(
             [sys.executable, "tests/mesh_runs.py", "check", str(_runs_file(tmp_path / "runs.json", runs))], cwd=REPO,
-            env=_env(8, xla_cache, JAXLM_CACHE=str(tmp_path / "cache")), stdout=subprocess.PIPE, stderr=stderr,
+            env=_env(8, JAXLM_CACHE=str(tmp_path / "cache")), stdout=subprocess.PIPE, stderr=stderr,
             text=True)
     reference = tmp_path / "one"
     train(tiny_config(corpus, reference, **base))  # on one device, while the subprocess runs
@@ -110,7 +106,7 @@ def test_eight_device_meshes_place_arrays_by_the_rules_and_train_like_one_device
     assert len(generate(module, params, [1, 2, 3], 5, rng=jax.random.PRNGKey(0))) == 5
 
 
-def _launch(runs_file, cache):
+def _launch(runs_file):
     """Two processes training ``runs_file``'s runs; each one's stderr goes to RUNS_FILE.I.log
     (a file, not a pipe: nothing waits for the parent to read it)."""
     port = free_port()
@@ -120,7 +116,7 @@ def _launch(runs_file, cache):
         with open(log, "w") as stderr:
             procs.append(subprocess.Popen(
                 [sys.executable, "tests/mesh_runs.py", "process", str(runs_file), str(port), str(i)], cwd=REPO,
-                env=_env(2, cache), stdout=subprocess.PIPE, stderr=stderr, text=True))
+                env=_env(2), stdout=subprocess.PIPE, stderr=stderr, text=True))
         procs[-1].log = log
     return procs
 
@@ -142,7 +138,7 @@ def _kill_after_first_checkpoint(procs, run_dir, timeout=600):
 
 
 @pytest.mark.slow
-def test_two_processes_train_like_one_and_resume_after_a_kill(corpus, tmp_path, xla_cache):
+def test_two_processes_train_like_one_and_resume_after_a_kill(corpus, tmp_path):
     """bert-tiny (data 2 across the processes x model 2) trained by a pair of processes, then
     gpt2-tiny (fsdp 2 across the processes x model 2, so each process holds only its shards) by
     the same pair, killed with SIGKILL after its first checkpoint and resumed by a new pair; both
@@ -160,7 +156,7 @@ def test_two_processes_train_like_one_and_resume_after_a_kill(corpus, tmp_path, 
         steps (checkpoint.every may change on resuming)."""
         runs = [(name, tiny_config(corpus, tmp_path / name, **fields[name], **{"checkpoint.every": n}))
                 for name, n in every.items()]
-        return _launch(_runs_file(tmp_path / ("-".join(f"{k}{n}" for k, n in every.items()) + ".json"), runs), xla_cache)
+        return _launch(_runs_file(tmp_path / ("-".join(f"{k}{n}" for k, n in every.items()) + ".json"), runs))
 
     _kill_after_first_checkpoint(launch({"bert": steps, "gpt": 2}), tmp_path / "gpt")
     assert _steps(tmp_path / "bert") == [steps] and 0 < _steps(tmp_path / "gpt")[-1] < steps
@@ -178,7 +174,7 @@ def test_two_processes_train_like_one_and_resume_after_a_kill(corpus, tmp_path, 
         _assert_close(tmp_path / name, tmp_path / f"{name}-one")
 
 
-def test_processes_told_different_counts_both_stop_at_once_naming_both(corpus, tmp_path, xla_cache):
+def test_processes_told_different_counts_both_stop_at_once_naming_both(corpus, tmp_path):
     """Found by the handshake before JAX's runtime starts (which would wait 300 s, then abort);
     the jaxlm command as a user starts it."""
     config = config_file(tmp_path / "cfg.py", tiny_config(corpus, tmp_path / "run", **{"data.eval": None}))
@@ -187,7 +183,7 @@ def test_processes_told_different_counts_both_stop_at_once_naming_both(corpus, t
     def start(count, index):
         cmd = [sys.executable, "-m", "jaxlm", "train", "--config", str(config), "--coordinator", f"localhost:{port}",
                "--num-processes", str(count), "--process-id", str(index)]
-        return subprocess.Popen(cmd, cwd=REPO, env=_env(2, xla_cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        return subprocess.Popen(cmd, cwd=REPO, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
 
     procs = [start(2, 0), start(3, 1)]
@@ -204,8 +200,8 @@ def test_processes_told_different_counts_both_stop_at_once_naming_both(corpus, t
     assert not (tmp_path / "run").exists()
 
 
-def test_processes_told_the_same_count_start(tmp_path, xla_cache):
-    procs = _launch(_runs_file(tmp_path / "none.json", []), xla_cache)  # start the runtime, train nothing
+def test_processes_told_the_same_count_start(tmp_path):
+    procs = _launch(_runs_file(tmp_path / "none.json", []))  # start the runtime, train nothing
     for p in procs:
         p.communicate(timeout=60)
     assert [p.returncode for p in procs] == [0, 0], _errors(procs)
