@@ -35,12 +35,12 @@ def check_fit(tokenizer, model_config, seq_len: int) -> None:
     if tokenizer.vocab_size > model_config.vocab_size:
         raise ValueError(
             f"the tokenizer has {tokenizer.vocab_size} tokens but the model embeds only {model_config.vocab_size}; "
-            f"set model_overrides.vocab_size={tokenizer.vocab_size} or use a matching tokenizer"
+            f"use --set model.vocab_size={tokenizer.vocab_size} or a matching tokenizer"
         )
     context = model_config.n_positions
     if seq_len > context:
         raise ValueError(
-            f"seq_len={seq_len} exceeds the model's context of {context} positions; lower seq_len or raise the context"
+            f"data.seq_len={seq_len} exceeds the model's context of {context} positions; lower data.seq_len"
         )
 
 
