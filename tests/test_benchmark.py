@@ -90,7 +90,8 @@ def test_sharing_benchmark_reports_its_variants(monkeypatch):
 
     spec = sharing.SharingSpec(n_layer=2, d_model=32, n_head=2, d_ff=64, d_embed=8, vocab_size=200, seq_len=16,
                                batch_size=2, steps=1, warmup=0)
-    configs = {name: models.get_config(preset, **overrides) for name, (preset, overrides) in sharing.variants(spec).items()}
+    configs = {name: models.get_config(preset, **overrides)
+               for name, (preset, overrides) in sharing.variants(spec).items()}
     params = {name: models.count_params(config.module()) for name, config in configs.items()}
     assert list(configs) == ["bert", "albert-unshared", "albert-shared", "albert-unshared-factorised",
                              "albert-shared-factorised"]

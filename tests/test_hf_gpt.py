@@ -248,7 +248,8 @@ def test_convert_both_directions_reads_its_sources_only(tmp_path, rng, capsys):
     saved = json.loads((tmp_path / "back" / "config.json").read_text())
     assert (saved["bos_token_id"], saved["eos_token_id"], saved["pad_token_id"]) == (ours.eos_id, ours.eos_id, None)
     capsys.readouterr()
-    for direction, source, out in (("to-ours", folder, tmp_path / "ours"), ("to-hf", tmp_path / "ours", tmp_path / "back")):
+    for direction, source, out in (("to-ours", folder, tmp_path / "ours"),
+                                   ("to-hf", tmp_path / "ours", tmp_path / "back")):
         with pytest.raises(SystemExit) as e:  # an output folder in use
             jaxlm("convert", direction, source, "--out", out)
         assert e.value.code == 2 and "not empty" in capsys.readouterr().err, (direction, out)

@@ -74,7 +74,8 @@ def check_apart(out, *inputs) -> None:
     dest = Path(out).resolve()
     for given in filter(None, inputs):
         path = Path(given).resolve()
-        where = "is" if dest == path else "lies inside" if path in dest.parents else "holds" if dest in path.parents else ""
+        where = ("is" if dest == path else "lies inside" if path in dest.parents
+                 else "holds" if dest in path.parents else "")
         if where:
             raise ValueError(f"--out {out} {where} the input {given}, which convert only reads; choose an --out "
                              f"outside it")
