@@ -133,6 +133,8 @@ def quiet_libraries() -> None:
         pass
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     sys.unraisablehook = _drop_abandoned_async_reports
+    # The same abandoned reads, found unawaited when the interpreter exits.
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
     import datasets
 
     datasets.disable_progress_bars()  # "Generating train split", "Tokenizing": a line per file

@@ -71,7 +71,8 @@ def test_a_damaged_step_is_one_line_on_stderr_that_names_the_other_steps(corpus,
         done = subprocess.run([sys.executable, "-m", "jaxlm", command, str(copy), *flags], cwd=REPO,
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 2, done.stderr[-3000:]
-        (message,) = done.stderr.splitlines()
+        assert len(done.stderr.splitlines()) == 1, done.stderr[-3000:]
+        message = done.stderr.strip()
         assert message.startswith(f"error: checkpoint step 6 in {copy} cannot be restored ({reason}"), message
         assert message.endswith("); its other steps: 4 (choose one with --step, e.g. --step 4)"), message
     evaluated = evaluate_checkpoint(arrays, str(root / "validation.jsonl"), step=4,
