@@ -5,7 +5,8 @@
     python -m bench.docs tests LOG --tier whole   # record a pytest run's summary line and time
     python -m bench.docs memory                   # compute the memory plans (from shapes, no devices)
 
-Each recorder writes one JSON file with the machine it ran on (cores, load average); ``render``
+Each recorder writes one JSON file with the machine it ran on (its cores: each was measured with
+nothing else running); ``render``
 turns the files into the document, and a test checks the document equals what they generate.
 """
 
@@ -41,8 +42,9 @@ MEMORY_PLANS = [
 
 
 def machine() -> dict:
-    """Where a measurement ran: cores and the load average while it was recorded."""
-    return {"cpus": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()]}
+    """Where a measurement ran: its cores. (The load average when a result is recorded is the
+    measurement's own; the benchmarks record other processes' use while they run.)"""
+    return {"cpus": os.cpu_count()}
 
 
 def record_main_job(run_dir: Path, seconds: float) -> Path:
@@ -106,7 +108,7 @@ def _load(name: str) -> dict | None:
 
 
 def _load_note(m: dict) -> str:
-    return f"{m['cpus']}-core CPU, load average {m['load_average'][0]:.2f} when recorded"
+    return f"{m['cpus']}-core CPU, nothing else running"
 
 
 def render() -> str:
