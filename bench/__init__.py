@@ -11,5 +11,5 @@
   BertModel, with parameter bytes, the memory-bandwidth limit and the quality change.
 - ``formulations``: 16- and 8-bit matrix-vector products under XLA's CPU flags.
 
-Run through ``scripts/benchmark.py``; the library (``models``, ``optim``, ``train``) never imports it.
+Run through ``jaxlm benchmark`` (``bench.modes``); the library (``models``, ``optim``, ``train``) never imports it.
 """

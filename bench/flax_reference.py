@@ -24,10 +24,10 @@ from bench.measure import (
     versions,
     xla_memory,
 )
-from bench.spec import BenchSpec, random_tokens, warmup_cosine_fn
+from bench.spec import EPS, BenchSpec, random_tokens, warmup_cosine_fn
 
 
-def flax_reference_step(spec: BenchSpec, hf_config: dict) -> Contender:
+def flax_reference_step(spec: BenchSpec, hf_config: dict, optimizer: dict) -> Contender:
     """transformers' ``FlaxGPT2LMHeadModel`` trained with ``jax.value_and_grad`` + optax AdamW."""
     transformers.logging.set_verbosity_error()
     memory = HostMemory()
@@ -41,9 +41,9 @@ def flax_reference_step(spec: BenchSpec, hf_config: dict) -> Contender:
         return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) == "kernel", tree)
 
     tx = optax.chain(
-        optax.clip_by_global_norm(spec.clip_norm),
-        optax.adamw(warmup_cosine_fn(spec), b1=spec.b1, b2=spec.b2, eps=spec.eps, weight_decay=spec.weight_decay,
-                    mask=decay),
+        optax.clip_by_global_norm(optimizer["clip_norm"]),
+        optax.adamw(warmup_cosine_fn(optimizer, spec.total_steps), b1=optimizer["b1"], b2=optimizer["b2"], eps=EPS,
+                    weight_decay=optimizer["weight_decay"], mask=decay),
     )
 
     def loss_fn(params, inputs, targets, rng):

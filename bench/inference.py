@@ -1,4 +1,4 @@
-"""Inference benchmark (``scripts/benchmark.py --mode infer``): each inference variant of one model
+"""Inference benchmark (``jaxlm benchmark --mode infer``): each inference variant of one model
 measured against fp32, side by side with transformers' own generation and encoder.
 
 Decoder (``model``: a preset with random weights and dropout off, or a run / Hugging Face folder)
@@ -127,7 +127,7 @@ def load_decoder(model: str, spec: InferSpec, option: str = "--model"):
         from train.checkpoint import load_for_eval
 
         module, config, params, run = load_for_eval(model)
-        tokenizer, source = run.get("tokenizer"), f"checkpoint {model}"
+        tokenizer, source = run.tokenizer, f"checkpoint {model}"
     else:
         config = models.get_config(model).without_dropout()
         if config.family == "gpt":
@@ -174,7 +174,7 @@ def quality_tokens(spec: InferSpec, tokenizer, vocab_size: int, context: int) ->
         return rng.integers(0, vocab_size, (blocks, seq)).astype(np.int32), "random tokens"
     if tokenizer is None:
         raise ValueError("--data needs the model's tokenizer: give a run folder (run.json names it) as --model")
-    from train.data.corpora import read_texts
+    from train.data.documents import read_texts
 
     ids = []
     for text in read_texts([spec.data]):
@@ -189,7 +189,8 @@ def quality_tokens(spec: InferSpec, tokenizer, vocab_size: int, context: int) ->
 
 def encoder_sentences(spec: InferSpec) -> list[str]:
     """Sentences of ``spec.encoder_data`` (default: the SOTU validation addresses)."""
-    from train.data.corpora import prepare_sotu, read_texts
+    from train.data.corpora import prepare_sotu
+    from train.data.documents import read_texts
     from train.data.downloads import cache_dir
 
     path = Path(spec.encoder_data) if spec.encoder_data else cache_dir() / "sotu" / "validation.jsonl"
@@ -289,79 +290,158 @@ def _median_ratio(rounds: list[dict], name: str, workload: str) -> float | None:
     return statistics.median(ratios) if ratios else None
 
 
-def compare_inference(spec: InferSpec, reference: str | None = None, log=sys.stderr) -> dict:
-    """Mode ``infer``: every variant and reference, compiled, then timed in interleaved rounds."""
-    module, params, tokenizer_name, source = load_decoder(spec.model, spec)
-    config = module.config
-    if tokenizer_name:
-        from train.data.tokenizers import load_tokenizer
+@dataclasses.dataclass
+class DecoderBench:
+    """The decoding benchmark's contenders: each variant of the model (and each variant run) with
+    its prompts, and the tokens its quality is measured on."""
 
-        tokenizer = load_tokenizer(tokenizer_name)
-    else:
+    spec: InferSpec
+    config: Any
+    source: str
+    decoders: dict  # name -> (module, params)
+    prompts: np.ndarray  # [largest batch, prompt_len]
+    tokens: np.ndarray  # quality blocks
+    tokens_from: str
+    outputs: dict = dataclasses.field(default_factory=dict)  # name -> workload -> the greedy ids
+
+    @classmethod
+    def prepare(cls, spec: InferSpec) -> "DecoderBench":
+        module, params, tokenizer_name, source = load_decoder(spec.model, spec)
+        config = module.config
         tokenizer = None
-    largest = max(spec.batch_sizes)
-    tokens, tokens_from = quality_tokens(spec, tokenizer, config.vocab_size, config.n_positions)
-    if spec.data is not None and spec.prompt_len <= tokens.shape[1]:
-        prompts = np.resize(tokens[:, : spec.prompt_len], (largest, spec.prompt_len))
-    else:
-        prompts = np.random.default_rng(spec.seed + 1).integers(0, config.vocab_size, (largest, spec.prompt_len))
-    prompts = prompts.astype(np.int32)
-    decoders = {name: quantize.prepare(module, params, **VARIANTS[name]) for name in spec.variants}
-    decoders.update(load_variant_runs(spec, config, tokenizer_name))
-    out: dict[str, Any] = {"mode": "infer", "spec": dataclasses.asdict(spec), "model_source": source,
-                           "environment": environment(), "bandwidth": [matvec_bandwidth()]}
+        if tokenizer_name:
+            from train.data.tokenizers import load_tokenizer
 
-    encoders, encoder_payload, encode_batch = {}, None, None
-    if spec.encoder:
-        folder = hf.minilm_folder()
+            tokenizer = load_tokenizer(tokenizer_name)
+        largest = max(spec.batch_sizes)
+        tokens, tokens_from = quality_tokens(spec, tokenizer, config.vocab_size, config.n_positions)
+        if spec.data is not None and spec.prompt_len <= tokens.shape[1]:
+            prompts = np.resize(tokens[:, : spec.prompt_len], (largest, spec.prompt_len))
+        else:
+            prompts = np.random.default_rng(spec.seed + 1).integers(0, config.vocab_size, (largest, spec.prompt_len))
+        decoders = {name: quantize.prepare(module, params, **VARIANTS[name]) for name in spec.variants}
+        decoders.update(load_variant_runs(spec, config, tokenizer_name))
+        return cls(spec, config, source, decoders, prompts.astype(np.int32), tokens, tokens_from)
+
+    def calls(self, name: str) -> dict:
+        """The decoding workloads of ``name``: greedy decoding of the prompts at each batch size."""
+        dmodule, dparams = self.decoders[name]
+        self.outputs[name] = {}
+
+        def decode(batch):
+            greedy = greedy_decode(dmodule, dparams, self.prompts[:batch], self.spec.new_tokens)
+
+            def call():
+                self.outputs[name][f"decode_b{batch}"] = greedy()
+            return call
+
+        return {f"decode_b{b}": decode(b) for b in self.spec.batch_sizes}
+
+    def row(self, name: str, result: dict, rounds: list, bandwidth: float, quality: dict) -> dict:
+        """A decoder's row: medians, tokens/s, the time against fp32 per round, and for ours the
+        bytes, the bandwidth limit and the quality against fp32."""
+        spec, runs = self.spec, dict(self.spec.variant_runs)
+        row: dict[str, Any] = {"kind": "ours" if name in spec.variants else "variant" if name in runs else "reference",
+                               "result": result}
+        for b in spec.batch_sizes:
+            median = result["workloads"][f"decode_b{b}"]["median_s"]
+            row[f"decode_b{b}"] = {"median_s": median, "tokens_per_s": b * spec.new_tokens / median,
+                                   "ms_per_token": 1000 * median / spec.new_tokens,
+                                   "vs_fp32": _median_ratio(rounds, name, f"decode_b{b}")}
+        if name in self.decoders:
+            dparams = self.decoders[name][1]
+            weight_bytes = quantize.param_bytes(dparams) - quantize.param_bytes(dparams.get("wpe", {}))
+            limit_s = weight_bytes / bandwidth
+            row.update(param_bytes=quantize.param_bytes(dparams), weight_bytes_per_token=weight_bytes,
+                       bytes_vs_fp32=quantize.param_bytes(dparams) / quantize.param_bytes(self.decoders["float32"][1]),
+                       limit_tokens_per_s=1 / limit_s,
+                       of_limit=limit_s * spec.new_tokens / row[f"decode_b{min(spec.batch_sizes)}"]["median_s"],
+                       quality={**quality[name], "greedy_agreement": greedy_agreement(self.outputs, name),
+                                "tokens_from": self.tokens_from})
+            if name in runs:
+                row.update(run=runs[name], params=models.count_params(dparams),
+                           nonzero_params=int(sum(np.count_nonzero(np.asarray(x)) for x in jax.tree.leaves(dparams))))
+        return row
+
+
+@dataclasses.dataclass
+class EncoderBench:
+    """The encoding benchmark: the real all-MiniLM-L6-v2 weights in each variant, sentence
+    batches, and what the PyTorch reference worker needs."""
+
+    spec: InferSpec
+    encoders: dict  # name -> (module, params)
+    batches: list
+    payload: dict
+    info: dict
+
+    @classmethod
+    def prepare(cls, spec: InferSpec) -> "EncoderBench":
         from train.data.tokenizers import WordPieceTokenizer
 
-        emodule, econfig, eparams = hf.load_pretrained(folder)
+        folder = hf.minilm_folder()
+        emodule, _, eparams = hf.load_pretrained(folder)
         encoders = {name: quantize.prepare(emodule, eparams, **VARIANTS[name]) for name in spec.variants}
         sentences = encoder_sentences(spec)
         batches = encoder_batches(WordPieceTokenizer(folder / "vocab.txt", lowercase=True), sentences,
                                   spec.encoder_batch, spec.encoder_seq)
-        encode_batch = batches[0]
-        encoder_payload = {"folder": str(folder), "ids": encode_batch[0].tolist(), "mask": encode_batch[1].tolist()}
-        out["encoder_model"] = {"folder": str(folder), "sentences": len(sentences), "batch": spec.encoder_batch,
-                                "seq": spec.encoder_seq}
+        payload = {"folder": str(folder), "ids": batches[0][0].tolist(), "mask": batches[0][1].tolist()}
+        info = {"folder": str(folder), "sentences": len(sentences), "batch": spec.encoder_batch, "seq": spec.encoder_seq}
+        return cls(spec, encoders, batches, payload, info)
 
-    outputs: dict[str, dict] = {}
+    def calls(self, name: str) -> dict:
+        if name not in self.encoders:
+            return {}
+        embed, params = mean_pooled(self.encoders[name][0]), self.encoders[name][1]
+        ids, mask = (jnp.asarray(x) for x in self.batches[0])
+        return {"encode": lambda: embed(params, ids, mask).block_until_ready()}
+
+    def add_to_rows(self, rows: dict, results: dict, rounds: list) -> None:
+        """Each row's encoding medians, sentences/s, time against fp32 and cosine against fp32."""
+        cosines = encoder_cosines(self.encoders, self.batches)
+        for name, result in results.items():
+            if "encode" not in result["workloads"]:
+                continue
+            median = result["workloads"]["encode"]["median_s"]
+            rows[name]["encode"] = {"median_s": median, "sentences_per_s": self.spec.encoder_batch / median,
+                                    "vs_fp32": _median_ratio(rounds, name, "encode")}
+            if name in self.encoders:
+                rows[name]["encoder_param_bytes"] = quantize.param_bytes(self.encoders[name][1])
+                rows[name]["encode"]["cosine_vs_fp32"] = cosines[name]
+
+
+def compare_inference(spec: InferSpec, reference: str | None = None, log=sys.stderr) -> dict:
+    """Mode ``infer``: the decoder and encoder benchmarks' contenders and the references,
+    compiled, then timed in interleaved rounds; the rows and their tables."""
+    decoder = DecoderBench.prepare(spec)
+    encoder = EncoderBench.prepare(spec) if spec.encoder else None
+    out: dict[str, Any] = {"mode": "infer", "spec": dataclasses.asdict(spec), "model_source": decoder.source,
+                           "environment": environment(), "bandwidth": [matvec_bandwidth()]}
+    if encoder:
+        out["encoder_model"] = encoder.info
 
     def ours(name: str) -> Workloads:
-        dmodule, dparams = decoders[name]
-        outputs[name] = {}
-
-        def decode(batch):
-            greedy = greedy_decode(dmodule, dparams, prompts[:batch], spec.new_tokens)
-
-            def call():
-                outputs[name][f"decode_b{batch}"] = greedy()
-            return call
-
-        calls = {f"decode_b{b}": decode(b) for b in spec.batch_sizes}
-        if name in encoders:
-            embed, eparams_v = mean_pooled(encoders[name][0]), encoders[name][1]
-            ids, mask = (jnp.asarray(x) for x in encode_batch)
-            calls["encode"] = lambda: embed(eparams_v, ids, mask).block_until_ready()
+        calls = {**decoder.calls(name), **(encoder.calls(name) if encoder else {})}
         print(f"compiling {name}...", file=log, flush=True)
         return Workloads(calls, warmup=spec.warmup)
 
-    contenders: dict[str, Any] = {name: ours(name) for name in decoders}
-    payload = {"hf_config": hf_gpt2_config(config, "off"), "prompts": prompts.tolist(),
+    contenders: dict[str, Any] = {name: ours(name) for name in decoder.decoders}
+    payload = {"hf_config": hf_gpt2_config(decoder.config, "off"), "prompts": decoder.prompts.tolist(),
                "batch_sizes": list(spec.batch_sizes), "new_tokens": spec.new_tokens, "seed": spec.seed,
-               "threads": spec.reference_threads, "warmup": spec.warmup, "encoder": encoder_payload}
+               "threads": spec.reference_threads, "warmup": spec.warmup}
     try:
         for name in spec.references:
             print(f"starting the {name} reference...", file=log, flush=True)
             python = reference_python(reference, log=log) if name == "flax" else sys.executable
             kind = "flax-generate" if name == "flax" else "torch-inference"
-            contenders[name] = Worker(python, kind, {**payload, "encoder": None if name == "flax" else encoder_payload})
-        workloads = [f"decode_b{b}" for b in spec.batch_sizes] + (["encode"] if spec.encoder else [])
+            encoder_payload = encoder.payload if encoder and name == "torch" else None
+            contenders[name] = Worker(python, kind, {**payload, "encoder": encoder_payload})
+        workloads = [f"decode_b{b}" for b in spec.batch_sizes] + (["encode"] if encoder else [])
         contention = CpuContention()
         contention.start()
+        encodes = (*(encoder.encoders if encoder else ()), "torch")
         rounds = interleaved_rounds(contenders, workloads, spec.rounds, log=log,
-                                    skip=lambda name, workload: workload == "encode" and name not in (*encoders, "torch"))
+                                    skip=lambda name, workload: workload == "encode" and name not in encodes)
         out["other_processes_cpu_cores"] = contention.stop()
         results = {name: c.result() for name, c in contenders.items() if isinstance(c, Workloads)}
         results.update({name: contenders[name].finish() for name in spec.references})
@@ -370,43 +450,14 @@ def compare_inference(spec: InferSpec, reference: str | None = None, log=sys.std
             if isinstance(contender, Worker) and contender.proc.poll() is None:
                 contender.proc.kill()
     out["bandwidth"].append(matvec_bandwidth())
-    bandwidth = max(b["bytes_per_s"] for b in out["bandwidth"])
-    out["bandwidth_bytes_per_s"] = bandwidth
+    out["bandwidth_bytes_per_s"] = max(b["bytes_per_s"] for b in out["bandwidth"])
     out["rounds"] = rounds
-
-    quality = decoder_quality(decoders, tokens) if spec.quality_tokens else {name: {} for name in decoders}
-    rows, runs = {}, dict(spec.variant_runs)
-    for name, result in results.items():
-        kind = "ours" if name in spec.variants else "variant" if name in runs else "reference"
-        row: dict[str, Any] = {"kind": kind, "result": result}
-        for b in spec.batch_sizes:
-            median = result["workloads"][f"decode_b{b}"]["median_s"]
-            row[f"decode_b{b}"] = {"median_s": median, "tokens_per_s": b * spec.new_tokens / median,
-                                   "ms_per_token": 1000 * median / spec.new_tokens,
-                                   "vs_fp32": _median_ratio(rounds, name, f"decode_b{b}")}
-        if "encode" in result["workloads"]:
-            median = result["workloads"]["encode"]["median_s"]
-            row["encode"] = {"median_s": median, "sentences_per_s": spec.encoder_batch / median,
-                             "vs_fp32": _median_ratio(rounds, name, "encode")}
-        if name in decoders:
-            dparams = decoders[name][1]
-            weight_bytes = quantize.param_bytes(dparams) - quantize.param_bytes(dparams.get("wpe", {}))
-            limit_s = weight_bytes / bandwidth
-            row.update(param_bytes=quantize.param_bytes(dparams), weight_bytes_per_token=weight_bytes,
-                       bytes_vs_fp32=quantize.param_bytes(dparams) / quantize.param_bytes(decoders["float32"][1]),
-                       limit_tokens_per_s=1 / limit_s,
-                       of_limit=limit_s * spec.new_tokens / row[f"decode_b{min(spec.batch_sizes)}"]["median_s"],
-                       quality={**quality[name], "greedy_agreement": greedy_agreement(outputs, name),
-                                "tokens_from": tokens_from})
-            if name in runs:
-                row.update(run=runs[name], params=models.count_params(dparams),
-                           nonzero_params=int(sum(np.count_nonzero(np.asarray(x)) for x in jax.tree.leaves(dparams))))
-            if name in encoders:
-                row["encoder_param_bytes"] = quantize.param_bytes(encoders[name][1])
-        rows[name] = row
-    if spec.encoder:
-        for name, cos in encoder_cosines(encoders, batches).items():
-            rows[name]["encode"]["cosine_vs_fp32"] = cos
+    quality = (decoder_quality(decoder.decoders, decoder.tokens) if spec.quality_tokens
+               else {name: {} for name in decoder.decoders})
+    rows = {name: decoder.row(name, result, rounds, out["bandwidth_bytes_per_s"], quality)
+            for name, result in results.items()}
+    if encoder:
+        encoder.add_to_rows(rows, results, rounds)
     out["rows"] = rows
     out["markdown"] = markdown(out, spec)
     return out
@@ -433,7 +484,11 @@ def _fmt(x, spec: str = ".2f") -> str:
 
 
 def markdown(out: dict, spec: InferSpec) -> str:
-    """The results as markdown tables (decoder, then encoder)."""
+    """The results as markdown tables: the decoder's, then the encoder's."""
+    return "\n".join(decoder_table(out, spec) + (encoder_table(out, spec) if spec.encoder else [])) + "\n"
+
+
+def decoder_table(out: dict, spec: InferSpec) -> list[str]:
     env, rows = out["environment"], out["rows"]
     b1, bn = min(spec.batch_sizes), max(spec.batch_sizes)
     lines = [
@@ -462,19 +517,22 @@ def markdown(out: dict, spec: InferSpec) -> str:
     if spec.variant_runs:
         lines += ["", "Variant runs (fp32, quality against ours float32): "
                   + "; ".join(f"{name} = {path}" for name, path in spec.variant_runs) + "."]
-    if spec.encoder:
-        lines += [
-            "",
-            f"| encoder (all-MiniLM-L6-v2, {spec.encoder_batch} x {spec.encoder_seq} tokens) | sentences/s | "
-            "time vs fp32 | parameters (MB) | cosine vs fp32 (mean) | (least) |",
-            "| --- | --- | --- | --- | --- | --- |",
-        ]
-        for name, row in rows.items():
-            if "encode" not in row:
-                continue
-            e, cos = row["encode"], row["encode"].get("cosine_vs_fp32", {})
-            label = f"ours {name}" if row["kind"] == "ours" else "transformers PyTorch BertModel"
-            lines.append(f"| {label} | {e['sentences_per_s']:.1f} | {_fmt(e['vs_fp32'])} | "
-                         f"{_fmt(row.get('encoder_param_bytes') and row['encoder_param_bytes'] / 1e6, '.1f')} | "
-                         f"{_fmt(cos.get('mean'), '.5f')} | {_fmt(cos.get('min'), '.5f')} |")
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def encoder_table(out: dict, spec: InferSpec) -> list[str]:
+    lines = [
+        "",
+        f"| encoder (all-MiniLM-L6-v2, {spec.encoder_batch} x {spec.encoder_seq} tokens) | sentences/s | "
+        "time vs fp32 | parameters (MB) | cosine vs fp32 (mean) | (least) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, row in out["rows"].items():
+        if "encode" not in row:
+            continue
+        e, cos = row["encode"], row["encode"].get("cosine_vs_fp32", {})
+        label = f"ours {name}" if row["kind"] == "ours" else "transformers PyTorch BertModel"
+        lines.append(f"| {label} | {e['sentences_per_s']:.1f} | {_fmt(e['vs_fp32'])} | "
+                     f"{_fmt(row.get('encoder_param_bytes') and row['encoder_param_bytes'] / 1e6, '.1f')} | "
+                     f"{_fmt(cos.get('mean'), '.5f')} | {_fmt(cos.get('min'), '.5f')} |")
+    return lines

@@ -14,7 +14,6 @@ with no step queued.
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 import tempfile
 import time
@@ -23,30 +22,30 @@ from pathlib import Path
 from bench.measure import CpuContention, environment
 from bench.spec import BenchSpec
 from bench.train_step import prepare_ours
-from train.config import apply_overrides, load_config
 from train.loop import train
 from train.metrics import read_metrics
 
 
-def measure_loop_idle(config_name: str, overrides: list[str], bare_steps: int = 20) -> dict:
-    """The loop's step time, the device's step time and the idle time per step, in seconds."""
-    config = apply_overrides(load_config(config_name), overrides)
+def measure_loop_idle(config, bare_steps: int = 20) -> dict:
+    """The loop's step time on the run config ``config``, the device's step time and the idle time
+    per step, in seconds."""
     with tempfile.TemporaryDirectory() as tmp:
-        run = dataclasses.replace(
-            config, workdir=str(Path(tmp) / "run"), eval_data=None, log_every=config.steps,
-            checkpoint_every=config.steps, async_checkpoints=False, progress_bar=False,
-        )
+        run = config.replace({
+            "run_dir": str(Path(tmp) / "run"), "data.eval": None, "log.every": config.steps,
+            "checkpoint.every": config.steps, "checkpoint.async_save": False, "log.progress_bar": False,
+        })
         contention = CpuContention()
         contention.start()
         t0 = time.perf_counter()
         train(run)
         loop_wall = time.perf_counter() - t0
         loop_others = contention.stop()
-        (row,) = [r for r in read_metrics(run.workdir) if r["split"] == "train"]
-    loop_step = config.batch_size * config.seq_len / row["tokens_per_sec"]
+        (row,) = [r for r in read_metrics(run.run_dir) if r["split"] == "train"]
+    data = config.data
+    loop_step = data.batch_size * data.seq_len / row["tokens_per_sec"]
 
-    spec = BenchSpec(model=config.model, seq_len=config.seq_len, batch_size=config.batch_size, dropout="on",
-                     model_overrides=dict(config.model_overrides), steps=bare_steps, warmup=2)
+    spec = BenchSpec(model=config.model, seq_len=data.seq_len, batch_size=data.batch_size, dropout="on",
+                     steps=bare_steps, warmup=2)
     bare = prepare_ours(spec)
     blocking = [bare.step() for _ in range(bare_steps)]
     blocking_step = statistics.median(s["time"] for s in blocking)
@@ -63,10 +62,9 @@ def measure_loop_idle(config_name: str, overrides: list[str], bare_steps: int = 
     others = [o for o in [s["other_cores"] for s in blocking] + [o for _, o in queued] if o is not None]
     return {
         "mode": "loop-idle",
-        "config": config_name,
-        "overrides": overrides,
-        "model": config.model,
-        "batch": [config.batch_size, config.seq_len],
+        "config": config.to_dict(),
+        "model": type(config.model).__name__,
+        "batch": [data.batch_size, data.seq_len],
         "loop_steps_timed": config.steps - 1,
         "loop_step_s": loop_step,
         "device_step_s": device_step,

@@ -1,6 +1,6 @@
 """Memory planning: the bytes per device a training configuration needs, from shapes alone.
 
-Mode ``memory`` of ``scripts/benchmark.py``. Nothing is allocated and no device of the target
+Mode ``memory`` of ``jaxlm benchmark``. Nothing is allocated and no device of the target
 kind is needed: parameter shapes come from ``jax.eval_shape``, their per-device shards from the
 sharding rules (``train.sharding``) and the mesh, the optimizer state from ``jax.eval_shape`` of
 the loop's AdamW, the activations from ``jax.eval_shape`` of ``jax.vjp`` of the training loss.

@@ -7,15 +7,18 @@ and other virtual environments, never import our packages.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
 
 @dataclasses.dataclass
 class BenchSpec:
-    """What to measure. Optimizer defaults are ``train.config.TrainConfig``'s."""
+    """What to measure. The optimizer is ``optim.OptimizerConfig``'s defaults (warmup then cosine
+    decay over ``total_steps``); the references receive its fields by name (``optimizer`` in the
+    workers' payload), since they do not import our packages."""
 
-    model: str = "gpt2"
+    model: Any = "gpt2"  # a preset name or a model config
     seq_len: int = 256
     batch_size: int = 2
     dtype: str = "float32"
@@ -23,15 +26,7 @@ class BenchSpec:
     warmup: int = 1
     dropout: str = "off"  # "off": all dropout rates 0 (in every contender); "on": the preset's rates
     model_overrides: dict = dataclasses.field(default_factory=dict)
-    learning_rate: float = 3e-4
-    warmup_steps: int = 100
-    total_steps: int = 1000
-    end_lr_ratio: float = 0.1
-    weight_decay: float = 0.1
-    b1: float = 0.9
-    b2: float = 0.95
-    eps: float = 1e-8
-    clip_norm: float = 1.0
+    total_steps: int = 1000  # the learning-rate schedule's length
     seed: int = 0
 
     def __post_init__(self):
@@ -58,10 +53,15 @@ def random_tokens(spec: BenchSpec, vocab_size: int) -> tuple[np.ndarray, np.ndar
     return np.ascontiguousarray(block[:, :-1]), np.ascontiguousarray(block[:, 1:])
 
 
-def warmup_cosine_fn(spec: BenchSpec):
-    """The learning-rate schedule of ``optim.warmup_cosine`` as an optax schedule (reference side)."""
+EPS = 1e-8  # Adam's epsilon: optim.adamw's default
+
+
+def warmup_cosine_fn(optimizer: dict, total_steps: int):
+    """The learning-rate schedule of ``optim.warmup_cosine`` as an optax schedule (reference side);
+    ``optimizer``: ``optim.OptimizerConfig``'s fields."""
     import optax
 
+    peak = optimizer["learning_rate"]
     return optax.warmup_cosine_decay_schedule(
-        0.0, spec.learning_rate, spec.warmup_steps, max(spec.total_steps, 1), spec.learning_rate * spec.end_lr_ratio
+        0.0, peak, optimizer["warmup_steps"], max(total_steps, 1), peak * optimizer["end_lr_ratio"]
     )

@@ -22,10 +22,10 @@ from bench.measure import (
     torch_matmul_flops,
     versions,
 )
-from bench.spec import BenchSpec, random_tokens, warmup_cosine_fn
+from bench.spec import EPS, BenchSpec, random_tokens, warmup_cosine_fn
 
 
-def torch_reference_step(spec: BenchSpec, hf_config: dict, threads: int | None = None,
+def torch_reference_step(spec: BenchSpec, hf_config: dict, optimizer: dict, threads: int | None = None,
                          adamw_impl: str = "fused") -> Contender:
     """transformers' PyTorch ``GPT2LMHeadModel`` with ``torch.optim.AdamW`` (eager, CPU)."""
     transformers.logging.set_verbosity_error()
@@ -44,10 +44,10 @@ def torch_reference_step(spec: BenchSpec, hf_config: dict, threads: int | None =
         (decay if p.dim() == 2 and "wte" not in name and "wpe" not in name else no_decay).append(p)
     kwargs = {"fused": True} if adamw_impl == "fused" else {"foreach": adamw_impl == "foreach"}
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=spec.learning_rate, betas=(spec.b1, spec.b2), eps=spec.eps, **kwargs,
+        [{"params": decay, "weight_decay": optimizer["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=optimizer["learning_rate"], betas=(optimizer["b1"], optimizer["b2"]), eps=EPS, **kwargs,
     )
-    schedule = warmup_cosine_fn(spec)
+    schedule = warmup_cosine_fn(optimizer, spec.total_steps)
     lr_at = [float(schedule(i)) for i in range(spec.warmup + spec.steps + 1)]
     init_s = time.perf_counter() - t0
     inputs, targets = (torch.from_numpy(x).long() for x in random_tokens(spec, cfg.vocab_size))
@@ -61,7 +61,7 @@ def torch_reference_step(spec: BenchSpec, hf_config: dict, threads: int | None =
         logits = model(input_ids=inputs).logits
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.clip_norm)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), optimizer["clip_norm"])
         opt.step()
         holder["loss"] = loss.detach()
 

@@ -50,7 +50,7 @@ References (``compare``)
     per-round ratio (> 1: ours is faster).
 
 Memory allocator
-    ``scripts/benchmark.py`` (like ``scripts/train.py``) first calls
+    the ``jaxlm`` command first calls
     :func:`train.malloc.retain_freed_memory`, which keeps freed memory in the process instead of
     page-faulting XLA's temporaries in at every step; ``allocator`` in each contender's result
     says what its process used. The references keep their default allocator unless
@@ -59,6 +59,7 @@ Memory allocator
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 import sys
@@ -80,7 +81,7 @@ from bench.measure import (
     matmul_peak_flops,
     xla_memory,
 )
-from bench.spec import BenchSpec, random_tokens
+from bench.spec import EPS, BenchSpec, random_tokens
 from bench.workers import Worker, reference_python
 from models.config import TransformerConfig
 from train import sharding
@@ -146,9 +147,7 @@ def prepare_ours(spec: BenchSpec) -> Contender:
     memory = HostMemory()
     memory.start()
     module, config = our_config(spec)
-    schedule = optim.warmup_cosine(spec.learning_rate, spec.warmup_steps, spec.total_steps, spec.end_lr_ratio)
-    tx = optim.adamw(schedule, weight_decay=spec.weight_decay, b1=spec.b1, b2=spec.b2, eps=spec.eps,
-                     clip_norm=spec.clip_norm)
+    tx, _ = optim.make_optimizer(optim.OptimizerConfig(), spec.total_steps)
     mesh = one_device_mesh()
     init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(spec.seed))
     t0 = time.perf_counter()
@@ -281,9 +280,11 @@ def compare_reference(
         raise ValueError(f"reference_allocator={reference_allocator!r}; choose 'default' or 'retained'")
     ref_python = reference_python(reference, log=log) if "flax" in references else None
     config, out = _header(spec, peak_tflops, "compare-reference")
+    opt = optim.OptimizerConfig()
     payload = {
         "spec": spec.to_dict(),
         "hf_config": hf_gpt2_config(config, spec.dropout),
+        "optimizer": dataclasses.asdict(opt),
         "peak_flops_per_s": out["peak_flops_per_s"],
         "flops": out["flops"],
         "threads": cpu_count(),
@@ -292,9 +293,9 @@ def compare_reference(
     out["reference_config"] = payload["hf_config"]
     out["fairness"] = (
         f"same GPT-2 config (random init), batch {spec.batch_size} x seq {spec.seq_len}, {spec.dtype}, dropout "
-        f"{spec.dropout} in all three, AdamW(lr schedule warmup-cosine peak {spec.learning_rate}, b1={spec.b1}, "
-        f"b2={spec.b2}, eps={spec.eps}, weight_decay={spec.weight_decay} on matrices only) after global-norm "
-        f"clipping {spec.clip_norm}; mean token cross-entropy over integer labels; one process per contender, "
+        f"{spec.dropout} in all three, AdamW(lr schedule warmup-cosine peak {opt.learning_rate}, b1={opt.b1}, "
+        f"b2={opt.b2}, eps={EPS}, weight_decay={opt.weight_decay} on matrices only) after global-norm "
+        f"clipping {opt.clip_norm}; mean token cross-entropy over integer labels; one process per contender, "
         f"{spec.steps} interleaved rounds of one step each, never two steps at once; malloc: ours {allocator}, "
         f"references {reference_allocator}"
     )

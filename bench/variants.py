@@ -1,5 +1,5 @@
 """Inference cost of smaller-model variants (pruned, head-pruned, distilled, adaptive softmax) side by
-side with their fp32 baseline, measured in one process on the same device (``scripts/smaller.py``).
+side with their fp32 baseline, measured in one process on the same device (``experiments.smaller_models``).
 
 For each variant: parameter count and bytes (and the nonzero count: unstructured sparsity stores
 and multiplies its zeros like any other weight), the forward pass over a batch (time per token and
@@ -33,7 +33,9 @@ class Variant:
 
 
 @dataclasses.dataclass(frozen=True)
-class InferSpec:
+class VariantSpec:
+    """What the smaller-model variants are timed on: a forward pass and decoding, interleaved rounds."""
+
     batch_size: int = 8
     seq_len: int = 128
     prompt_len: int = 16
@@ -42,7 +44,7 @@ class InferSpec:
     warmup: int = 1
 
 
-def _workloads(variant: Variant, spec: InferSpec) -> Workloads:
+def _workloads(variant: Variant, spec: VariantSpec) -> Workloads:
     """The variant's forward pass over a batch and its greedy decode, compiled and warmed up."""
     module, params = variant.module, variant.params
     ids = np.random.default_rng(0).integers(0, module.config.vocab_size, (spec.batch_size, spec.seq_len))
@@ -52,7 +54,7 @@ def _workloads(variant: Variant, spec: InferSpec) -> Workloads:
                      warmup=1 + spec.warmup)
 
 
-def compare(variants: list[Variant], spec: InferSpec = InferSpec()) -> list[dict]:
+def compare(variants: list[Variant], spec: VariantSpec = VariantSpec()) -> list[dict]:
     """One row per variant, the first being the baseline, with ratios to it (below 1: smaller or
     faster), times from ``steps`` interleaved rounds of one forward pass and one decode each."""
     contenders = {str(i): _workloads(v, spec) for i, v in enumerate(variants)}
@@ -83,7 +85,7 @@ def compare(variants: list[Variant], spec: InferSpec = InferSpec()) -> list[dict
     return rows
 
 
-def compare_train_steps(modules: list, spec: InferSpec = InferSpec(), learning_rate: float = 1e-3) -> list[float]:
+def compare_train_steps(modules: list, spec: VariantSpec = VariantSpec(), learning_rate: float = 1e-3) -> list[float]:
     """Median train-step seconds (the loop's jitted AdamW step, language modelling, a random batch
     of ``batch_size`` x ``seq_len``) of each module, timed in ``steps`` interleaved rounds."""
     import optim

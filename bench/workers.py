@@ -127,11 +127,11 @@ def _contender(kind: str, payload: dict):
     if kind == "flax-reference":
         from bench.flax_reference import flax_reference_step
 
-        contender = flax_reference_step(spec, payload["hf_config"])
+        contender = flax_reference_step(spec, payload["hf_config"], payload["optimizer"])
     elif kind == "torch-reference":
         from bench.torch_reference import torch_reference_step
 
-        contender = torch_reference_step(spec, payload["hf_config"], threads=payload.get("threads"),
+        contender = torch_reference_step(spec, payload["hf_config"], payload["optimizer"], threads=payload.get("threads"),
                                          adamw_impl=payload.get("torch_adamw", "fused"))
     else:
         raise SystemExit(f"unknown worker {kind!r}")

@@ -1,6 +1,6 @@
 """What every experiment shares: the SOTU data, short training runs, JSON results, tables, plots.
 
-Each question's module has ``run(scale: bool) -> dict`` (the JSON it writes) and
+Each experiment has ``run(scale: bool, runs: Path) -> dict`` (the JSON saved for it) and
 ``tables(result) -> dict[str, str]`` (markdown, generated from that JSON). ``write_report``
 puts the tables into ``REPORT.md`` between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->``
 markers, so the figures in the report are the JSON's, never typed by hand.
@@ -21,13 +21,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "experiments" / "results"
 REPORT = REPO / "REPORT.md"
+RUNS = Path("runs/experiments")  # where experiments keep their run folders (jaxlm experiments --out)
+MAIN_JOB = REPO / "runs" / "gpt2-mini-sotu"  # the main job's run (bash scripts/main.sh): q5's, the ablation's
 SOTU_VOCAB = 8192
 
 
 def sotu_files() -> dict:
     """The SOTU train/validation split and its 8,192-piece sentencepiece model (the main job's),
     prepared on first use."""
-    from train.data.corpora import prepare_sotu, read_texts
+    from train.data.corpora import prepare_sotu
+    from train.data.documents import read_texts
     from train.data.downloads import cache_dir
     from train.data.tokenizers import train_sentencepiece, training_sentences
 
@@ -78,34 +81,30 @@ def share_compilations() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def scratch_root() -> Path:
-    """Where experiments keep their run folders while they need them (``runs/``, ignored by git)."""
-    (REPO / "runs").mkdir(exist_ok=True)
-    return REPO / "runs"
-
-
-def train_run(config, keep: Path | None = None) -> dict:
-    """Train ``config`` (a TrainConfig) in a fresh temporary run folder, or in ``keep``, which is
-    left in place for later use; returns the loop's summary plus ``diverged`` (a non-finite loss
-    stopped it), the train-loss curve and the wall time."""
-    import dataclasses
-
+def train_run(config, folder: Path, keep: bool = False) -> dict:
+    """Train ``config`` (a TrainConfig) in a fresh temporary run folder under ``folder``, removed
+    afterwards, or with ``keep`` in ``folder`` itself, left in place for later use; returns the
+    loop's summary plus ``diverged`` (a non-finite loss stopped it), the train-loss curve and the
+    wall time."""
     from train.loop import NonFiniteLoss, train
     from train.metrics import read_metrics
 
-    scratch = Path(tempfile.mkdtemp(prefix="experiment-", dir=scratch_root())) if keep is None else None
-    workdir = scratch / "run" if keep is None else Path(keep)
-    config = dataclasses.replace(config, workdir=str(workdir), progress_bar=False, async_checkpoints=False)
+    scratch = None
+    if not keep:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix="experiment-", dir=folder))
+    run_dir = Path(folder) if keep else scratch / "run"
+    config = config.replace({"run_dir": str(run_dir), "log.progress_bar": False, "checkpoint.async_save": False})
     t0 = time.perf_counter()
     try:
         summary = {**train(config), "diverged": False}
     except NonFiniteLoss as e:
         summary = {"diverged": True, "error": str(e), "validation": None}
     summary["seconds"] = time.perf_counter() - t0
-    summary["train_curve"] = [(r["step"], r["loss"]) for r in read_metrics(config.workdir) if r["split"] == "train"]
+    summary["train_curve"] = [(r["step"], r["loss"]) for r in read_metrics(config.run_dir) if r["split"] == "train"]
     if scratch is not None:
         shutil.rmtree(scratch, ignore_errors=True)
-    summary.pop("workdir", None)
+    summary.pop("run_dir", None)
     summary.pop("loss_curve", None)
     return summary
 
@@ -120,7 +119,7 @@ def save(name: str, result: dict) -> Path:
 def load(name: str) -> dict:
     path = RESULTS / f"{name}.json"
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: run `python scripts/experiments.py {name}` first")
+        raise FileNotFoundError(f"{path} does not exist: run `jaxlm experiments {name}` first")
     return json.loads(path.read_text())
 
 

@@ -12,6 +12,7 @@ output layer, pre-LN gradients do not.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -55,26 +56,26 @@ ACCELERATOR = Scale(d_model=256, n_head=8, depths=(6, 24), seq_len=128, batch_si
                     learning_rate=1e-3, low_learning_rate=2.5e-4, seeds=(0, 1, 2), eval_batches=None)
 
 
-def model_overrides(scale: Scale, depth: int, variant: str) -> dict:
+def model_config(scale: Scale, depth: int, variant: str):
     pre_ln, final_ln, scaled = VARIANTS[variant]
-    return dict(
-        vocab_size=common.SOTU_VOCAB, n_positions=scale.seq_len, d_model=scale.d_model, n_head=scale.n_head,
-        d_ff=4 * scale.d_model, n_layer=depth, pre_ln=pre_ln, final_ln=final_ln, scale_residual_init=scaled,
-        embed_dropout=0.0, attn_dropout=0.0, resid_dropout=0.0, scan_layers=True,
+    return models.get_config(
+        "gpt2-mini", vocab_size=common.SOTU_VOCAB, n_positions=scale.seq_len, d_model=scale.d_model,
+        n_head=scale.n_head, d_ff=4 * scale.d_model, n_layer=depth, pre_ln=pre_ln, final_ln=final_ln,
+        scale_residual_init=scaled, scan_layers=True, **dict.fromkeys(models.GPTConfig.DROPOUTS, 0.0),
     )
 
 
 def run_config(scale: Scale, files: dict, depth: int, variant: str, warmup: bool, seed: int,
                learning_rate: float | None = None) -> TrainConfig:
-    return TrainConfig(
-        model="gpt2-mini", model_overrides=model_overrides(scale, depth, variant),
-        train_data=files["train"], eval_data=files["validation"], tokenizer=files["tokenizer"],
-        seq_len=scale.seq_len, batch_size=scale.batch_size, steps=scale.steps,
-        learning_rate=learning_rate or scale.learning_rate,
-        warmup_steps=round(scale.warmup_frac * scale.steps) if warmup else 0, seed=seed,
-        log_every=max(scale.steps // 15, 1), eval_every=scale.steps, checkpoint_every=scale.steps,
-        eval_max_batches=scale.eval_batches, keep_checkpoints=1,
-    )
+    return TrainConfig().replace({
+        "model": model_config(scale, depth, variant), "data.train": files["train"],
+        "data.eval": files["validation"], "data.tokenizer": files["tokenizer"], "data.seq_len": scale.seq_len,
+        "data.batch_size": scale.batch_size, "steps": scale.steps,
+        "optimizer.learning_rate": learning_rate or scale.learning_rate,
+        "optimizer.warmup_steps": round(scale.warmup_frac * scale.steps) if warmup else 0, "seed": seed,
+        "log.every": max(scale.steps // 15, 1), "log.eval_every": scale.steps, "checkpoint.every": scale.steps,
+        "log.eval_max_batches": scale.eval_batches, "checkpoint.keep": 1,
+    })
 
 
 def layer_grad_norms(config: TrainConfig) -> list[float]:
@@ -83,24 +84,24 @@ def layer_grad_norms(config: TrainConfig) -> list[float]:
     from train.task_registry import make_task
     from train.tasks import LanguageModeling
 
-    tokenizer = load_tokenizer(config.tokenizer)
-    task = make_task(config, tokenizer, tokenizer_id(config.tokenizer))
-    batch = next(task.train_batches(task.load_corpus(config.train_data, "train"), config.batch_size, 0, 1))
-    module = config.model_config().module()
+    tokenizer = load_tokenizer(config.data.tokenizer)
+    task = make_task(config, tokenizer, tokenizer_id(config.data.tokenizer))
+    batch = next(task.train_batches(task.load_corpus(config.data.train, "train"), config.data.batch_size, 0, 1))
+    module = config.model.module()
     params = models.init_params(module, jax.random.split(jax.random.PRNGKey(config.seed))[0])
     grads = jax.jit(jax.grad(lambda p: LanguageModeling.loss(module, {"params": p}, batch, jax.random.PRNGKey(0), True)[0]))(params)
     layers = models.layers.unstack_layers(grads, module.config.n_layer, module.config.scan_layers, "blocks")
     return [float(optax.tree.norm(layer)) for layer in layers]
 
 
-def run(scale: bool = False) -> dict:
+def run(scale: bool = False, runs: Path = common.RUNS) -> dict:
     s = ACCELERATOR if scale else CPU
     files = common.sotu_files()
     common.share_compilations()
-    runs, low_lr_runs, grad_norms = [], [], {}
+    ladder, low_lr, grad_norms = [], [], {}
 
     def record(rows, depth, variant, warmup, seed, learning_rate=None):
-        summary = common.train_run(run_config(s, files, depth, variant, warmup, seed, learning_rate))
+        summary = common.train_run(run_config(s, files, depth, variant, warmup, seed, learning_rate), runs)
         rows.append({"depth": depth, "variant": variant, "warmup": warmup, "seed": seed,
                      "learning_rate": learning_rate or s.learning_rate,
                      "validation_loss": (summary.get("validation") or {}).get("loss"),
@@ -114,17 +115,16 @@ def run(scale: bool = False) -> dict:
             grad_norms[f"{variant} @ {depth}"] = layer_grad_norms(run_config(s, files, depth, variant, True, 0))
             for warmup in (True, False):
                 for seed in s.seeds:
-                    record(runs, depth, variant, warmup, seed)
+                    record(ladder, depth, variant, warmup, seed)
     for variant in LOW_LR_VARIANTS:
         for seed in s.seeds:
-            record(low_lr_runs, max(s.depths), variant, True, seed, s.low_learning_rate)
+            record(low_lr, max(s.depths), variant, True, seed, s.low_learning_rate)
     presets = {name: {"vocab_size": c.vocab_size, "context": c.n_positions, "pre_ln": c.pre_ln,
                       "final_ln": c.final_ln, "scale_residual_init": c.scale_residual_init}
                for name, c in ((n, models.get_config(n)) for n in ("openai-gpt", "gpt2"))}
-    result = {"question": 1, "scale": dataclasses.asdict(s), "runs": runs, "low_lr_runs": low_lr_runs,
+    result = {"question": 1, "scale": dataclasses.asdict(s), "runs": ladder, "low_lr_runs": low_lr,
               "grad_norms_at_init": grad_norms, "presets": presets,
-              "seconds": sum(r["seconds"] for r in runs + low_lr_runs)}
-    common.save("q1", result)
+              "seconds": sum(r["seconds"] for r in ladder + low_lr)}
     plot(result)
     return result
 

@@ -49,34 +49,40 @@ BODIES = {
 }
 
 
-def body_overrides(s: Scale) -> dict:
-    """The shape every body shares, GPT-2 or BERT."""
-    return dict(vocab_size=common.SOTU_VOCAB, n_positions=s.seq_len, d_model=s.width, n_layer=s.layers,
-                n_head=s.heads, d_ff=4 * s.width)
+def body(s: Scale, preset: str):
+    """The preset at the shape every body shares, GPT-2 or BERT."""
+    return models.get_config(preset, vocab_size=common.SOTU_VOCAB, n_positions=s.seq_len, d_model=s.width,
+                             n_layer=s.layers, n_head=s.heads, d_ff=4 * s.width)
 
 
-def pretrain(s: Scale, preset: str, task: str, workdir: Path) -> dict:
-    files = common.sotu_files()
-    config = TrainConfig(
-        model=preset, model_overrides=body_overrides(s), task=task,
-        train_data=files["train"], eval_data=files["validation"], tokenizer=files["tokenizer"],
-        seq_len=s.seq_len, batch_size=s.batch_size, steps=s.pretrain_steps, learning_rate=s.pretrain_lr,
-        warmup_steps=s.pretrain_steps // 10, weight_decay=0.01, eval_every=s.pretrain_steps,
-        checkpoint_every=s.pretrain_steps, eval_max_batches=30, log_every=max(s.pretrain_steps // 10, 1),
-        keep_checkpoints=1,
-    )
-    return common.train_run(config, keep=workdir)
+def pretrain_config(s: Scale, preset: str, task: str, files: dict) -> TrainConfig:
+    """A body's pretraining run on the SOTU ``files`` (``common.sotu_files``)."""
+    return TrainConfig().replace({
+        "model": body(s, preset), "task.name": task, "data.train": files["train"],
+        "data.eval": files["validation"], "data.tokenizer": files["tokenizer"], "data.seq_len": s.seq_len,
+        "data.batch_size": s.batch_size, "steps": s.pretrain_steps, "optimizer.learning_rate": s.pretrain_lr,
+        "optimizer.warmup_steps": s.pretrain_steps // 10, "optimizer.weight_decay": 0.01,
+        "log.eval_every": s.pretrain_steps, "checkpoint.every": s.pretrain_steps, "log.eval_max_batches": 30,
+        "log.every": max(s.pretrain_steps // 10, 1), "checkpoint.keep": 1,
+    })
 
 
-def finetune(s: Scale, source: Path, files: dict, seed: int) -> dict:
-    config = TrainConfig(
-        **pretrained_spec(source), task="classify", init_from=str(source), train_data=str(files["train"]),
-        eval_data=str(files["test"]), seq_len=s.seq_len, batch_size=s.batch_size, steps=s.finetune_steps,
-        learning_rate=s.finetune_lr, lr_schedule="stlr", warmup_steps=0, weight_decay=0.01, b2=0.99, seed=seed,
-        classifier={"pooling": "concat", "head": "linear"}, eval_every=s.finetune_steps,
-        checkpoint_every=s.finetune_steps, keep_checkpoints=1, log_every=max(s.finetune_steps // 6, 1),
-    )
-    summary = common.train_run(config)
+def finetune_config(s: Scale, source: Path, files: dict, seed: int) -> TrainConfig:
+    """The one recipe's classifier run from the pretrained ``source`` on a labelled task's ``files``
+    (``common.task_files``), scored on its test rows."""
+    return TrainConfig().replace({
+        **pretrained_spec(source), "task.name": "classify", "init_from": str(source),
+        "data.train": str(files["train"]), "data.eval": str(files["test"]), "data.seq_len": s.seq_len,
+        "data.batch_size": s.batch_size, "steps": s.finetune_steps, "optimizer.learning_rate": s.finetune_lr,
+        "optimizer.schedule": "stlr", "optimizer.warmup_steps": 0, "optimizer.weight_decay": 0.01,
+        "optimizer.b2": 0.99, "seed": seed, "task.classifier": {"pooling": "concat", "head": "linear"},
+        "log.eval_every": s.finetune_steps, "checkpoint.every": s.finetune_steps, "checkpoint.keep": 1,
+        "log.every": max(s.finetune_steps // 6, 1),
+    })
+
+
+def finetune(s: Scale, source: Path, files: dict, seed: int, runs: Path) -> dict:
+    summary = common.train_run(finetune_config(s, source, files, seed), runs)
     test = summary.get("validation") or {}
     return {"accuracy": test.get("accuracy"), "macro_f1": test.get("macro_f1"), "seconds": summary["seconds"],
             "diverged": summary["diverged"]}
@@ -92,16 +98,17 @@ def segment_embedding_counts() -> list[dict]:
     return rows
 
 
-def run(scale: bool = False) -> dict:
+def run(scale: bool = False, runs: Path = common.RUNS) -> dict:
     s = ACCELERATOR if scale else CPU
     common.share_compilations()
-    scratch = Path(tempfile.mkdtemp(prefix="experiment-q2-", dir=common.scratch_root()))
+    runs.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="experiment-q2-", dir=runs))
     tasks = {task: common.task_files(task, scratch, s.test_rows) for task in common.LABELLED_TASKS}
     pretraining, finetuning = [], []
     try:
         for name, (preset, task) in BODIES.items():
-            workdir = scratch / name.split()[0].lower() / task
-            summary = pretrain(s, preset, task, workdir)
+            run_dir = scratch / name.split()[0].lower() / task
+            summary = common.train_run(pretrain_config(s, preset, task, common.sotu_files()), run_dir, keep=True)
             validation = summary.get("validation") or {}
             pretraining.append({"body": name, "task": task, "params": summary.get("params"),
                                 "validation": {k: v for k, v in validation.items() if isinstance(v, (int, float))},
@@ -109,7 +116,7 @@ def run(scale: bool = False) -> dict:
             print(f"q2 pretrain {name}: {validation.get('loss')} ({summary['seconds']:.0f} s)", flush=True)
             for task_name, files in tasks.items():
                 for seed in s.seeds:
-                    row = {"body": name, "task": task_name, "seed": seed, **finetune(s, workdir, files, seed)}
+                    row = {"body": name, "task": task_name, "seed": seed, **finetune(s, run_dir, files, seed, scratch)}
                     finetuning.append(row)
                     print(f"q2 {name} on {task_name} seed {seed}: accuracy {row['accuracy']} "
                           f"({row['seconds']:.0f} s)", flush=True)
@@ -118,7 +125,6 @@ def run(scale: bool = False) -> dict:
     result = {"question": 2, "scale": dataclasses.asdict(s), "pretraining": pretraining, "finetuning": finetuning,
               "test_rows": {t: f["test_rows"] for t, f in tasks.items()}, "segments": segment_embedding_counts(),
               "seconds": sum(r["seconds"] for r in pretraining + finetuning)}
-    common.save("q2", result)
     return result
 
 

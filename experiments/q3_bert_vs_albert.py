@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+from pathlib import Path
 
 import models
 from experiments import common
 from train.config import load_config
 
+CONFIG, PRESET = "albert-mini-sotu", "albert-tiny"  # the run config pretrained here, and its model's preset
 RELEASED = ("albert-base-v2", "albert-large-v2", "albert-xlarge-v2", "albert-xxlarge-v2")
 BERT_OF_WIDTH = {768: "bert-base-uncased", 1024: "bert-large-uncased"}
 
@@ -57,20 +59,22 @@ VARIANTS = {  # name -> (shared, dropout)
 }
 
 
-def pretrain(scale: Scale, shared: bool, dropout: bool, seed: int) -> dict:
-    base = load_config("albert-mini-sotu")
-    depth = models.get_config(base.model, **base.model_overrides).n_layer
+def pretrain_config(scale: Scale, shared: bool, dropout: bool, seed: int, files: dict):
+    """The ALBERT run config ``CONFIG`` with or without sharing and dropout, on the SOTU ``files``."""
+    base = load_config(CONFIG)
     rate = scale.dropout if dropout else 0.0
-    overrides = {**base.model_overrides, "n_groups": 1 if shared else depth,
-                 **dict.fromkeys(models.AlbertConfig.DROPOUTS, rate)}
-    files = common.sotu_files()
-    config = dataclasses.replace(
-        base, model_overrides=overrides, steps=scale.steps, warmup_steps=scale.steps // 10, seed=seed,
-        train_data=files["train"], eval_data=files["validation"], tokenizer=files["tokenizer"],
-        eval_every=scale.steps, checkpoint_every=scale.steps, eval_max_batches=scale.eval_batches,
-        log_every=max(scale.steps // 20, 1), keep_checkpoints=1,
-    )
-    summary = common.train_run(config)
+    return base.replace({
+        "model.n_groups": 1 if shared else base.model.n_layer,
+        **{f"model.{name}": rate for name in models.AlbertConfig.DROPOUTS},
+        "steps": scale.steps, "optimizer.warmup_steps": scale.steps // 10, "seed": seed,
+        "data.train": files["train"], "data.eval": files["validation"], "data.tokenizer": files["tokenizer"],
+        "log.eval_every": scale.steps, "checkpoint.every": scale.steps, "log.eval_max_batches": scale.eval_batches,
+        "log.every": max(scale.steps // 20, 1), "checkpoint.keep": 1,
+    })
+
+
+def pretrain(scale: Scale, shared: bool, dropout: bool, seed: int, runs: Path) -> dict:
+    summary = common.train_run(pretrain_config(scale, shared, dropout, seed, common.sotu_files()), runs)
     curve = summary["train_curve"]
     tail = [loss for _, loss in curve[-max(len(curve) // 5, 1):]]  # the last fifth of the logged steps
     validation = summary.get("validation") or {}
@@ -82,19 +86,25 @@ def pretrain(scale: Scale, shared: bool, dropout: bool, seed: int) -> dict:
     }
 
 
-def run(scale: bool = False) -> dict:
+def model_record(config) -> dict:
+    """A model config as ``{"preset": PRESET, **the fields in which it differs from the preset}``."""
+    preset = models.get_config(PRESET)
+    return {"preset": PRESET, **{f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+                                 if getattr(config, f.name) != getattr(preset, f.name)}}
+
+
+def run(scale: bool = False, runs: Path = common.RUNS) -> dict:
     s = ACCELERATOR if scale else CPU
     common.share_compilations()
-    runs = []
+    trained = []
     for name, (shared, dropout) in VARIANTS.items():
         for seed in s.seeds:
-            runs.append({"variant": name, **pretrain(s, shared, dropout, seed)})
-            print(f"q3 {name} seed {seed}: val {runs[-1]['validation_loss']} ({runs[-1]['seconds']:.0f} s)", flush=True)
-    base = load_config("albert-mini-sotu")
-    result = {"question": 3, "counts": parameter_counts(), "scale": dataclasses.asdict(s), "runs": runs,
-              "model": {"preset": base.model, **base.model_overrides}, "task": base.task, "max_ngram": base.max_ngram}
-    common.save("q3", result)
-    return result
+            trained.append({"variant": name, **pretrain(s, shared, dropout, seed, runs)})
+            print(f"q3 {name} seed {seed}: val {trained[-1]['validation_loss']} ({trained[-1]['seconds']:.0f} s)",
+                  flush=True)
+    base = load_config(CONFIG)
+    return {"question": 3, "counts": parameter_counts(), "scale": dataclasses.asdict(s), "runs": trained,
+            "model": model_record(base.model), "task": base.task.name, "max_ngram": base.task.max_ngram}
 
 
 def tables(result: dict) -> dict[str, str]:

@@ -8,8 +8,11 @@ attention does.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from bench.sharing import SharingSpec, compare_sharing
 from experiments import common
+from models.config import renamed
 
 CPU = {
     "short sequence": SharingSpec(seq_len=128, batch_size=8, steps=5),
@@ -22,17 +25,24 @@ ACCELERATOR = {
 }
 
 
-def run(scale: bool = False) -> dict:
+def run(scale: bool = False, runs: Path = common.RUNS) -> dict:
     settings = ACCELERATOR if scale else CPU
-    result = {"question": 4, "settings": {name: compare_sharing(spec) for name, spec in settings.items()}}
-    common.save("q4", result)
-    return result
+    return {"question": 4, "settings": {name: compare_sharing(spec) for name, spec in settings.items()}}
+
+
+def saved_spec(fields: dict) -> SharingSpec:
+    """The spec a result records; one saved before the shared vocabulary has the old names
+    (``models.config.RENAMED``, and ``factorised_embedding_size`` for ``d_embed``)."""
+    fields = renamed(fields)
+    if "factorised_embedding_size" in fields:
+        fields["d_embed"] = fields.pop("factorised_embedding_size")
+    return SharingSpec(**fields)
 
 
 def tables(result: dict) -> dict[str, str]:
     out = {}
     for i, (name, r) in enumerate(result["settings"].items()):
-        s = SharingSpec(**r["spec"])
+        s = saved_spec(r["spec"])
         rows = [[row["variant"], row["embedding_size"], row["layer_groups"], f"{row['params']:,}",
                  f"{row['train_step_s']:.3f}", f"{row['train_step_vs_bert']:.2f}", f"{row['inference_s'] * 1e3:.0f}",
                  f"{row['inference_vs_bert']:.2f}"] for row in r["rows"]]

@@ -27,14 +27,15 @@ import numpy as np
 from models import albert, bert, gpt  # noqa: F401  (register the presets)
 from models.albert import ALBERT, AlbertConfig
 from models.bert import BERT, BertConfig
-from models.classifier import ClassifierConfig, SequenceClassifier
+from models.classifier import ClassifierConfig, ClassifierHead, SequenceClassifier
+from models.config import TransformerConfig
 from models.gpt import GPT, GPTConfig
 from models.registry import PRESETS, config_from_dict, config_to_dict, get_config
 
 __all__ = [
-    "ALBERT", "AlbertConfig", "BERT", "BertConfig", "ClassifierConfig", "GPT", "GPTConfig", "PRESETS",
+    "ALBERT", "AlbertConfig", "BERT", "BertConfig", "ClassifierConfig", "ClassifierHead", "GPT", "GPTConfig", "PRESETS",
     "SequenceClassifier", "config_from_dict", "config_to_dict", "count_params", "create", "get_config",
-    "init_params", "init_variables", "param_depths", "param_shapes",
+    "init_params", "init_variables", "param_depths", "param_shapes", "TransformerConfig",
 ]
 
 

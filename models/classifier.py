@@ -38,17 +38,36 @@ HEADS = ("linear", "ulmfit")
 
 
 @dataclasses.dataclass(frozen=True)
+class ClassifierHead:
+    """What a classifier puts on a body: the pooling and the head (a run config's
+    ``task.classifier``; the classes come from the data)."""
+
+    pooling: str = "concat"
+    head: str = "linear"
+    hidden: int = 50  # width of the ULMFiT head's hidden layer (the paper's 50)
+    dropout: float = 0.1  # before each linear layer of the head
+
+    def __post_init__(self):
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {self.pooling!r}; choose one of {POOLINGS}")
+        if self.head not in HEADS:
+            raise ValueError(f"unknown classifier head {self.head!r}; choose one of {HEADS}")
+        if self.hidden < 1 or not 0 <= self.dropout < 1:
+            raise ValueError(f"head hidden={self.hidden} must be >= 1 and dropout={self.dropout} in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
 class ClassifierConfig:
     """A body config (``GPTConfig``, ``BertConfig``, ``AlbertConfig``), the class names, and the
-    head. An encoder body's own heads are set from the pooling: its pooler when ``pooling`` is
-    ``pooler``, none otherwise (no MLM or NSP/SOP head)."""
+    head (``ClassifierHead``'s fields). An encoder body's own heads are set from the pooling: its
+    pooler when ``pooling`` is ``pooler``, none otherwise (no MLM or NSP/SOP head)."""
 
     body: Any
     labels: tuple[str, ...]
     pooling: str = "concat"
     head: str = "linear"
-    hidden: int = 50  # width of the ULMFiT head's hidden layer (the paper's 50)
-    dropout: float = 0.1  # before each linear layer of the head
+    hidden: int = 50
+    dropout: float = 0.1
 
     family = "classifier"
 
@@ -57,12 +76,7 @@ class ClassifierConfig:
         if len(labels) < 2 or len(set(labels)) != len(labels):
             raise ValueError(f"a classifier needs at least two distinct labels, got {list(self.labels)}")
         object.__setattr__(self, "labels", labels)
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"unknown pooling {self.pooling!r}; choose one of {POOLINGS}")
-        if self.head not in HEADS:
-            raise ValueError(f"unknown classifier head {self.head!r}; choose one of {HEADS}")
-        if self.hidden < 1 or not 0 <= self.dropout < 1:
-            raise ValueError(f"head hidden={self.hidden} must be >= 1 and dropout={self.dropout} in [0, 1)")
+        self.head_config()
         if self.is_encoder:
             object.__setattr__(self, "body", dataclasses.replace(
                 self.body, head="pooler" if self.pooling == "pooler" else "none"))
@@ -71,6 +85,14 @@ class ClassifierConfig:
                 f"pooling='pooler' is the encoders' [CLS] pooler; a {type(self.body).__name__} has none: "
                 "use concat, last, first or mean"
             )
+
+    @classmethod
+    def on(cls, body, labels, head: ClassifierHead) -> "ClassifierConfig":
+        """The classifier ``head`` puts on ``body`` for ``labels``."""
+        return cls(body, labels, **dataclasses.asdict(head))
+
+    def head_config(self) -> ClassifierHead:
+        return ClassifierHead(self.pooling, self.head, self.hidden, self.dropout)
 
     @property
     def is_encoder(self) -> bool:

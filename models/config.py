@@ -19,7 +19,7 @@ from typing import ClassVar
 
 import jax.numpy as jnp
 
-from models.layers import ACTIVATIONS, DTYPES, REMAT_POLICIES
+from models.layers import ACTIVATIONS, ATTENTION, DTYPES, REMAT_POLICIES
 
 # Field names of configs saved before the shared vocabulary -> today's names. BERT's one hidden
 # dropout rate served the embeddings and the residual branches, which are two fields now.
@@ -69,6 +69,9 @@ class TransformerConfig:
     param_dtype: str = "float32"
     scan_layers: bool = False  # True: one nn.scan over the layers (one compiled layer)
     remat: str = "none"  # one of models.layers.REMAT_POLICIES
+    # How attention is computed (models.layers.ATTENTION): "xla" lets XLA choose; "cudnn" asks for
+    # cuDNN's fused (flash) kernel on GPUs and is XLA's elsewhere. The same function either way.
+    attention: str = "xla"
     # Attention heads removed, per layer (original indices; models.heads_pruning); () for none.
     pruned_heads: tuple[tuple[int, ...], ...] = ()
 
@@ -91,6 +94,8 @@ class TransformerConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {list(DTYPES)}")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"unknown remat policy {self.remat!r}; choose one of {sorted(REMAT_POLICIES)}")
+        if self.attention not in ATTENTION:
+            raise ValueError(f"unknown attention {self.attention!r}; choose one of {list(ATTENTION)}")
         for name in self.DROPOUTS:
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name}={getattr(self, name)} must lie in [0, 1)")

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from models.gpt import output_table
 from models.layers import check_ids
 
 MIN_BUCKET = 16
@@ -122,10 +123,12 @@ def decode(module, params, ids, mask, rng, temperature, top_p, eos_id, vocab_siz
         i, _, _, done, _, _ = carry
         return (i < max_new_tokens) & ~jnp.all(done)
 
+    table = output_table(module.config, params)  # transposed once: the loop reads it every token
+
     def step(carry):
         i, cache, token, done, out, rng = carry
         logits, variables = module.apply({"params": params, "cache": cache}, token[:, None], decode=True,
-                                         mutable=["cache"])
+                                         output_table=table, mutable=["cache"])
         rng, key = jax.random.split(rng)
         token = pick(logits[:, -1].astype(jnp.float32), key)
         out = jax.lax.dynamic_update_slice(out, jnp.where(done, NO_TOKEN, token)[:, None], (0, i))
@@ -137,7 +140,7 @@ def decode(module, params, ids, mask, rng, temperature, top_p, eos_id, vocab_siz
 
 
 def check_options(max_new_tokens: int, *, num_samples: int, temperature: float, top_k: int, top_p: float) -> None:
-    """Refuse sampling options that mean nothing, naming ``scripts/generate.py``'s flag for each
+    """Refuse sampling options that mean nothing, naming ``jaxlm generate``'s flag for each
     (a NaN temperature would otherwise give token 0 at every step)."""
     if max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens={max_new_tokens}: ask for at least one new token")

@@ -31,6 +31,7 @@ from models.layers import (
     check_length,
     constrain,
     depth_tree,
+    is_quantized,
     padding_mask,
     repeat_layers,
 )
@@ -49,6 +50,10 @@ class GPTConfig(TransformerConfig):
     # shortlist size and the starts of the tail clusters; () for the full, tied softmax.
     adaptive_cutoffs: tuple[int, ...] = ()
     adaptive_div: float = 4.0  # tail cluster i projects to d_model / adaptive_div**(i+1)
+    # The language-model loss computes the tied output layer this many positions at a time (each
+    # chunk's logits recomputed in the backward pass), so it never holds [batch, length, vocab]
+    # fp32 logits at once; 0: all positions at once. The same loss either way.
+    logits_chunk: int = 0
 
     family = "gpt"
     causal = True
@@ -60,6 +65,9 @@ class GPTConfig(TransformerConfig):
         object.__setattr__(self, "adaptive_cutoffs", check_cutoffs(self.adaptive_cutoffs, self.vocab_size))
         if self.adaptive_div < 1:
             raise ValueError(f"adaptive_div={self.adaptive_div} must be at least 1 (4 in Grave et al.)")
+        if self.logits_chunk < 0 or (self.logits_chunk and self.adaptive_cutoffs):
+            raise ValueError(f"logits_chunk={self.logits_chunk}: give positions per chunk (0: all at once); the adaptive "
+                             "softmax never holds the full logits and takes none")
 
     @property
     def residual_init_std(self) -> float:
@@ -106,11 +114,14 @@ class GPT(nn.Module):
         return_hidden: bool = False,
         decode: bool = False,
         last_only: bool = False,
+        output_table=None,
     ):
         """input_ids [batch, length]; attention_mask [batch, length], 1 for real tokens, 0 for
         padding; position_ids default to 0..length-1 (in decode mode, to the count of real tokens
         before each one). ``last_only``: the last position's logits alone ([batch, 1, vocab]), all
-        that a prompt's prefill needs."""
+        that a prompt's prefill needs. ``output_table``: the tied output layer as a [d_model, vocab]
+        array (the embedding table transposed once, :func:`output_table`), which a decoding loop
+        reads every token: faster than projecting onto the [vocab, d_model] table."""
         c = self.config
         kw = c.dtypes()
         length = input_ids.shape[-1]
@@ -140,6 +151,8 @@ class GPT(nn.Module):
             return x
         if c.adaptive_cutoffs:  # exact log-probabilities, which sampling treats as logits
             return adaptive_softmax(c)(x, wte.embedding)
+        if output_table is not None:
+            return jnp.einsum("...d,dv->...v", x, output_table, preferred_element_type=jnp.float32)
         return wte.attend(x)
 
     def cache_mask(self, attention_mask, position_ids, shape):
@@ -160,6 +173,15 @@ class GPT(nn.Module):
         visible = slots.value if initialized else real
         causal = jnp.arange(visible.shape[1])[None, :] <= start + jnp.arange(length)[:, None]
         return visible[:, None, None, :] & causal[None, None], position_ids
+
+
+def output_table(config: GPTConfig, params):
+    """The tied output layer laid out for decoding, [d_model, vocab] in the compute dtype, or None
+    where the table is not a plain array (int8) or the output is the adaptive softmax."""
+    table = params["wte"]["embedding"]
+    if config.adaptive_cutoffs or is_quantized(table):
+        return None
+    return jnp.asarray(table, jnp.dtype(config.dtype)).T
 
 
 _GPT2 = GPTConfig()

@@ -662,7 +662,8 @@ def config_from_hf(path, **overrides):
 
 # Fields an override may change on a loaded checkpoint: how it computes (precision, layout,
 # rematerialisation) or trains (dropout), never what function its weights compute.
-LOADING_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat", *TransformerConfig.DROPOUTS)
+LOADING_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat", "attention", "logits_chunk",
+                  *TransformerConfig.DROPOUTS)
 
 
 def _check_overrides(stored, overrides: dict, choosable: tuple[str, ...]) -> None:
@@ -726,7 +727,7 @@ def save_pretrained(folder, config, params, overwrite: bool = False, files: dict
     """
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()) and not overwrite:
-        raise FileExistsError(f"{folder} exists and is not empty; choose another folder or pass overwrite=True")
+        raise FileExistsError(f"{folder} exists and is not empty; choose another folder")
     hf_config = to_hf_config(config)
     ids = {f"{name}_token_id": (special_ids or {}).get(name) for name in SPECIAL_IDS}
     outside = {k: i for k, i in ids.items() if i is not None and not 0 <= i < hf_config["vocab_size"]}

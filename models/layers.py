@@ -40,6 +40,15 @@ HF_ACTIVATIONS = {
 
 DTYPES = ("float32", "bfloat16", "float16")
 
+ATTENTION = ("xla", "cudnn")  # TransformerConfig.attention
+
+
+def attention_implementation(name: str) -> str | None:
+    """``jax.nn.dot_product_attention``'s ``implementation`` for a config's ``attention``: cuDNN's
+    fused kernel where the default backend is a GPU, XLA's choice elsewhere."""
+    return "cudnn" if name == "cudnn" and jax.default_backend() == "gpu" else None
+
+
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -204,7 +213,7 @@ class Dense(nn.Module):
     The kernel keeps its multi-axis shape (``[embed, heads, kv]`` for a query projection) so each
     axis has a logical name. The input is flattened to [tokens, in...] first: XLA's CPU backend runs
     that product as one 2-D matrix multiply, faster than a dot_general with several batch axes
-    (about 12% on GPT-2's MLP, forward and backward). The kernel goes into ``dot_general`` as it
+    (measured on GPT-2's MLP, forward and backward). The kernel goes into ``dot_general`` as it
     is, never reshaped, so qwix's post-training quantization (``models.quantize``) finds it.
     """
 
@@ -258,6 +267,7 @@ class SelfAttention(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     decode: bool = False  # keep keys and values in the ``cache`` collection (see cached_keys_values)
+    implementation: str | None = None  # jax.nn.dot_product_attention's (attention_implementation)
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None, deterministic: bool) -> Array:
@@ -269,11 +279,12 @@ class SelfAttention(nn.Module):
         if self.decode:
             k, v = self.cached_keys_values(k, v)
             # The decoder's mask covers every cache slot and already says which ones each query may see.
-            y = jax.nn.dot_product_attention(q, k, v, mask=mask)
+            y = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.implementation)
         elif self.dropout_rate > 0 and not deterministic:
             y = self.explicit_attention(q, k, v, mask, self.make_rng("dropout"))
         else:
-            y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=self.causal)
+            y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=self.causal,
+                                             implementation=self.implementation)
         return dense(
             self.d_model,
             contract=2,
@@ -365,6 +376,7 @@ class TransformerBlock(nn.Module):
             init_std=c.initializer_range,
             out_init_std=c.residual_init_std,
             decode=self.decode,
+            implementation=attention_implementation(c.attention),
             name="attn",
             **kw,
         )

@@ -1,17 +1,28 @@
-"""The GPU check, under 5 minutes on one GPU: ``python scripts/gpu_check.py --output gpu_check.json``.
+"""The GPU check: one staged run on one GPU, each stage within its own time budget.
 
-1. MFU: the bf16 train step of ``gpt2`` (124M; fp32 parameters and AdamW, bf16 compute, dropout
-   off, 1024 tokens per row) at the largest batch the memory plan (``bench/memory.py``) fits on
-   this device (whole rows, not only powers of two), timed by ``bench/train_step.py``, against the device's dense bf16 peak (a table
-   of known GPUs, else a measured matmul). The target is 50% on an H100.
-2. Fit: the plan's largest batch for ``gpt2-xl`` with fp32 AdamW on this device (dropout off, no
-   remat, layers scanned for a short compile) is trained for two steps, and the batch above it
-   is tried too: the plan is right if the first runs and the second runs out of memory. The
-   device's peak bytes in use are reported next to the plan's total.
+    python -u scripts/gpu_check.py --out gpu_check          # on the GPU machine: writes gpu_check/
+    python scripts/gpu_check.py --tiny --out /tmp/gpu_check # every stage on a CPU at tiny sizes
 
-``--tiny`` runs the same on a CPU (gpt2-tiny, and gpt2-mini on a pretend 0.25 GiB device, without
-the out-of-memory trial) to check the script, not the GPU. Prints one JSON object.
+The stages, in order of value; one that would overrun the run's budget (``--budget-s``) is
+skipped and recorded as skipped, so a slow stage cannot eat the rest:
+
+a. ``environment``: the device, its memory, the versions, a measured bf16 matmul rate and the
+   device's memory bandwidth (a large copy): the ceilings of what follows.
+b. ``train_step``: ``gpt2`` (124M), bf16 compute, fp32 parameters and AdamW, dropout off,
+   1,024-token rows, at the largest batch the memory plan (``bench.memory``) fits; MFU against
+   the vendor's dense bf16 peak and against the measured matmul rate.
+c. ``decode``: cached greedy decoding of ``gpt2`` (``models.generation.sample``), batch 1 in fp32,
+   bf16 and int8 weights (int8 needs qwix), 128 new tokens; throughput at batch 64.
+d. ``memory``: ``gpt2-xl`` (fp32 AdamW, layers scanned) at its largest planned batch runs two
+   steps; the device's peak bytes in use beside the plan's total.
+e. ``medium``: ``gpt2-medium``'s train-step MFU, if time is left.
+
+After each stage the JSON so far is written to ``OUT/gpu_check.json`` and one line is printed
+(flushed); ``OUT/gpu_check.md`` holds the table at the end. The process writes its own files:
+run it without pipes. It needs jax (a CUDA build), flax, optax and orbax, not the data stack.
 """
+
+from __future__ import annotations
 
 import argparse
 import json
@@ -23,114 +34,219 @@ if __package__ in (None, ""):  # run as a file: import the repository's packages
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 
+import models  # noqa: E402
 from bench.measure import device_peak_bytes, environment, matmul_peak_flops  # noqa: E402
 from bench.memory import MemorySpec, largest_batch  # noqa: E402
 from bench.spec import BenchSpec  # noqa: E402
 from bench.train_step import benchmark_train_step, prepare_ours  # noqa: E402
-from models.config import TransformerConfig  # noqa: E402
-from train import cli  # noqa: E402
 
 # Dense bf16 peak FLOP/s by device kind (vendor figures, without sparsity).
 BF16_PEAK = {"H100 80GB HBM3": 989.4e12, "H100 PCIe": 756.5e12, "H100": 989.4e12, "H200": 989.4e12,
              "A100": 312e12, "L40S": 362e12, "L4": 121e12}
-NO_DROPOUT = dict.fromkeys(TransformerConfig.DROPOUTS, 0.0)
 
+# Each stage's time budget in seconds (a GPU's; --tiny divides them by 10), in the order they run.
+BUDGETS = {"environment": 30, "train_step": 150, "decode": 120, "memory": 100, "medium": 90}
 
-def device_memory_gib() -> float:
-    stats = jax.local_devices()[0].memory_stats() or {}
-    return stats["bytes_limit"] / (1 << 30) if "bytes_limit" in stats else None
-
-
-def largest(fields: dict, memory_gib: float) -> dict | None:
-    """The memory plan of the largest batch that fits ``memory_gib`` (all of it: ``bytes_limit``
-    is already what JAX may use), or None."""
-    return largest_batch(MemorySpec(device="custom", device_memory_gib=memory_gib, usable_fraction=1.0, **fields))
-
-
-def mfu(model: str, memory_gib: float, seq_len: int, peak: float | None) -> dict:
-    planned = largest(dict(model=model, seq_len=seq_len, dtype="bfloat16", model_overrides=NO_DROPOUT), memory_gib)
-    if planned is None:
-        raise ValueError(f"{model} at one row of {seq_len} tokens does not fit {memory_gib:.1f} GiB")
-    batch = planned["spec"]["batch_size"]
-    spec = BenchSpec(model=model, seq_len=seq_len, batch_size=batch, dtype="bfloat16", steps=10, warmup=2)
-    if peak is None:
-        measured = matmul_peak_flops("bfloat16")
-        peak, source = measured["flops_per_s"], f"measured {measured['n']}^2 bf16 matmul"
-    else:
-        source = "vendor dense bf16 peak"
-    result = benchmark_train_step(spec, peak / 1e12)
-    ours = result["ours"]
-    return {"model": model, "batch": [batch, seq_len], "planned_gib": planned["gib_per_device"]["total"],
-            "step_s": ours["step_s"], "tokens_per_s": ours["tokens_per_s"], "mfu": ours["mfu"],
-            "peak_tflops": peak / 1e12, "peak_source": source, "device_peak_gib": _gib(ours["device_peak_bytes"])}
+# The sizes of a GPU run and of --tiny's CPU dry run.
+SIZES = {
+    "gpu": dict(model="gpt2", seq_len=1024, new_tokens=128, big_batch=64, fit_model="gpt2-xl", medium="gpt2-medium",
+                memory_gib=None),
+    "tiny": dict(model="gpt2-tiny", seq_len=32, new_tokens=8, big_batch=4, fit_model="gpt2-tiny",
+                 medium="openai-gpt-tiny", memory_gib=0.02),
+}
 
 
 def _gib(n):
     return None if n is None else round(n / (1 << 30), 3)
 
 
-def try_steps(model: str, batch: int, seq_len: int) -> dict:
-    """Two fp32 train steps of ``model`` at ``batch``: ran, or ran out of memory."""
-    spec = BenchSpec(model=model, seq_len=seq_len, batch_size=batch, steps=2, warmup=1,
-                     model_overrides={"scan_layers": True, **NO_DROPOUT})
+def device_memory_gib() -> float | None:
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return stats["bytes_limit"] / (1 << 30) if "bytes_limit" in stats else None
+
+
+def copy_bandwidth(mib: int, repeats: int = 5) -> float:
+    """Bytes/s of a jitted copy of a ``mib``-MiB array (read once, written once): the device's
+    memory bandwidth, which batch-1 decoding is bound by."""
+    x = jnp.ones((mib << 18,), jnp.float32)
+    copy = jax.jit(lambda a: a + 1)
+    copy(x).block_until_ready()
+    best = min(_timed(lambda: copy(x).block_until_ready()) for _ in range(repeats))
+    return 2 * x.nbytes / best
+
+
+def _timed(call) -> float:
     t0 = time.perf_counter()
-    try:
-        contender = prepare_ours(spec)
-        contender.step()
-    except Exception as e:  # noqa: BLE001  (XLA reports running out of memory as a runtime error)
-        if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
-            raise
-        return {"batch": batch, "ran": False, "seconds": time.perf_counter() - t0, "error": str(e).splitlines()[0][:300]}
-    return {"batch": batch, "ran": True, "seconds": time.perf_counter() - t0, "device_peak_gib": _gib(device_peak_bytes())}
+    call()
+    return time.perf_counter() - t0
 
 
-def fit(model: str, memory_gib: float, seq_len: int) -> dict:
-    planned = largest(dict(model=model, seq_len=seq_len, model_overrides={"scan_layers": True, **NO_DROPOUT}), memory_gib)
-    batch = planned and planned["spec"]["batch_size"]
-    out = {"model": model, "seq_len": seq_len, "device_memory_gib": memory_gib, "planned_largest_batch": batch}
-    if batch is None:
-        out["prediction"] = "does not fit at one row"
-        out["above"] = try_steps(model, 1, seq_len)
-        out["plan_right"] = not out["above"]["ran"]
-        return out
-    out["planned_gib"] = planned["gib_per_device"]
-    out["at_planned"] = try_steps(model, batch, seq_len)
-    if jax.default_backend() == "cpu":  # host memory has no device limit to run out of
-        out["plan_right"] = out["at_planned"]["ran"]
-        return out
-    out["above"] = try_steps(model, batch + 1, seq_len)
-    out["plan_right"] = out["at_planned"]["ran"] and not out["above"]["ran"]
-    return out
+def stage_environment(s: dict, state: dict) -> dict:
+    env = environment()
+    matmul = matmul_peak_flops("bfloat16", n=512 if s is SIZES["tiny"] else None)
+    state["measured_peak"] = matmul["flops_per_s"]
+    state["vendor_peak"] = next((v for k, v in BF16_PEAK.items() if k in env["device"]), None)
+    return {"device": env["device"], "backend": env["backend"], "versions": env["versions"],
+            "device_memory_gib": state["memory_gib"], "bf16_matmul_tflops": matmul["flops_per_s"] / 1e12,
+            "vendor_bf16_tflops": state["vendor_peak"] and state["vendor_peak"] / 1e12,
+            "copy_bandwidth_gb_s": copy_bandwidth(16 if s is SIZES["tiny"] else 2048) / 1e9}
+
+
+def _largest(config, seq_len: int, memory_gib: float, dtype: str = "float32") -> dict | None:
+    """The memory plan of the largest batch that fits all of ``memory_gib`` (JAX's ``bytes_limit``
+    is already what it may use)."""
+    return largest_batch(MemorySpec(model=config, seq_len=seq_len, dtype=dtype, device="custom",
+                                    device_memory_gib=memory_gib, usable_fraction=1.0))
+
+
+def _train_step(model: str, s: dict, state: dict) -> dict:
+    config = models.get_config(model, dtype="bfloat16").without_dropout()
+    seq_len = min(s["seq_len"], config.n_positions)
+    planned = _largest(config, seq_len, state["memory_gib"], "bfloat16")
+    if planned is None:
+        raise ValueError(f"{model} at one row of {seq_len} tokens does not fit {state['memory_gib']:.1f} GiB")
+    batch = planned["spec"]["batch_size"]
+    spec = BenchSpec(model=config, seq_len=seq_len, batch_size=batch, dtype="bfloat16", steps=5, warmup=1)
+    ours = benchmark_train_step(spec, state["measured_peak"] / 1e12)["ours"]
+    vendor = state["vendor_peak"]
+    return {"model": model, "batch": [batch, seq_len], "attention": "jax.nn.dot_product_attention (XLA's choice)",
+            "planned_gib": planned["gib_per_device"]["total"], "step_s": ours["step_s"],
+            "tokens_per_s": ours["tokens_per_s"], "mfu_measured_peak": ours["mfu"],
+            "mfu_vendor_peak": vendor and ours["mfu"] * state["measured_peak"] / vendor,
+            "device_peak_gib": _gib(ours.get("device_peak_bytes"))}
+
+
+def stage_train_step(s: dict, state: dict) -> dict:
+    return _train_step(s["model"], s, state)
+
+
+def stage_medium(s: dict, state: dict) -> dict:
+    return _train_step(s["medium"], s, state)
+
+
+def stage_decode(s: dict, state: dict) -> dict:
+    from models import quantize
+    from models.generation import sample
+
+    module, config = models.create(s["model"])
+    params = models.init_params(module, jax.random.key(0))
+    prompts = jax.random.randint(jax.random.key(1), (s["big_batch"], 16), 0, config.vocab_size).tolist()
+    rows = {}
+    for name, variant in (("float32", {}), ("bfloat16", {"dtype": "bfloat16"}), ("int8", {"quantize": "int8"})):
+        try:
+            vmodule, vparams = quantize.prepare(module, params, **variant)
+        except ImportError as e:  # qwix is not on every GPU machine
+            rows[name] = {"status": "skipped", "reason": f"{e}"}
+            continue
+        row = {}
+        for batch in (1, s["big_batch"]):
+            sample(vmodule, vparams, prompts[:batch], s["new_tokens"], temperature=0.0)  # compile
+            out = sample(vmodule, vparams, prompts[:batch], s["new_tokens"], temperature=0.0)
+            row[f"batch_{batch}_tokens_per_s"] = out.tokens_per_s
+        rows[name] = row
+    return {"model": s["model"], "new_tokens": s["new_tokens"], "rows": rows}
+
+
+def stage_memory(s: dict, state: dict) -> dict:
+    config = models.get_config(s["fit_model"], scan_layers=True).without_dropout()
+    seq_len = min(s["seq_len"], config.n_positions)
+    planned = _largest(config, seq_len, state["memory_gib"])
+    if planned is None:
+        return {"model": s["fit_model"], "planned_largest_batch": None, "plan_right": None,
+                "note": "the plan says one row does not fit"}
+    batch = planned["spec"]["batch_size"]
+    contender = prepare_ours(BenchSpec(model=config, seq_len=seq_len, batch_size=batch, steps=2, warmup=1))
+    contender.step()
+    measured = _gib(device_peak_bytes())
+    plan_total = planned["gib_per_device"]["total"]
+    return {"model": s["fit_model"], "planned_largest_batch": batch, "seq_len": seq_len, "planned_gib": plan_total,
+            "device_peak_gib": measured, "ran": True,
+            "plan_over_measured": measured and plan_total / measured}
+
+
+STAGES = {"environment": stage_environment, "train_step": stage_train_step, "decode": stage_decode,
+          "memory": stage_memory, "medium": stage_medium}
+
+
+def run(out: Path, tiny: bool = False, budget_s: float = 420.0) -> dict:
+    """Run the stages within ``budget_s``, writing ``out/gpu_check.json`` after each."""
+    out.mkdir(parents=True, exist_ok=True)
+    sizes = SIZES["tiny" if tiny else "gpu"]
+    state = {"memory_gib": sizes["memory_gib"] or device_memory_gib()}
+    if state["memory_gib"] is None:
+        raise ValueError(f"{environment()['device']} reports no memory limit: run the check on a GPU, or with --tiny")
+    scale = 10 if tiny else 1
+    result = {"tiny": tiny, "budget_s": budget_s, "stages": {}}
+    start = time.perf_counter()
+    for name, stage in STAGES.items():
+        budget = BUDGETS[name] / scale
+        elapsed = time.perf_counter() - start
+        if elapsed + budget > budget_s:
+            record = {"status": "skipped", "reason": f"{elapsed:.0f} s spent, its budget of {budget:.0f} s would "
+                                                     f"pass the run's {budget_s:.0f} s", "seconds": 0.0}
+        else:
+            t0 = time.perf_counter()
+            try:
+                record = {"status": "ok", **stage(sizes, state)}
+            except Exception as e:  # noqa: BLE001  (a failed stage is recorded; the next ones still run)
+                record = {"status": "failed", "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+            record["seconds"] = round(time.perf_counter() - t0, 2)
+            record["over_budget"] = record["seconds"] > budget
+        result["stages"][name] = record
+        (out / "gpu_check.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(f"{name}: {record['status']} in {record['seconds']:.1f} s", flush=True)
+    result["seconds"] = round(time.perf_counter() - start, 2)
+    (out / "gpu_check.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "gpu_check.md").write_text(markdown(result))
+    print(markdown(result), flush=True)
+    return result
+
+
+def _f(x, spec=".1f") -> str:
+    return "" if x is None else format(x, spec)
+
+
+def markdown(result: dict) -> str:
+    st = result["stages"]
+    env = st.get("environment", {})
+    lines = [f"GPU check on {env.get('device', '?')} ({env.get('backend', '?')}), {result.get('seconds', 0):.0f} s "
+             f"of a {result['budget_s']:.0f} s budget{' (--tiny: CPU dry run)' if result['tiny'] else ''}.", "",
+             "| stage | status | seconds | figures |", "| --- | --- | --- | --- |"]
+    for name, r in st.items():
+        if r["status"] != "ok":
+            figures = r.get("reason") or r.get("error", "")
+        elif name == "environment":
+            figures = (f"bf16 matmul {_f(r['bf16_matmul_tflops'])} TFLOP/s (vendor {_f(r['vendor_bf16_tflops'])}), "
+                       f"copy {_f(r['copy_bandwidth_gb_s'])} GB/s, {_f(r['device_memory_gib'])} GiB")
+        elif name in ("train_step", "medium"):
+            figures = (f"{r['model']} {r['batch'][0]} x {r['batch'][1]}: {_f(r['tokens_per_s'], ',.0f')} tokens/s, "
+                       f"MFU {_f(r['mfu_vendor_peak'], '.3f')} of vendor peak, {_f(r['mfu_measured_peak'], '.3f')} of "
+                       "measured matmul")
+        elif name == "decode":
+            figures = "; ".join(f"{v}: " + ", ".join(f"{k.split('_')[1]}: {_f(x, ',.0f')} tok/s"
+                                                     for k, x in row.items() if k.startswith("batch"))
+                                for v, row in r["rows"].items() if "status" not in row)
+        else:
+            figures = (f"{r['model']} batch {r['planned_largest_batch']}: plan {_f(r.get('planned_gib'), '.2f')} GiB, "
+                       f"measured peak {_f(r.get('device_peak_gib'), '.2f')} GiB")
+        lines.append(f"| {name} | {r['status']} | {r['seconds']:.1f} | {figures} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tiny", action="store_true", help="tiny models on any device, to check the script")
-    parser.add_argument("--output", help="also write the JSON here")
+    parser.add_argument("--out", default="gpu_check", help="the folder for gpu_check.json and gpu_check.md")
+    parser.add_argument("--tiny", action="store_true", help="every stage on any device at tiny sizes")
+    parser.add_argument("--budget-s", type=float, default=420.0, help="the whole run's time budget in seconds")
     args = parser.parse_args(argv)
-    t0 = time.perf_counter()
-    env = environment()
-    kind = env["device"]
-    memory = 4.0 if args.tiny else device_memory_gib()
-    if memory is None:
-        raise ValueError(f"{kind} reports no memory limit: run the check on a GPU (or with --tiny)")
-    peak = None if args.tiny else next((v for k, v in BF16_PEAK.items() if k in kind), None)
-    result = {
-        "device": kind, "backend": env["backend"], "device_memory_gib": memory,
-        "mfu": mfu("gpt2-tiny" if args.tiny else "gpt2", memory, 64 if args.tiny else 1024, peak),
-        "fit": fit("gpt2-mini" if args.tiny else "gpt2-xl", memory / 16 if args.tiny else memory,
-                   128 if args.tiny else 1024),
-        "environment": env,
-    }
-    result["seconds"] = time.perf_counter() - t0
-    result["mfu_target_met"] = None if args.tiny else result["mfu"]["mfu"] >= 0.5
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
-    return result
+    return run(Path(args.out), tiny=args.tiny, budget_s=args.budget_s)
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    try:
+        main()
+    except ValueError as e:  # one line and exit status 2, as the jaxlm commands do
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Train on a TPU VM pod slice: every host runs the same command, and JAX's distributed runtime
-# (scripts/train.py --distributed) finds the others from the TPU metadata.
+# (jaxlm train --distributed) finds the others from the TPU metadata.
 #
 #   TPU_NAME=my-v4-32 ZONE=us-central2-b bash scripts/launch_tpu_pod.sh create   # optional
 #   TPU_NAME=my-v4-32 ZONE=us-central2-b bash scripts/launch_tpu_pod.sh setup
-#   TPU_NAME=my-v4-32 ZONE=us-central2-b bash scripts/launch_tpu_pod.sh train [--set key=value ...]
+#   TPU_NAME=my-v4-32 ZONE=us-central2-b bash scripts/launch_tpu_pod.sh train [--set PATH=VALUE ...]
 #   TPU_NAME=my-v4-32 ZONE=us-central2-b bash scripts/launch_tpu_pod.sh stop
 #
 # Variables: REPO (git URL of this project), CONFIG (default scripts/configs/gpt2_medium_v4_32.py),
@@ -38,10 +38,10 @@ case "${1:-}" in
     shift
     # nohup: the run survives a dropped ssh connection; each host logs to ~/jaxlm/train.log.
     on_all "cd jaxlm && . .venv/bin/activate && export $env_vars && \
-      nohup python scripts/train.py --config $CONFIG --distributed $* > train.log 2>&1 &"
+      nohup python -m jaxlm train --config $CONFIG --distributed $* > train.log 2>&1 &"
     ;;
   stop)
-    on_all "pkill -TERM -f 'scripts/train.py --config $CONFIG' || true"
+    on_all "pkill -TERM -f 'jaxlm train --config $CONFIG' || true"
     ;;
   *)
     echo "usage: $0 create|setup|train|stop" >&2

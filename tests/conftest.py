@@ -5,9 +5,18 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One persistent XLA compilation cache for the session and the processes its tests start: many
+# tests compile the same tiny train and eval steps (new closures, the same HLO), which then
+# compile once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(os.path.dirname(__file__)), ".cache",
+                                                                "jax-tests"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+# The tests' models are tiny: XLA's LLVM code generation at full optimisation takes most of their
+# time (a test file of test_gpt's kind: 70 s against 27 s at level 0) and buys nothing at these
+# sizes. The HLO passes, which decide what is computed, are the same.
+os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"]))
 
 import contextlib
-import dataclasses
 import json
 import random
 import socket
@@ -48,26 +57,45 @@ def corpus(tmp_path_factory):
     return root, model
 
 
-def tiny_config(corpus, workdir, **kw):
+@pytest.fixture(scope="session")
+def labelled_data(tmp_path_factory):
+    """Train, validation and test rows whose label (field ``topic``) is which of two words, war or
+    peace, they repeat: learnable in a few steps."""
+    root = tmp_path_factory.mktemp("labelled")
+    rng = random.Random(0)
+    words = [w for w in WORDS if w not in ("war", "peace")]
+    for split, n in (("train", 48), ("validation", 12), ("test", 12)):
+        with open(root / f"{split}.jsonl", "w") as f:
+            for i in range(n):
+                label = ("war", "peace")[i % 2]
+                text = rng.choices(words, k=rng.randint(4, 14)) + [label] * 2
+                rng.shuffle(text)
+                f.write(json.dumps({"text": " ".join(text), "topic": label}) + "\n")
+    return root
+
+
+def tiny_config(corpus, run_dir, **changes):
     """A TrainConfig that trains ``gpt2-tiny`` (32-token context) for 12 steps on the ``corpus``
-    fixture in a few seconds; ``kw`` overrides any field."""
-    from train.config import TrainConfig
+    fixture in a few seconds; ``changes`` (dotted paths: ``**{"task.name": "mlm"}``) change it."""
+    import models
+    from train.config import DataConfig, TrainConfig
 
     root, model = corpus
-    values = dict(
-        model="gpt2-tiny", model_overrides={"n_positions": 32}, train_data=str(root / "train.jsonl"),
-        eval_data=str(root / "validation.jsonl"), tokenizer=str(model), seq_len=32, batch_size=4, steps=12,
-        warmup_steps=2, learning_rate=3e-3, log_every=2, eval_every=6, checkpoint_every=4, workdir=str(workdir),
-        progress_bar=False,
-    )
-    values.update(kw)
-    return TrainConfig(**values)
+    base = TrainConfig(model=models.get_config("gpt2-tiny", n_positions=32),
+                       data=DataConfig(seq_len=32, batch_size=4))
+    return base.replace({
+        "data.train": str(root / "train.jsonl"), "data.eval": str(root / "validation.jsonl"),
+        "data.tokenizer": str(model), "steps": 12, "optimizer.warmup_steps": 2, "optimizer.learning_rate": 3e-3,
+        "log.every": 2, "log.eval_every": 6, "checkpoint.every": 4, "run_dir": str(run_dir),
+        "log.progress_bar": False, **changes,
+    })
 
 
 def config_file(path, config):
-    """A ``--config`` file for the scripts whose ``get_config()`` returns ``config``."""
-    fields = dataclasses.asdict(config)
-    path.write_text(f"from train.config import TrainConfig\n\ndef get_config():\n    return TrainConfig(**{fields!r})\n")
+    """A ``--config`` file whose ``get_config()`` returns ``config``."""
+    text = json.dumps(config.to_dict())
+    path.write_text(f"import json\n\nfrom train.config import from_dict\n\n\ndef get_config():\n"
+                    f"    return from_dict(json.loads({text!r}))\n")
     return path
 
 
@@ -104,12 +132,8 @@ def lowerings():
         jax.monitoring.unregister_event_duration_listener(listener)
 
 
-def load_script(name: str):
-    """``scripts/NAME.py`` as a module, to call its ``main(argv)``."""
-    import importlib.util
-    from pathlib import Path
+def jaxlm(*argv):
+    """Run ``jaxlm ARGV`` in this process (its result; a refusal exits with status 2)."""
+    from jaxlm.cli import run
 
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
+    return run([str(a) for a in argv])

@@ -6,13 +6,17 @@ starts, so these run in subprocesses).
     python tests/mesh_runs.py train RUNS_JSON          # train only
     python tests/mesh_runs.py process RUNS_JSON PORT I  # process I of 2 on localhost, then train
 
-RUNS_JSON lists ``[name, config fields]`` pairs; each is trained in turn with ``train.loop.train``
-and process 0 prints its summary. ``check`` first checks where the rules put every parameter,
-optimizer statistic and activation on each mesh of ``MESHES``, and that meshes that do not fit
-fail before anything compiles.
+RUNS_JSON lists ``[name, run config (TrainConfig.to_dict), moved]`` triples; each is trained in
+turn with ``train.loop.train`` and process 0 prints its summary. ``moved`` (or null) is
+``{"from": RUN_DIR, "step": S}``: the run starts as a copy of RUN_DIR (trained earlier in the
+list) with its checkpoints after step S removed, so it resumes from S on its own mesh.
+``check`` first checks where the rules put every parameter, optimizer statistic and activation
+on each mesh of ``MESHES``, and that meshes that do not fit fail before any data is tokenised
+(the token cache, ``$JAXLM_CACHE/tokens``, is not written) and before anything compiles.
 """
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,13 +24,6 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # conftest, and this checkout's packages
 
 from conftest import lowerings  # noqa: E402
-
-
-def config(fields):
-    from train.config import TrainConfig
-
-    return TrainConfig(**fields)
-
 
 # Per-device shapes of a few parameters of gpt2-tiny with 8 heads (width 32, MLP 128, vocabulary
 # 256, 32 positions), written out by hand from the rules, on each 8-device mesh.
@@ -42,19 +39,18 @@ SHARD_SHAPES = {
 }
 
 
-def _parts(fields, mesh_shape):
-    import models
+def _parts(config, mesh_shape):
     import optim
     from train import sharding
     from train.step import state_shardings
 
-    module, _ = models.create(fields["model"], **fields["model_overrides"])
+    module = config.model.module()
     mesh = sharding.make_mesh(mesh_shape)
     tx = optim.adamw(1e-3)
     return module, mesh, tx, state_shardings(module, tx, mesh)
 
 
-def check_state_placements(fields, mesh_shape, name):
+def check_state_placements(config, mesh_shape, name):
     """Every parameter and both AdamW moments are placed as the rules say, and a few of them
     have the per-device shapes written out in SHARD_SHAPES."""
     import flax.linen as nn
@@ -65,7 +61,7 @@ def check_state_placements(fields, mesh_shape, name):
     from train import sharding
     from train.step import boxed_param_shapes
 
-    module, mesh, _, shardings = _parts(fields, mesh_shape)
+    module, mesh, _, shardings = _parts(config, mesh_shape)
     boxed = boxed_param_shapes(module)
     is_box = lambda x: isinstance(x, nn.Partitioned)  # noqa: E731
     expected = jax.tree.map(lambda b: NamedSharding(mesh, P(*nn.logical_to_mesh_axes(b.names, sharding.RULES))),
@@ -81,7 +77,7 @@ def check_state_placements(fields, mesh_shape, name):
             assert per_device[param] == shard, (mesh_shape, kind, param, per_device[param], shard)
 
 
-def check_compiled_activations(fields):
+def check_compiled_activations(config):
     """On the 2 x 2 x 2 mesh: the train step, as lowered for XLA, constrains every hidden state
     and MLP activation as the rules say; in the compiled forward pass (the same model code under
     the same rules) the activations are placed by the rules, which without them XLA places
@@ -96,12 +92,12 @@ def check_compiled_activations(fields):
     from train.step import TrainState, make_train_step
     from train.tasks import LanguageModeling
 
-    module, mesh, tx, shardings = _parts(fields, {"data": 2, "fsdp": 2, "model": 2})
+    module, mesh, tx, shardings = _parts(config, MESHES["mixed"])
     params = models.param_shapes(module)
     shapes = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params, opt_state=jax.eval_shape(tx.init, params),
                         model_state={})
     state = jax.tree.map(lambda x, where: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=where), shapes, shardings)
-    rows = (fields["batch_size"], fields["seq_len"])
+    rows = (config.data.batch_size, config.data.seq_len)
     ids = jax.ShapeDtypeStruct(rows, jnp.int32, sharding=sharding.batch_sharding(mesh))
     batch = {k: jax.ShapeDtypeStruct((1, *rows), jnp.int32, sharding=sharding.batch_sharding(mesh, leading=1))
              for k in ("inputs", "targets")}
@@ -127,20 +123,25 @@ def check_compiled_activations(fields):
         assert by_rules == rules, (rules, block, fc)
 
 
-def refused_before_compiling(fields, mesh_shape, message):
+def refused_before_compiling(config, message):
+    """``config`` fails with ``message`` before its data is tokenised or anything compiles."""
+    from train.data.downloads import cache_dir
     from train.loop import train
 
     with lowerings() as lowered:
         try:
-            train(config({**fields, "mesh": mesh_shape}))
+            train(config)
         except ValueError as e:
             assert message in str(e), str(e)
         else:
-            raise AssertionError(f"mesh {mesh_shape} was accepted")
+            raise AssertionError(f"mesh {config.mesh} was accepted")
     assert not lowered, f"{len(lowered)} functions lowered before the error"
+    assert not (cache_dir() / "tokens").exists(), "the data was tokenised before the error"
+    assert not Path(config.run_dir).exists()
 
 
-MESHES = {"data": {"data": 8}, "fsdp": {"fsdp": 8}, "model": {"model": 8},
+# fsdp: data=1 and fsdp=-1, all remaining devices (data is -1 by default).
+MESHES = {"data": {"data": 8}, "fsdp": {"data": 1, "fsdp": -1}, "model": {"model": 8},
           "mixed": {"data": 2, "fsdp": 2, "model": 2}}
 
 
@@ -148,13 +149,15 @@ def check(runs):
     import jax
 
     assert jax.device_count() == 8
-    fields = runs[0][1]
+    config = runs[0][1]
     for name, shape in MESHES.items():
-        check_state_placements(fields, shape, name)
-    check_compiled_activations(fields)
-    four_heads = {**fields, "model_overrides": {**fields["model_overrides"], "n_head": 4}}
-    refused_before_compiling(four_heads, {"model": 8}, "heads axis of size 4")
-    refused_before_compiling({**fields, "batch_size": 4}, {"data": 8}, "make batch_size / grad_accum a multiple of 8")
+        check_state_placements(config, shape, name)
+    check_compiled_activations(config)
+    four_heads = config.replace({"model.n_head": 4, "mesh": {"model": 8}})
+    refused_before_compiling(four_heads, "heads axis of size 4")
+    refused_before_compiling(config.replace({"data.batch_size": 4, "mesh": {"data": 8}}),
+                             "make data.batch_size / data.grad_accum a multiple of 8")
+    refused_before_compiling(config.replace({"mesh": {"data": 16}}), "has 16 devices but 8 are available")
     train_all(runs)
 
 
@@ -163,8 +166,13 @@ def train_all(runs):
 
     from train.loop import train
 
-    for name, run in runs:
-        summary = train(config(run))
+    for name, config, moved in runs:
+        if moved and jax.process_index() == 0:
+            shutil.copytree(moved["from"], config.run_dir)
+            for step in Path(config.run_dir, "checkpoints").iterdir():
+                if step.name.isdigit() and int(step.name) > moved["step"]:
+                    shutil.rmtree(step)
+        summary = train(config)
         if jax.process_index() == 0:
             print(name, json.dumps(summary), flush=True)
 
@@ -175,4 +183,7 @@ if __name__ == "__main__":
         from train import distributed
 
         distributed.initialize(f"localhost:{sys.argv[3]}", 2, int(sys.argv[4]))
+    from train.config import from_dict
+
+    runs = [(name, from_dict(config), moved) for name, config, moved in runs]
     {"check": check, "train": train_all, "process": train_all}[mode](runs)

@@ -1,52 +1,40 @@
-"""The ablation script's pieces: cumulative methods per row, one real (tiny) run, the table and plot."""
-
-import dataclasses
-import importlib.util
-from pathlib import Path
+"""The ULMFiT ablation's pieces (experiments.ulmfit_methods): cumulative methods per row, one real
+(tiny) run, the table and plot."""
 
 import jax
 import pytest
-from test_finetune import labelled_data  # noqa: F401  (fixture)
-from test_train import tiny_config
+from conftest import tiny_config
 
 import models
 from bench.bag_of_words import tfidf_logistic_regression
+from experiments import ulmfit_methods as ablation
 from train.checkpoint import save_params
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ulmfit_ablation.py"
-
-
-@pytest.fixture(scope="module")
-def ablation():
-    spec = importlib.util.spec_from_file_location("ulmfit_ablation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
-def test_rows_add_the_methods_one_at_a_time_and_score_the_test_rows(ablation, corpus, labelled_data, tmp_path):  # noqa: F811
+def test_rows_add_the_methods_one_at_a_time_and_score_the_test_rows(corpus, labelled_data, tmp_path):
     lm = tiny_config(corpus, tmp_path / "lm")
-    body = lm.model_config()
-    source = save_params(tmp_path / "lm", body, models.init_params(body.module(), jax.random.key(0)),
-                         {"tokenizer": lm.tokenizer})
+    source = save_params(tmp_path / "lm", lm.model, models.init_params(lm.model.module(), jax.random.key(0)),
+                         {"data.tokenizer": lm.data.tokenizer})
     size = ablation.Size(seq_len={"gpt2": 32}, steps={"gpt2": 10}, batch_size=4, test_rows=None)
     files = {"train": labelled_data / "train.jsonl", "test": labelled_data / "test.jsonl"}
     configs = [ablation.run_config("gpt2", source, files, v, 0, size, tmp_path / v) for v in ablation.VARIANTS]
-    assert [c.lr_schedule for c in configs] == ["constant"] + ["stlr"] * 4
-    assert [c.discriminative_factor for c in configs] == [1.0, 1.0, 2.6, 2.6, 2.6]
-    assert [c.unfreeze_every for c in configs] == [0, 0, 0, 1, 1]  # 10 steps // (2 x (4 groups - 1))
-    assert [c.classifier["pooling"] for c in configs] == ["last"] * 4 + ["concat"]
+    assert [c.optimizer.schedule for c in configs] == ["constant"] + ["stlr"] * 4
+    assert [c.optimizer.discriminative_factor for c in configs] == [1.0, 1.0, 2.6, 2.6, 2.6]
+    assert [c.optimizer.unfreeze_every for c in configs] == [0, 0, 0, 1, 1]  # 10 steps // (2 x (4 groups - 1))
+    assert [c.task.classifier.pooling for c in configs] == ["last"] * 4 + ["concat"]
+    assert {(c.task.name, c.init_from, c.data.tokenizer, c.data.seq_len) for c in configs} == {
+        ("classify", str(source), lm.data.tokenizer, 32)}
     side = {v: ablation.run_config("gpt2", source, files, v, 0, size, tmp_path / v) for v in ablation.SIDE}
-    assert {v: (c.lr_schedule, c.discriminative_factor, c.unfreeze_every, c.classifier["pooling"])
-            for v, c in side.items()} == {"+stlr +gradual": ("stlr", 1.0, 1, "last"),
-                                          "+stlr +concat": ("stlr", 1.0, 0, "concat")}
-    result = ablation.run_one(dataclasses.replace(configs[-1], label_field="topic"))
+    assert {v: (c.optimizer.schedule, c.optimizer.discriminative_factor, c.optimizer.unfreeze_every,
+                c.task.classifier.pooling) for v, c in side.items()} == {"+stlr +gradual": ("stlr", 1.0, 1, "last"),
+                                                                         "+stlr +concat": ("stlr", 1.0, 0, "concat")}
+    result = ablation.run_one(configs[-1].replace({"data.label_field": "topic"}))
     assert result["steps"] == 10 and result["test_rows"] == 12 and 0 <= result["macro_f1"] <= 1
     assert not (tmp_path / "+concat" / "checkpoints").exists()
 
 
-def test_table_and_plot(ablation, tmp_path):
+def test_table_and_plot(tmp_path):
     results = [{"model": "gpt2", "task": "t", "variant": v, "seed": s, "accuracy": 0.5 + 0.1 * i + 0.01 * s,
                 "macro_f1": 0.4 + 0.1 * i, "steps": 10, "seconds": 3.0}
                for i, v in enumerate(ablation.VARIANTS) for s in range(3)]

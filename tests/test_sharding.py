@@ -3,7 +3,7 @@ shapes alone (one CPU device here; 8-device meshes in test_scale.py)."""
 
 import jax
 import pytest
-from conftest import lowerings, tiny_config
+from conftest import config_file, jaxlm, lowerings, tiny_config
 
 import models
 from train import sharding
@@ -30,8 +30,27 @@ def test_bad_mesh_shapes_are_refused(shape, message):
 
 
 def test_a_config_with_an_unknown_mesh_axis_is_refused_when_built():
+    with pytest.raises(ValueError, match=r"unknown config field 'mesh.tensor'; mesh has data, fsdp, model"):
+        TrainConfig().replace({"mesh.tensor": 2})
     with pytest.raises(ValueError, match=r"unknown axes \['tensor'\]"):
-        TrainConfig(mesh={"data": 2, "tensor": 2})
+        sharding.check_mesh_axes({"data": 2, "tensor": 2})
+
+
+def test_two_axes_of_all_remaining_devices_are_refused_in_one_line_naming_the_fix(corpus, tmp_path, capsys):
+    """mesh.data is -1 by default: --set mesh.fsdp=-1 alone makes two such axes; with mesh.data=1 it
+    means fsdp over every device."""
+    config = config_file(tmp_path / "cfg.py", tiny_config(corpus, tmp_path / "run"))
+    with pytest.raises(SystemExit) as e:
+        jaxlm("train", "--config", config, "--set", "mesh.fsdp=-1", "--print-config")
+    assert e.value.code == 2
+    assert capsys.readouterr().err == ("error: mesh axes data and fsdp are both -1 (all remaining devices); give all "
+                                       "but one a size, e.g. --set mesh.data=1\n")
+    for order in (["mesh.data=1", "mesh.fsdp=-1"], ["mesh.fsdp=-1", "mesh.data=1"]):
+        printed = jaxlm("train", "--config", config, *(f for change in order for f in ("--set", change)),
+                        "--print-config")
+        assert printed["mesh"] == {"data": 1, "fsdp": -1, "model": 1}
+    assert sharding.mesh_shape({"data": 1, "fsdp": -1, "model": 1}, 8) == {"data": 1, "fsdp": 8, "model": 1}
+    assert not (tmp_path / "run").exists()
 
 
 def _specs(module, sizes):
@@ -71,18 +90,22 @@ def test_meshes_that_do_not_divide_the_model_or_the_batch_are_named():
         sharding.check_divisible(boxed, {"data": 1, "fsdp": 1, "model": 3})
     with pytest.raises(ValueError, match=r"mlp axis of size 128 .* that divides the MLP width"):
         sharding.check_divisible(boxed, {"data": 1, "fsdp": 1, "model": 3})
-    with pytest.raises(ValueError, match=r"vocab axis of size 256 .* pad it \(model_overrides.vocab_size=258\)"):
+    with pytest.raises(ValueError, match=r"vocab axis of size 256 .* pad it \(--set model.vocab_size=258\)"):
         sharding.check_divisible(boxed, {"data": 1, "fsdp": 1, "model": 3})
     with pytest.raises(ValueError, match=r"embed axis of size 32 .* \(fsdp=3\): choose an fsdp size"):
         sharding.check_divisible(boxed, {"data": 1, "fsdp": 3, "model": 1})
     sharding.check_divisible(boxed, {"data": 3, "fsdp": 2, "model": 4})
-    with pytest.raises(ValueError, match=r"batch_size=12 \(/ grad_accum=2\) does not split over the 4 data-parallel "
-                                         r"devices \(mesh data=2 x fsdp=2\); make batch_size / grad_accum a multiple of 4"):
+    with pytest.raises(ValueError, match=r"data.batch_size=12 \(/ data.grad_accum=2\) does not split over the 4 "
+                                         r"data-parallel devices \(mesh data=2 x fsdp=2\); make data.batch_size / "
+                                         r"data.grad_accum a multiple of 4"):
         sharding.check_batch(12, 2, {"data": 2, "fsdp": 2, "model": 2})
     sharding.check_batch(16, 2, {"data": 2, "fsdp": 2, "model": 2})
 
 
-def test_a_mesh_for_other_devices_stops_training_before_compiling_or_touching_the_workdir(corpus, tmp_path):
+def test_a_mesh_for_other_devices_stops_training_before_reading_data_compiling_or_touching_the_run_dir(
+        corpus, tmp_path, monkeypatch):
+    """The mesh is checked against the devices before the corpus is tokenised (into the token cache)."""
+    monkeypatch.setenv("JAXLM_CACHE", str(tmp_path / "cache"))
     with lowerings() as lowered, pytest.raises(ValueError, match="has 4 devices but 1 are available"):
-        train(tiny_config(corpus, tmp_path / "run", mesh={"data": 2, "model": 2}))
-    assert not lowered and not (tmp_path / "run").exists()
+        train(tiny_config(corpus, tmp_path / "run", **{"mesh.data": 2, "mesh.model": 2}))
+    assert not lowered and not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()

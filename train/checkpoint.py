@@ -1,7 +1,8 @@
 """Checkpoints of a run with orbax: parameters, optimizer state, step and data position.
 
-A run's folder holds ``run.json`` (the run config and the resolved model config, written once)
-and orbax's step folders, each with three items: ``params``, ``opt_state`` and ``meta`` (JSON:
+A run's folder holds ``run.json`` (the run config, the resolved model config and, for a folder of
+parameters only, where they came from; rewritten when the run resumes, with its resumable
+fields) and orbax's step folders, each with three items: ``params``, ``opt_state`` and ``meta`` (JSON:
 step, data-iterator state), and a fourth, ``model_state``, for models with variables besides
 their parameters (a classifier head's batch statistics). Orbax writes each step to a temporary folder and renames it when
 complete, so a run killed mid-save resumes from the last complete step. A folder written by a
@@ -17,6 +18,7 @@ Process 0 alone writes ``run.json`` and holds the folder's lock.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import logging
@@ -30,8 +32,9 @@ import orbax.checkpoint as ocp
 
 import models
 from models import hf, quantize
+from models.classifier import ClassifierConfig
 from train import distributed
-from train.config import TrainConfig
+from train.config import FLAT_FIELDS, DataConfig, TrainConfig, config_from_record
 from train.sharding import make_mesh, replicated
 from train.step import params_sharding
 
@@ -94,13 +97,14 @@ def _differences(saved: dict, current: dict, prefix="") -> list[str]:
 class Checkpoints:
     """The checkpoints of one run folder."""
 
-    def __init__(self, workdir, run_identity: dict, model_config, *, keep: int, async_save: bool = True,
-                 run_defaults: dict | None = None):
-        """``run_defaults``: the run fields' default values. A run.json written before a field
-        existed lacks it; the run it describes had the field's default."""
-        self.workdir = Path(workdir).absolute()
-        self.record = {"run": run_identity, "model": _model_dict(model_config)}
-        self.run_defaults = run_defaults or {}
+    def __init__(self, run_dir, config: TrainConfig, model_config, *, keep: int, async_save: bool = True,
+                 info: dict | None = None):
+        """``config``: the run config, recorded in run.json with the resolved ``model_config`` (a
+        classifier's, say) and ``info`` (what a parameters-only folder came from)."""
+        self.workdir = Path(run_dir).absolute()
+        self.config = config
+        self.record = {"config": config.to_dict(), "model": _model_dict(model_config), **({"info": info} if info else {})}
+        self.previous: TrainConfig | None = None  # the config run.json held before this run claimed the folder
         self._lock_file = None
         self._claim_once()
         self.manager = ocp.CheckpointManager(
@@ -130,30 +134,28 @@ class Checkpoints:
             raise CheckpointError(f"process 0 refused the run folder {self.workdir}; its message says why")
 
     def _claim(self) -> None:
-        """Write run.json, or check that the one already there describes this same run."""
+        """Write run.json, or check that the one already there describes this same run (then
+        record this run's resumable fields in it: its steps, mesh, logging)."""
         path = self.workdir / "run.json"
         if path.exists():
             try:
                 saved = json.loads(path.read_text())
-            except json.JSONDecodeError as e:
-                raise CheckpointError(f"{path} is corrupt ({e}); choose another workdir") from None
-            if isinstance(saved.get("run"), dict):
-                saved["run"] = {**json.loads(json.dumps(self.run_defaults)), **saved["run"]}
+                self.previous = config_from_record(saved)
+            except (json.JSONDecodeError, ValueError) as e:
+                raise CheckpointError(f"{path} cannot be read as a run's record ({e}); choose another run_dir") from None
             # A model config field added since the run began has its default there.
-            saved["model"] = _normalized_model(saved.get("model"))
-            # Fields that became resumable (e.g. the mesh) no longer tell runs apart.
-            saved["run"] = {k: v for k, v in saved.get("run", {}).items() if k not in TrainConfig.RESUMABLE}
-            diffs = _differences(saved, json.loads(json.dumps(self.record)))
+            theirs = {"config": self.previous.identity(), "model": _normalized_model(saved.get("model"))}
+            ours = json.loads(json.dumps({"config": self.config.identity(), "model": self.record["model"]}))
+            diffs = _differences(theirs, ours)
             if diffs:
                 raise CheckpointError(
                     f"{self.workdir} holds a run with a different config; refusing to touch it. Differences:\n  "
                     + "\n  ".join(diffs)
-                    + "\nChoose another workdir, or restore the config to resume that run."
+                    + "\nChoose another run_dir, or restore the config to resume that run."
                 )
-            return
-        if self.workdir.exists() and any(self.workdir.iterdir()):
+        elif self.workdir.exists() and any(self.workdir.iterdir()):
             raise CheckpointError(
-                f"{self.workdir} is not empty and has no run.json: it is not a run folder of ours; choose another workdir"
+                f"{self.workdir} is not empty and has no run.json: it is not a run folder of ours; choose another run_dir"
             )
         self.workdir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".json.tmp")
@@ -168,7 +170,7 @@ class Checkpoints:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock_file.close()
-            raise CheckpointError(f"another process is training in {self.workdir}; wait for it or choose another workdir")
+            raise CheckpointError(f"another process is training in {self.workdir}; wait for it or choose another run_dir")
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -229,7 +231,7 @@ class Checkpoints:
         if moved and restored is None:
             raise CheckpointError(
                 f"no checkpoint in {self.manager.directory} restores; moved {len(moved)} step(s) to "
-                f"{moved[0][1].parent}. Rerunning starts this run over from step 0; choose another workdir to keep "
+                f"{moved[0][1].parent}. Rerunning starts this run over from step 0; choose another run_dir to keep "
                 "this folder as it is."
             )
         return restored
@@ -255,17 +257,56 @@ class Checkpoints:
             self._lock_file.close()
 
 
-def save_params(workdir, model_config, params, run_info: dict) -> Path:
-    """A run folder holding only parameters (step 0), e.g. converted from Hugging Face: what
-    ``load_params``, ``scripts/evaluate.py`` and ``scripts/generate.py`` read. Refuses a non-empty
-    folder, and int8 parameters: the run folder records the float model, which loading rebuilds."""
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Where loaded weights came from: the folder, its kind (``run`` or ``huggingface``), the
+    step, and for a run folder its run config and what a parameters-only folder recorded
+    (``info``: the converted or pruned source)."""
+
+    path: str
+    kind: str
+    step: int | None = None
+    config: TrainConfig | None = None
+    info: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def tokenizer(self) -> str | None:
+        """The tokenizer the weights were trained with: the run's, or a Hugging Face folder's own."""
+        if self.config is not None:
+            return self.config.data.tokenizer or None
+        return self.info.get("tokenizer")
+
+    @property
+    def task(self) -> str | None:
+        return self.config.task.name if self.config is not None else None
+
+
+def run_config_for(model_config, run_dir, run: TrainConfig | dict | None = None) -> TrainConfig:
+    """The run config a parameters-only folder records for ``model_config``: ``run``'s (a run
+    config, or dotted changes to the defaults) with the model, and a classifier's task."""
+    body = model_config.body if isinstance(model_config, ClassifierConfig) else model_config
+    base = run if isinstance(run, TrainConfig) else TrainConfig(
+        model=body, data=DataConfig(seq_len=min(DataConfig.seq_len, body.n_positions)))
+    changes = {"model": body, "run_dir": str(run_dir), **(run if isinstance(run, dict) else {})}
+    if isinstance(model_config, ClassifierConfig):
+        changes.update({"task.name": "classify", "task.classifier": dataclasses.asdict(model_config.head_config())})
+    return base.replace(changes)
+
+
+def save_params(run_dir, model_config, params, run: TrainConfig | dict | None = None, info: dict | None = None) -> Path:
+    """A run folder holding only parameters (step 0), e.g. converted from Hugging Face or
+    pruned: what ``load_params``, evaluation and generation read. ``run``: the run config to
+    record (see :func:`run_config_for`); ``info``: where the parameters came from. Refuses a
+    non-empty folder, and int8 parameters: the run folder records the float model, which
+    loading rebuilds."""
     if quantize.has_int8(params):
-        raise ValueError("these parameters are int8: int8 weights are made at load time (--quantize int8 on "
-                         "evaluate.py and generate.py), not saved; save the float parameters")
-    workdir = Path(workdir).absolute()
+        raise ValueError("these parameters are int8: int8 weights are made at load time (jaxlm evaluate or "
+                         "jaxlm generate --quantize int8), not saved; save the float parameters")
+    workdir = Path(run_dir).absolute()
     if workdir.exists() and any(workdir.iterdir()):
         raise CheckpointError(f"{workdir} exists and is not empty; choose another folder")
-    checkpoints = Checkpoints(workdir, run_info, model_config, keep=1, async_save=False)
+    config = run_config_for(model_config, workdir, run)
+    checkpoints = Checkpoints(workdir, config, model_config, keep=1, async_save=False, info=info)
     checkpoints.manager.save(0, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
     checkpoints.wait()
     checkpoints.close()
@@ -273,13 +314,13 @@ def save_params(workdir, model_config, params, run_info: dict) -> Path:
 
 
 def load_params(workdir, step: int | None = None, **model_overrides):
-    """Parameters of a run folder (the latest step unless ``step``) -> ``(module, model_config, params, run)``.
+    """Parameters of a run folder (the latest step unless ``step``) -> ``(module, model_config, params, source)``.
 
     For evaluation and generation: no optimizer is rebuilt. ``model_overrides`` may change how
     the model computes (e.g. ``dtype``), not the layout of its parameters.
     """
-    module, model_config, variables, run = load_variables(workdir, step, **model_overrides)
-    return module, model_config, variables["params"], run
+    module, model_config, variables, source = load_variables(workdir, step, **model_overrides)
+    return module, model_config, variables["params"], source
 
 
 def read_model_config(workdir, **model_overrides):
@@ -294,11 +335,22 @@ def read_model_config(workdir, **model_overrides):
         raise CheckpointError(f"{run_file}: {e}") from None
 
 
+def read_run_config(workdir) -> TrainConfig:
+    """The run config a run folder's run.json records (an old flat one read through
+    ``train.config.FLAT_FIELDS``)."""
+    model_config, record = read_model_config(workdir)
+    try:
+        return config_from_record(record, model_config)
+    except ValueError as e:
+        raise CheckpointError(f"{Path(workdir).absolute() / 'run.json'}: {e}") from None
+
+
 def load_variables(workdir, step: int | None = None, **model_overrides):
     """As :func:`load_params`, with all the model's variables: ``{"params": ..., **model_state}``
     (a classifier head's batch statistics)."""
     workdir = Path(workdir).absolute()  # orbax needs absolute paths
     model_config, record = read_model_config(workdir, **model_overrides)
+    run_config = read_run_config(workdir)
     manager = ocp.CheckpointManager(workdir / "checkpoints", item_names=ITEMS,
                                     options=ocp.CheckpointManagerOptions(create=False))
     steps = sorted(manager.all_steps(), reverse=True)
@@ -325,24 +377,27 @@ def load_variables(workdir, step: int | None = None, **model_overrides):
                 if others else "; it has no other step")
         raise CheckpointError(_cannot_restore(workdir, step, e) + hint) from e
     variables = {"params": restored["params"], **(restored["model_state"] if shapes else {})}
-    return module, model_config, variables, {**record["run"], "step": step}
+    info = record.get("info") or {k: v for k, v in (record.get("run") or {}).items() if k not in FLAT_FIELDS}
+    return module, model_config, variables, Source(str(workdir), "run", step, run_config, info)
 
 
 def load_variables_for_eval(checkpoint, step: int | None = None, **model_overrides):
     """A run folder of ours (has run.json) or an HF folder (has config.json)
-    -> ``(module, model_config, variables, run_info)``, variables ``{"params": ..., **model_state}``."""
+    -> ``(module, model_config, variables, source)``, variables ``{"params": ..., **model_state}``."""
     path = Path(checkpoint)
     if (path / "run.json").exists():
         return load_variables(path, step, **model_overrides)
     if (path / "config.json").exists():
+        if step is not None:
+            raise ValueError(f"{path} is a Hugging Face folder: it holds one set of weights, no steps; drop --step")
         module, config, params = hf.load_pretrained(path, **model_overrides)
-        return module, config, {"params": params}, {"source": "huggingface"}
+        return module, config, {"params": params}, Source(str(path), "huggingface", info={"tokenizer": str(path)})
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: give a run folder of ours (run.json) or a Hugging Face folder")
     raise FileNotFoundError(f"{path} is neither a run folder (run.json) nor a Hugging Face folder (config.json)")
 
 
 def load_for_eval(checkpoint, step: int | None = None, **model_overrides):
-    """As :func:`load_variables_for_eval`, with the parameters only: ``(module, model_config, params, run_info)``."""
+    """As :func:`load_variables_for_eval`, with the parameters only: ``(module, model_config, params, source)``."""
     module, config, variables, run = load_variables_for_eval(checkpoint, step, **model_overrides)
     return module, config, variables["params"], run

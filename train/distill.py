@@ -19,39 +19,19 @@ distillation loss.
 
 from __future__ import annotations
 
-import dataclasses
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
 from models.classifier import ClassifierConfig
-from train.checkpoint import load_variables_for_eval
-from train.config import section
+from train.checkpoint import load_variables_for_eval, read_run_config
+from train.config import TrainConfig
 from train.step import variables_sharding
 from train.tasks import DEFAULT_TASKS, TASKS, apply_model, classification_sums, cross_entropy_sums
 
 DECODERS, ENCODERS = {"gpt"}, {"bert", "albert"}
 BASES = ("lm", "mlm_nsp", "mlm_sop", "classify")
-
-
-@dataclasses.dataclass(frozen=True)
-class DistillConfig:
-    """``TrainConfig.distill``: the teacher (run or HF folder), the temperature T, the weight of
-    the soft targets ``alpha`` (1 - alpha on the hard labels) and the objective (default: the
-    teacher run's task, else its family's pretraining task)."""
-
-    teacher: str = ""
-    temperature: float = 2.0
-    alpha: float = 0.5
-    task: str | None = None
-
-    def __post_init__(self):
-        if not self.teacher:
-            raise ValueError("task='distill' needs a teacher: set distill.teacher to a run folder or a Hugging Face folder")
-        if not self.temperature > 0:
-            raise ValueError(f"distill.temperature={self.temperature} must be positive (1 is the plain softmax)")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"distill.alpha={self.alpha} must lie in [0, 1]: the weight of the soft targets")
 
 
 def outputs(task_name: str, module, variables, batch, rng, deterministic: bool):
@@ -90,43 +70,47 @@ class Distillation:
     name = "distill"
 
     def __init__(self, config, tokenizer, tokenizer_key: str):
-        self.spec = section(DistillConfig, config.distill, "distill")
-        teacher_module, teacher_config, teacher_variables, run = load_variables_for_eval(self.spec.teacher)
-        student = config.model_config()  # a classifier student's body: the task wraps it (model_config)
+        self.spec = config.task.distill
+        teacher_module, teacher_config, teacher_variables, source = load_variables_for_eval(self.spec.teacher)
+        student = config.model  # a classifier student's body: the task wraps it (model_config)
         is_classifier = isinstance(teacher_config, ClassifierConfig)
         teacher_body = teacher_config.body if is_classifier else teacher_config
         if teacher_body.vocab_size != student.vocab_size:
             raise ValueError(
                 f"the student's vocabulary ({student.vocab_size} tokens) differs from its teacher's "
                 f"({teacher_body.vocab_size}, {self.spec.teacher}): soft targets are distributions over the same "
-                f"tokens. Set model_overrides.vocab_size={teacher_body.vocab_size} and train with the teacher's "
-                f"tokenizer{' (' + run['tokenizer'] + ')' if run.get('tokenizer') else ''}"
+                f"tokens. Set model.vocab_size={teacher_body.vocab_size} and train with the teacher's "
+                f"tokenizer{' (' + source.tokenizer + ')' if source.tokenizer else ''}"
             )
-        if run.get("tokenizer") and run["tokenizer"] != config.tokenizer:
-            raise ValueError(f"the student's tokenizer {config.tokenizer} is not its teacher's ({run['tokenizer']}): "
-                             "the token ids would mean different things; use the teacher's tokenizer")
+        if source.tokenizer and source.tokenizer != config.data.tokenizer:
+            raise ValueError(f"the student's tokenizer {config.data.tokenizer} is not its teacher's "
+                             f"({source.tokenizer}): the token ids would mean different things; use the teacher's "
+                             "tokenizer")
         kinds = [DECODERS if c.family in DECODERS else ENCODERS for c in (student, teacher_body)]
         if kinds[0] is not kinds[1]:
             raise ValueError(f"a {student.family} student cannot learn from a {teacher_body.family} teacher: "
                              "distil a decoder into a decoder, an encoder into an encoder")
-        task = self.spec.task or (run.get("task") if run.get("task") != "distill" else None)
+        task = self.spec.task or (source.task if source.task != "distill" else None)
         self.base_name = task or DEFAULT_TASKS[teacher_config.family]
         if self.base_name not in BASES:
-            raise ValueError(f"distill.task={self.base_name!r}: distillation supports {', '.join(BASES)}")
+            raise ValueError(f"task.distill.task={self.base_name!r}: distillation supports {', '.join(BASES)}")
         if self.base_name == "classify" and not is_classifier:
-            raise ValueError(f"distill.task='classify' needs a classifier teacher, but {self.spec.teacher} holds a "
-                             f"{type(teacher_config).__name__}: give a run of task classify (e.g. scripts/finetune.py's "
+            raise ValueError(f"task.distill.task='classify' needs a classifier teacher, but {self.spec.teacher} holds a "
+                             f"{type(teacher_config).__name__}: give a run of task classify (e.g. jaxlm finetune's "
                              f"3-classifier), or distil this teacher's own task ({DEFAULT_TASKS[teacher_config.family]})")
         if is_classifier and self.base_name != "classify":
-            raise ValueError(f"{self.spec.teacher} is a classifier: its outputs are class logits, so distill.task must "
+            raise ValueError(f"{self.spec.teacher} is a classifier: its outputs are class logits, so task.distill.task must "
                              f"be 'classify', not {self.base_name!r}")
-        if self.base_name != "classify" and config.classifier:
-            raise ValueError(f"classifier settings {config.classifier} apply to a classifier student, whose teacher is "
-                             f"a classifier; {self.spec.teacher}'s task is {self.base_name}: drop them")
+        if self.base_name != "classify" and config.task.classifier is not None:
+            raise ValueError(f"task.classifier applies to a classifier student, whose teacher is a classifier; "
+                             f"{self.spec.teacher}'s task is {self.base_name}: drop it")
         if self.base_name != "classify" and (self.base_name == "lm") != (student.family in DECODERS):
-            raise ValueError(f"distill.task={self.base_name!r} does not fit a {student.family} student: lm is for "
+            raise ValueError(f"task.distill.task={self.base_name!r} does not fit a {student.family} student: lm is for "
                              "decoders (GPT), mlm_nsp and mlm_sop for encoders (BERT, ALBERT)")
-        self.base = TASKS[self.base_name](dataclasses.replace(config, task=self.base_name), tokenizer, tokenizer_key)
+        base = {"task.name": self.base_name, "task.distill": None}
+        if self.base_name == "classify" and config.task.classifier is None:
+            base["task.classifier"] = {}
+        self.base = TASKS[self.base_name](config.replace(base), tokenizer, tokenizer_key)
         self.teacher_module, self.teacher_variables = teacher_module, teacher_variables
         self.teacher_labels = teacher_config.labels if is_classifier else None
         self.config = config
@@ -161,8 +145,8 @@ class Distillation:
         student = self.base.model_config(model_config)
         if self.teacher_labels is not None and student.labels != self.teacher_labels:
             raise ValueError(
-                f"the student's classes {list(student.labels)} (column {self.config.label_field!r} of "
-                f"{self.config.train_data}) are not its teacher's {list(self.teacher_labels)}: soft targets are "
+                f"the student's classes {list(student.labels)} (column {self.config.data.label_field!r} of "
+                f"{self.config.data.train}) are not its teacher's {list(self.teacher_labels)}: soft targets are "
                 "distributions over the same classes; train the student on data labelled like the teacher's"
             )
         return student
@@ -199,3 +183,16 @@ class Distillation:
         metrics["distill_loss"] = alpha * t**2 * soft + (1 - alpha) * metrics["loss"]
         return metrics
 
+
+
+def student_config(teacher: str, base: TrainConfig | None = None) -> TrainConfig:
+    """A student's run config: ``base``, else the teacher run's own (its model, data with the
+    validation split, steps, optimizer and classifier, but not its ``init_from``), with the
+    task ``distill`` from ``teacher`` and the run folder ``TEACHER-student``."""
+    if base is None:
+        if not (Path(teacher) / "run.json").exists():
+            raise ValueError(f"{teacher} is not a run folder of ours (no run.json): pass --config for the student's run")
+        base = read_run_config(teacher)
+    changes = {"task.name": "distill", "task.distill": {"teacher": str(teacher)}, "init_from": None,
+               "run_dir": f"{str(teacher).rstrip('/')}-student"}
+    return base.replace(changes)

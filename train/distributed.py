@@ -4,7 +4,7 @@ the processes must agree on outside the train step.
 Every process of a multi-host run calls :func:`initialize` before JAX touches a device. Where
 the settings come from, first match wins:
 
-1. explicit arguments (``scripts/train.py --coordinator HOST:PORT --num-processes N
+1. explicit arguments (``jaxlm train --coordinator HOST:PORT --num-processes N
    --process-id I``);
 2. torchrun-style variables: ``WORLD_SIZE`` > 1 with ``RANK``, ``MASTER_ADDR`` and
    ``MASTER_PORT`` (the coordinator listens on ``MASTER_ADDR:MASTER_PORT``);

@@ -1,4 +1,5 @@
-"""Evaluation of parameters on held-out data: ours from a run folder, or an HF checkpoint."""
+"""Using a checkpoint (ours from a run folder, or a Hugging Face folder): evaluation on held-out
+data, and generation."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import jax
 import numpy as np
 
 from models.classifier import ClassifierConfig
+from models.generation import check_options, sample
+from models.gpt import GPTConfig
 from models.quantize import param_bytes, prepare
 from train import sharding
-from train.checkpoint import load_variables_for_eval
-from train.config import TrainConfig
+from train.checkpoint import load_for_eval, load_variables_for_eval, run_config_for
+from train.config import TASK_NAMES
 from train.data.tokenizers import load_tokenizer, tokenizer_id
 from train.step import make_eval_step, variables_sharding
 from train.task_registry import make_task
@@ -45,39 +48,41 @@ def unigram_baseline(train_tokens, eval_tokens, vocab_size: int) -> dict:
 
 
 
-def evaluate_checkpoint(checkpoint, data_source, *, tokenizer=None, task=None, seq_len=None, batch_size=8,
-                        text_field="text", max_batches=None, step=None, split="validation",
-                        unigram_from=None, dtype=None, quantize=None) -> dict:
+def evaluate_checkpoint(checkpoint, data_source, *, tokenizer=None, task=None, step=None, split="validation",
+                        unigram_from=None, dtype=None, quantize=None, overrides: dict | None = None) -> dict:
     """Evaluate a checkpoint on a corpus; returns the metrics, the token count and the model config.
 
-    ``tokenizer`` defaults to the one the run was trained with (an HF folder needs one given);
-    ``task`` to the run's, else the family's pretraining task (``DEFAULT_TASKS``);
-    ``seq_len`` to the run's, else the model's context. ``unigram_from`` (training data) adds
-    the unigram baseline on the same tokens. A classifier reports accuracy, macro-F1 and
-    per-class counts on ``data_source``'s labelled rows (the run's ``label_field``). ``dtype``
-    (parameters and compute) and ``quantize`` (``"int8"`` weights) evaluate a cheaper variant
-    (``models.quantize.prepare``).
+    The run's own config (task, masking, fields, classifier) is the base, with ``overrides``
+    (dotted paths, e.g. ``{"data.text_field": "body", "data.batch_size": 32, "log.eval_max_batches":
+    10}``); a Hugging Face folder has its family's.
+    ``tokenizer`` defaults to the run's (a Hugging Face folder's own files); ``task`` to the
+    run's, else the family's pretraining task (``DEFAULT_TASKS``); the sequence length
+    (``data.seq_len``) to the run's, else the model's context. ``unigram_from`` (training data) adds the unigram baseline on the same
+    tokens. A classifier reports accuracy, macro-F1 and per-class counts on ``data_source``'s
+    labelled rows. ``dtype`` (parameters and compute) and ``quantize`` (``"int8"`` weights)
+    evaluate a cheaper variant (``models.quantize.prepare``).
     """
-    module, model_config, variables, run = load_variables_for_eval(checkpoint, step)
-    tokenizer = tokenizer or run.get("tokenizer")
-    if not tokenizer:
-        raise ValueError("no tokenizer: pass one (a .model file, vocab.txt, or a GPT-2 BPE folder)")
+    module, model_config, variables, source = load_variables_for_eval(checkpoint, step)
+    tok, tokenizer = checkpoint_tokenizer(tokenizer, source)
     is_classifier = isinstance(model_config, ClassifierConfig)
     body = model_config.body if is_classifier else model_config
-    seq_len = seq_len or run.get("seq_len") or body.n_positions
-    tok = load_tokenizer(tokenizer)
-    check_fit(tok, body, seq_len)
-    # The run's own settings (task, masking, seed, classifier) where it has them.
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    settings = {k: v for k, v in run.items() if k in fields and k != "init_from"}
-    task = task or settings.get("task") or DEFAULT_TASKS[model_config.family]
+    run = source.config or run_config_for(model_config, checkpoint, {"data.seq_len": body.n_positions})
+    task = task or (run.task.name if source.config else DEFAULT_TASKS[model_config.family])
     if task != "distill" and (task == "classify") != is_classifier:  # a distilled run's base task fits its model
         raise ValueError(f"task {task!r} does not fit {checkpoint}, which holds a {type(model_config).__name__}: "
-                         f"classify goes with classifier checkpoints; evaluate this one with task "
-                         f"{DEFAULT_TASKS[model_config.family]!r}")
-    settings.update(task=task, seq_len=seq_len, batch_size=batch_size, grad_accum=1,
-                    warmup_steps=0, tokenizer=str(tokenizer), text_field=text_field)
-    config = TrainConfig(**settings)
+                         f"classify goes with classifier checkpoints; evaluate this one with --task "
+                         f"{DEFAULT_TASKS[model_config.family]}")
+    if task not in ("classify", "distill") and not _task_fits(task, body):
+        fitting = [t for t in TASK_NAMES if t not in ("classify", "distill") and _task_fits(t, body)]
+        raise ValueError(f"--task {task} does not fit {checkpoint}, which holds a {body.family} model: "
+                         f"use --task {' or --task '.join(fitting)}")
+    changes = {"task.name": task, "data.grad_accum": 1, "data.tokenizer": str(tokenizer), "init_from": None,
+               **(overrides or {})}
+    if task not in ("classify", "distill"):
+        changes["task.classifier"] = None
+    config = run.replace(changes)
+    seq_len, batch_size = config.data.seq_len, config.data.batch_size
+    check_fit(tok, body, seq_len)
     task_obj = make_task(config, tok, tokenizer_id(tokenizer))
     if is_classifier:
         task_obj.labels = model_config.labels
@@ -92,12 +97,64 @@ def evaluate_checkpoint(checkpoint, data_source, *, tokenizer=None, task=None, s
     if quantize:  # int8 leaves have their own layout: they stay where quantization put them
         shardings = None
     metrics = evaluate(make_eval_step(module, task_obj, shardings, mesh), variables, task_obj,
-                       task_obj.eval_batches(corpus, batch_size // count, index, count), mesh, max_batches)
-    result = {**metrics, "checkpoint": str(checkpoint), "step": run.get("step"), "seq_len": seq_len,
+                       task_obj.eval_batches(corpus, batch_size // count, index, count), mesh,
+                       config.log.eval_max_batches)
+    result = {**metrics, "checkpoint": str(checkpoint), "step": source.step, "seq_len": seq_len,
               "dtype": (module.config.body if is_classifier else module.config).dtype, "quantize": quantize, "param_bytes": param_bytes(params)}
-    if unigram_from is not None and max_batches is None:
+    if unigram_from is not None and config.log.eval_max_batches is None:
         if task_obj.name != "lm":
             raise ValueError("the unigram baseline applies to the language-modelling task only")
         result["unigram_baseline"] = unigram_baseline(task_obj.load_corpus(unigram_from, "train").tokens,
                                                       corpus.tokens, tok.vocab_size)
     return {**result, "model_config": dataclasses.asdict(model_config)}
+
+
+def _task_fits(task: str, body) -> bool:
+    """Causal LM for decoders, the masked-LM tasks for encoders."""
+    return (task == "lm") == (body.family == "gpt")
+
+
+def checkpoint_tokenizer(given: str | None, source) -> tuple:
+    """``(tokenizer, its path)``: ``given``, else the one a checkpoint was trained with (a run's,
+    or a Hugging Face folder's own files); a checkpoint without one names ``--tokenizer``."""
+    path = given or source.tokenizer
+    if not path:
+        raise ValueError(f"{source.path} records no tokenizer: pass --tokenizer (a .model file, vocab.txt, or a GPT-2 "
+                         "BPE folder)")
+    try:
+        return load_tokenizer(path), path
+    except (OSError, ValueError) as e:
+        if given:
+            raise
+        raise ValueError(f"{e}; pass --tokenizer with the model's tokenizer") from None
+
+
+def generate_from_checkpoint(checkpoint, prompt: str, *, tokenizer=None, step=None, max_new_tokens: int = 40,
+                             num_samples: int = 1, temperature: float = 0.8, top_k: int = 40, top_p: float = 1.0,
+                             seed: int = 0, dtype=None, quantize=None) -> dict:
+    """Continue ``prompt`` with a decoder checkpoint (a run folder or a Hugging Face GPT/GPT-2
+    folder) using the KV cache; stops a sample at the tokenizer's end of text. Returns the
+    continuations and the decoding speed (new tokens per second, compilation excluded)."""
+    check_options(max_new_tokens, num_samples=num_samples, temperature=temperature, top_k=top_k, top_p=top_p)
+    module, config, params, source = load_for_eval(checkpoint, step)
+    if not isinstance(config, GPTConfig):
+        hint = ("; it is a classifier: report its accuracy and F1 with jaxlm evaluate CHECKPOINT --data TEST_DATA"
+                if isinstance(config, ClassifierConfig) else "")
+        raise ValueError(f"{checkpoint} holds a {type(config).__name__}, but generation continues text with a "
+                         f"GPT/GPT-2 language model{hint}")
+    module, params = prepare(module, params, dtype, quantize)
+    tok, _ = checkpoint_tokenizer(tokenizer, source)
+    out = sample(module, params, [tok.encode(prompt)], max_new_tokens, num_samples=num_samples,
+                 rng=jax.random.PRNGKey(seed), temperature=temperature, top_k=top_k, top_p=top_p, eos_id=tok.eos_id,
+                 vocab_size=min(tok.vocab_size, config.vocab_size))
+    texts = [tok.decode(ids) for ids in out.ids]
+    return {
+        "prompt": prompt,
+        **({"continuation": texts[0]} if len(texts) == 1 else {"continuations": texts}),
+        "new_tokens": out.new_tokens,
+        "tokens_per_s": round(out.tokens_per_s, 1),
+        "decode_s": round(out.seconds, 3),
+        "compile_s": round(out.compile_seconds, 2),
+        "dtype": module.config.dtype,
+        "quantize": quantize,
+    }

@@ -1,5 +1,5 @@
-"""What fine-tuning adds to a run: the optimizer with ULMFiT's methods (STLR, discriminative
-rates, gradual unfreezing, freezing), and the start from pretrained weights (``init_from``).
+"""What fine-tuning adds to a run: the optimizer with the depths ULMFiT's methods need, and the
+start from pretrained weights (``init_from``, read only).
 """
 
 from __future__ import annotations
@@ -10,55 +10,31 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import optax
 
 import models
 import optim
 from models import hf
 from models.classifier import ClassifierConfig
 from models.config import TransformerConfig
-from train.checkpoint import load_params, read_model_config
+from train.checkpoint import load_params, read_run_config
 from train.data.tokenizers import tokenizer_id
 
 # Config fields that change how a model computes or is laid out, not what its weights mean.
 NOT_ARCHITECTURE = {
-    "dtype", "param_dtype", "scan_layers", "remat", "head", "initializer_range", "scale_residual_init",
+    "dtype", "param_dtype", "scan_layers", "remat", "attention", "logits_chunk", "head", "initializer_range",
+    "scale_residual_init",
     *TransformerConfig.DROPOUTS,
 }
 
 
-def make_schedule(config) -> optax.Schedule:
-    if config.lr_schedule == "stlr":
-        return optim.stlr(config.steps, config.learning_rate, config.stlr_cut_frac, config.stlr_ratio)
-    return optim.SCHEDULES[config.lr_schedule](config.learning_rate, config.warmup_steps, config.steps,
-                                               config.end_lr_ratio)
-
-
 def make_optimizer(config, model_config, steps_per_epoch: int | None = None):
-    """AdamW on the config's schedule, then the depth-wise methods the config asks for, then
-    magnitude pruning -> ``(optimizer, schedule)``. ``steps_per_epoch`` serves
-    ``unfreeze_every='epoch'``."""
-    schedule = make_schedule(config)
-    tx = optim.adamw(schedule, weight_decay=config.weight_decay, b1=config.b1, b2=config.b2,
-                     clip_norm=config.clip_norm)
-    if config.discriminative_factor != 1 or config.unfreeze_every or config.feature_extraction:
-        depths = models.param_depths(model_config, models.param_shapes(model_config.module()))
-        if config.discriminative_factor != 1:
-            tx = optax.chain(tx, optim.discriminative_rates(depths, config.discriminative_factor))
-        if config.feature_extraction:
-            tx = optim.freeze(tx, depths)
-        elif config.unfreeze_every:
-            every = config.unfreeze_every
-            if every == "epoch":
-                if steps_per_epoch is None:
-                    raise ValueError("unfreeze_every='epoch' needs data with a known epoch length (not streamed); "
-                                     "give a number of steps")
-                every = steps_per_epoch
-            tx = optim.gradual_unfreezing(tx, depths, every, config.unfreeze_stages)
-    if config.pruning:  # last in the chain: it zeroes the final updates of the masked weights
-        stacked = r"(^|/)blocks/" if getattr(model_config, "scan_layers", False) else None  # a leading layers axis
-        tx = optax.chain(tx, optim.magnitude_pruning(config.pruning_config(), stacked=stacked))
-    return tx, schedule
+    """The run's optimizer (``optim.make_optimizer`` on ``config.optimizer``), with the depths of
+    ``model_config``'s parameters when the depth-wise methods need them -> ``(optimizer, schedule)``."""
+    opt = config.optimizer
+    depths = models.param_depths(model_config, models.param_shapes(model_config.module())) if opt.needs_depths else None
+    body = model_config.body if isinstance(model_config, ClassifierConfig) else model_config
+    stacked = r"(^|/)blocks/" if body.scan_layers else None  # a leading layers axis
+    return optim.make_optimizer(opt, config.steps, depths, steps_per_epoch, stacked)
 
 
 @dataclasses.dataclass
@@ -79,15 +55,15 @@ def load_pretrained(source, model_config, tokenizer: str | None = None) -> Pretr
     path = Path(source)
     body = model_config.body if isinstance(model_config, ClassifierConfig) else model_config
     if (path / "run.json").exists():
-        _, config, params, run = load_params(path)
+        _, config, params, loaded = load_params(path)
         kind = "run"
         theirs = config.body if isinstance(config, ClassifierConfig) else config
         if theirs.scan_layers != body.scan_layers:
             raise ValueError(
                 f"init_from {source} lays out its layers with scan_layers={theirs.scan_layers}, this run's model with "
-                f"{body.scan_layers}: set model_overrides.scan_layers={str(theirs.scan_layers).lower()}"
+                f"{body.scan_layers}: set model.scan_layers={str(theirs.scan_layers).lower()}"
             )
-        _check_tokenizer(source, run.get("tokenizer"), tokenizer)
+        _check_tokenizer(source, loaded.tokenizer, tokenizer)
     elif (path / "config.json").exists():
         _, config, params = hf.load_pretrained(path, scan_layers=body.scan_layers, remat=body.remat)
         kind, theirs = "huggingface", config
@@ -107,7 +83,7 @@ def _check_architecture(source, theirs, ours) -> None:
              if f.name not in NOT_ARCHITECTURE and getattr(theirs, f.name) != getattr(ours, f.name)]
     if diffs:
         raise ValueError(f"init_from {source} has another architecture than this run's model:\n  " + "\n  ".join(diffs)
-                         + "\nSet model and model_overrides to match it.")
+                         + "\nSet model (--set model.FIELD=VALUE) to match it.")
 
 
 def _check_tokenizer(source, theirs: str | None, ours: str | None) -> None:
@@ -145,7 +121,7 @@ def init_params(pretrained: Pretrained, model_config, params) -> tuple[dict, dic
             out.append(leaf)
         elif np.shape(value) != np.shape(leaf):
             raise ValueError(f"init_from {pretrained.source}: {path} has shape {np.shape(value)}, this model's "
-                             f"{np.shape(leaf)}; set model_overrides to match its architecture")
+                             f"{np.shape(leaf)}; set model (--set model.FIELD=VALUE) to match its architecture")
         else:
             loaded.append(path)
             out.append(np.asarray(value, leaf.dtype))
@@ -165,25 +141,18 @@ def write_report(workdir, report: dict) -> Path:
 
 
 def pretrained_spec(source) -> dict:
-    """TrainConfig fields that rebuild a pretrained source's model and name its tokenizer:
-    ``model`` (the preset of its family closest to it), ``model_overrides`` (the fields that
-    differ, ``head`` aside: a task picks its heads) and ``tokenizer`` (the run's, or the Hugging
-    Face folder's vocabulary)."""
+    """The run config changes that rebuild a pretrained source's model and name its tokenizer:
+    ``model`` (its config, with its family's default heads: a task picks its heads) and
+    ``data.tokenizer`` (the run's, or the Hugging Face folder's vocabulary)."""
     path = Path(source)
     if (path / "run.json").exists():
-        config, record = read_model_config(path)
-        config = config.body if isinstance(config, ClassifierConfig) else config
-        tokenizer = record["run"].get("tokenizer") or ""
+        config = read_run_config(path).model
+        tokenizer = read_run_config(path).data.tokenizer
     elif (path / "config.json").exists():
         config = hf.config_from_hf(path)
         tokenizer = str(path / "vocab.txt") if (path / "vocab.txt").exists() else str(path)
     else:
         raise FileNotFoundError(f"{source}: neither a run folder (run.json) nor a Hugging Face folder (config.json)")
-
-    def differences(preset) -> dict:
-        return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
-                if f.name != "head" and getattr(config, f.name) != getattr(preset, f.name)}
-
-    name = min((n for n, c in models.PRESETS.items() if type(c) is type(config)),
-               key=lambda n: len(differences(models.PRESETS[n])))
-    return {"model": name, "model_overrides": differences(models.PRESETS[name]), "tokenizer": tokenizer}
+    if hasattr(config, "head"):
+        config = dataclasses.replace(config, head=type(config)().head)
+    return {"model": config, "data.tokenizer": tokenizer}

@@ -1,11 +1,11 @@
 """Keep freed memory in the process, so XLA's CPU steps stop page-faulting their temporaries in.
 
-XLA's CPU runtime allocates a step's temporary buffers (activations, logits, gradients: about
-1 GB for GPT-2 at batch 2 x 256) when the step starts and frees them when it ends. glibc serves
+XLA's CPU runtime allocates a step's temporary buffers (activations, logits, gradients: a
+gigabyte for GPT-2 at batch 2 x 256) when the step starts and frees them when it ends. glibc serves
 blocks that large with ``mmap`` and returns them to the kernel on ``free``, so every step maps
 fresh pages, and the kernel zeroes each one on first touch, in system time the step pays for
-(``scripts/benchmark.py`` reports it per step). With one malloc arena, no ``mmap`` for large blocks and no trimming, the
-freed buffers stay in the heap and the next step reuses them.
+(``jaxlm benchmark`` reports it per step). With one malloc arena, no ``mmap`` for large blocks
+and no trimming, the freed buffers stay in the heap and the next step reuses them.
 
 This changes the allocator of the whole process, so it applies only where the step runs on the
 CPU and only before JAX starts its threads (each thread binds to an arena on its first

@@ -10,15 +10,15 @@ class MetricWriter:
     """Appends ``{"step": s, "split": ..., **metrics}`` lines to ``metrics.jsonl`` and scalars to
     TensorBoard (``tb/``) in the run folder. Only host 0 writes."""
 
-    def __init__(self, workdir, enabled: bool = True):
-        self.workdir = Path(workdir)
+    def __init__(self, run_dir, enabled: bool = True):
+        self.run_dir = Path(run_dir)
         self.enabled = enabled
         self._tb = None
         if enabled:
             from tensorboardX import SummaryWriter
 
-            self._jsonl = open(self.workdir / "metrics.jsonl", "a")
-            self._tb = SummaryWriter(str(self.workdir / "tb"))
+            self._jsonl = open(self.run_dir / "metrics.jsonl", "a")
+            self._tb = SummaryWriter(str(self.run_dir / "tb"))
 
     def write(self, step: int, split: str, metrics: dict) -> None:
         if not self.enabled:
@@ -36,12 +36,12 @@ class MetricWriter:
             self._tb.close()
 
 
-def read_metrics(workdir) -> list[dict]:
-    path = Path(workdir) / "metrics.jsonl"
+def read_metrics(run_dir) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def plot_loss_curve(workdir, out: str = "loss_curve.png") -> Path:
+def plot_loss_curve(run_dir, out: str = "loss_curve.png") -> Path:
     """Training and validation loss against step, from ``metrics.jsonl``. Later lines for a step
     (a resumed run repeats some) replace earlier ones."""
     import matplotlib
@@ -50,7 +50,7 @@ def plot_loss_curve(workdir, out: str = "loss_curve.png") -> Path:
     import matplotlib.pyplot as plt
 
     series: dict[str, dict[int, float]] = {}
-    for row in read_metrics(workdir):
+    for row in read_metrics(run_dir):
         if "loss" in row:
             series.setdefault(row["split"], {})[row["step"]] = row["loss"]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -59,10 +59,10 @@ def plot_loss_curve(workdir, out: str = "loss_curve.png") -> Path:
         ax.plot(steps, [points[s] for s in steps], marker="o" if split != "train" else None, label=split)
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats/token)")
-    ax.set_title(Path(workdir).name)
+    ax.set_title(Path(run_dir).name)
     ax.grid(alpha=0.3)
     ax.legend()
-    path = Path(workdir) / out
+    path = Path(run_dir) / out
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -47,7 +47,7 @@ RULES = (
 _DIVIDE_HINTS = {
     "heads": "choose a tensor-parallel size (mesh.model) that divides the number of attention heads",
     "mlp": "choose a tensor-parallel size (mesh.model) that divides the MLP width",
-    "vocab": "choose a mesh.model that divides the vocabulary, or pad it (model_overrides.vocab_size={padded})",
+    "vocab": "choose a mesh.model that divides the vocabulary, or pad it (--set model.vocab_size={padded})",
     "embed": "choose an fsdp size (mesh.fsdp) that divides the model width",
     "embed_factor": "choose an fsdp size (mesh.fsdp) that divides ALBERT's embedding size",
 }
@@ -99,9 +99,9 @@ def check_batch(batch_size: int, grad_accum: int, mesh_sizes: dict[str, int]) ->
     ways = batch_parallelism(mesh_sizes)
     if (batch_size // grad_accum) % ways:
         raise ValueError(
-            f"batch_size={batch_size} (/ grad_accum={grad_accum}) does not split over the {ways} data-parallel "
-            f"devices (mesh data={mesh_sizes['data']} x fsdp={mesh_sizes['fsdp']}); make batch_size / grad_accum a "
-            f"multiple of {ways}"
+            f"data.batch_size={batch_size} (/ data.grad_accum={grad_accum}) does not split over the {ways} "
+            f"data-parallel devices (mesh data={mesh_sizes['data']} x fsdp={mesh_sizes['fsdp']}); make "
+            f"data.batch_size / data.grad_accum a multiple of {ways}"
         )
 
 

@@ -10,7 +10,5 @@ ALL_TASKS = {**TASKS, "distill": Distillation}
 
 
 def make_task(config, tokenizer, tokenizer_key: str):
-    """The task object of ``config.task``."""
-    if config.task not in ALL_TASKS:
-        raise ValueError(f"unknown task {config.task!r}; choose one of {sorted(ALL_TASKS)}")
-    return ALL_TASKS[config.task](config, tokenizer, tokenizer_key)
+    """The task object of ``config.task.name``."""
+    return ALL_TASKS[config.task.name](config, tokenizer, tokenizer_key)

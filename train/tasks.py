@@ -1,5 +1,8 @@
 """Tasks: what a batch looks like and what loss is minimised. The loop knows nothing else.
 
+The data modules (``train.data``: ``datasets`` behind them) are imported by the methods that
+read data, so the losses import without the data stack (a GPU check, a benchmark).
+
 A task provides
 - ``load_corpus(source, split)``: the tokenised data it draws batches from,
 - ``train_batches(corpus, ...)`` / ``eval_batches(corpus, ...)``: numpy batch iterators,
@@ -23,8 +26,7 @@ import optax
 
 from models import adaptive_softmax
 from models.classifier import ClassifierConfig
-from train import data
-from train.data import labelled, sentence_pairs
+from models.layers import table_logits
 from train.data.downloads import cache_dir
 
 
@@ -33,12 +35,12 @@ def check_fit(tokenizer, model_config, seq_len: int) -> None:
     if tokenizer.vocab_size > model_config.vocab_size:
         raise ValueError(
             f"the tokenizer has {tokenizer.vocab_size} tokens but the model embeds only {model_config.vocab_size}; "
-            f"set model_overrides.vocab_size={tokenizer.vocab_size} or use a matching tokenizer"
+            f"use --set model.vocab_size={tokenizer.vocab_size} or a matching tokenizer"
         )
     context = model_config.n_positions
     if seq_len > context:
         raise ValueError(
-            f"seq_len={seq_len} exceeds the model's context of {context} positions; lower seq_len or raise the context"
+            f"data.seq_len={seq_len} exceeds the model's context of {context} positions; lower data.seq_len"
         )
 
 
@@ -61,6 +63,26 @@ def cross_entropy_sums(logits, targets, weights):
     return {"nll": jnp.sum(nll * weights), "weight": jnp.sum(weights), "correct": jnp.sum(correct * weights)}
 
 
+def chunked_cross_entropy_sums(hidden, table, targets, weights, chunk: int):
+    """:func:`cross_entropy_sums` of the tied output layer ``hidden @ table.T``, over ``chunk``
+    positions at a time: each chunk's logits are made, summed over and, in the backward pass,
+    made again (``jax.checkpoint``), so the peak holds one chunk's [batch, chunk, vocab] logits."""
+    length = hidden.shape[1]
+    pad = -length % chunk
+    widen = lambda x: jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))  # noqa: E731
+    split = lambda x: jnp.moveaxis(x.reshape(x.shape[0], -1, chunk, *x.shape[2:]), 1, 0)  # noqa: E731
+    pieces = (split(widen(hidden)), split(widen(targets)), split(widen(weights)))  # padding has weight 0
+
+    @jax.checkpoint
+    def add(total, piece):
+        h, t, w = piece
+        sums = cross_entropy_sums(table_logits(h, table, h.dtype), t, w)
+        return jax.tree.map(jnp.add, total, sums), None
+
+    zero = {"nll": jnp.zeros((), jnp.float32), "weight": jnp.zeros((), jnp.float32), "correct": jnp.zeros((), jnp.float32)}
+    return jax.lax.scan(add, zero, pieces)[0]
+
+
 class LanguageModeling:
     """Causal LM on packed blocks: predict token t+1 from tokens <= t."""
 
@@ -74,21 +96,24 @@ class LanguageModeling:
     def load_corpus(self, source, split: str):
         """Tokenised and cached up front; with ``config.streaming`` the training split is instead
         read as an ``IterableDataset`` and tokenised on the fly (hub-scale corpora)."""
-        if self.config.streaming and split == "train":
-            return data.load_documents(source, split, self.config.text_field, streaming=True)
+        from train import data
+        if self.config.data.streaming and split == "train":
+            return data.load_documents(source, split, self.config.data.text_field, streaming=True)
         return data.load_corpus(source, self.tokenizer, self.tokenizer_key, cache_dir() / "tokens", split=split,
-                                text_field=self.config.text_field)
+                                text_field=self.config.data.text_field)
 
     def train_batches(self, corpus, per_host_batch: int, process_index: int, process_count: int):
+        from train import data
         layout = dict(seed=self.config.seed, process_index=process_index, process_count=process_count)
         if isinstance(corpus, data.TokenizedCorpus):
-            return data.PackedBatches(corpus, self.config.seq_len, per_host_batch, **layout)
-        return data.StreamingPackedBatches(corpus, self.tokenizer, self.config.seq_len, per_host_batch,
-                                           text_field=self.config.text_field, **layout)
+            return data.PackedBatches(corpus, self.config.data.seq_len, per_host_batch, **layout)
+        return data.StreamingPackedBatches(corpus, self.tokenizer, self.config.data.seq_len, per_host_batch,
+                                           text_field=self.config.data.text_field, **layout)
 
     def eval_batches(self, corpus, per_host_batch: int, process_index: int, process_count: int):
+        from train import data
         return data.eval_batches(
-            corpus, self.config.seq_len, per_host_batch, process_index=process_index, process_count=process_count
+            corpus, self.config.data.seq_len, per_host_batch, process_index=process_index, process_count=process_count
         )
 
     @staticmethod
@@ -104,6 +129,11 @@ class LanguageModeling:
             nll, correct = adaptive_softmax.token_nll(module.config, variables["params"], hidden, batch["targets"])
             sums = {"nll": jnp.sum(nll * weights), "weight": jnp.sum(weights),
                     "correct": jnp.sum(correct.astype(jnp.float32) * weights)}
+        elif getattr(module.config, "logits_chunk", 0):
+            hidden, state = apply_model(module, variables, batch["inputs"], rng=rng, deterministic=deterministic,
+                                        return_hidden=True)
+            sums = chunked_cross_entropy_sums(hidden, variables["params"]["wte"]["embedding"], batch["targets"],
+                                              weights, module.config.logits_chunk)
         else:
             logits, state = apply_model(module, variables, batch["inputs"], rng=rng, deterministic=deterministic)
             sums = cross_entropy_sums(logits, batch["targets"], weights)
@@ -150,28 +180,33 @@ class MaskedLMWithPairs:
     same pairs and the loss is the masked LM's alone: the ablation of the sentence-level objective."""
 
     def __init__(self, config, tokenizer, tokenizer_key: str, objective: str, pair_loss: bool = True):
+        from train.data import sentence_pairs
         self.config, self.tokenizer, self.tokenizer_key, self.objective = config, tokenizer, tokenizer_key, objective
         self.pair_loss = pair_loss
         self.name = f"mlm_{objective}" if pair_loss else "mlm"
         self.encoder = sentence_pairs.PairEncoder(
-            sentence_pairs.special_ids(tokenizer), max_len=config.seq_len, rate=config.mask_rate,
-            word_start_table=sentence_pairs.word_start_table(tokenizer) if config.whole_word_masking else None,
-            max_ngram=config.max_ngram,
+            sentence_pairs.special_ids(tokenizer), max_len=config.data.seq_len, rate=config.task.mask_rate,
+            word_start_table=sentence_pairs.word_start_table(tokenizer) if config.task.whole_word_masking else None,
+            max_ngram=config.task.max_ngram,
         )
 
     def load_corpus(self, source, split: str):
+        from train import data
+        from train.data import sentence_pairs
         boundaries = sentence_pairs.SentenceBoundaries(self.tokenizer, self.encoder.specials["sep"])
         corpus = data.load_corpus(source, boundaries, self.tokenizer_key + ":sentences", cache_dir() / "tokens",
-                                  split=split, text_field=self.config.text_field)
+                                  split=split, text_field=self.config.data.text_field)
         return sentence_pairs.document_sentences(corpus)
 
     def train_batches(self, docs, per_host_batch: int, process_index: int, process_count: int):
+        from train.data import sentence_pairs
         return sentence_pairs.SentencePairBatches(
             docs, self.encoder, batch_size=per_host_batch, objective=self.objective, seed=self.config.seed,
             process_index=process_index, process_count=process_count,
         )
 
     def eval_batches(self, docs, per_host_batch: int, process_index: int, process_count: int):
+        from train.data import sentence_pairs
         return sentence_pairs.eval_pair_batches(
             docs, self.encoder, batch_size=per_host_batch, objective=self.objective, seed=self.config.seed,
             process_index=process_index, process_count=process_count,
@@ -231,7 +266,7 @@ def classification_sums(logits, batch) -> dict:
 class Classification:
     """Sequence classification (task ``classify``): labelled rows (``text_field``, ``label_field``)
     framed for the model family (see ``train.data.labelled``), a classifier on the run's model
-    (``models.ClassifierConfig`` with ``config.classifier``'s fields), mean cross-entropy over
+    (``models.ClassifierConfig`` with ``config.task.classifier``), mean cross-entropy over
     examples; metrics accuracy, macro-F1 and per-class counts.
 
     The class names are the sorted labels of the training split, or those of the classifier
@@ -242,12 +277,13 @@ class Classification:
 
     def __init__(self, config, tokenizer, tokenizer_key: str, labels: tuple[str, ...] | None = None):
         self.config, self.tokenizer, self.tokenizer_key = config, tokenizer, tokenizer_key
-        family = config.model_config().family
+        family = config.model.family
         self.framing = "encoder" if family in ("bert", "albert") else "decoder"
         self.labels = labels
 
     def load_corpus(self, source, split: str):
-        c = self.config
+        from train.data import labelled
+        c = self.config.data
         examples = labelled.load_labelled(
             source, split, self.tokenizer, self.tokenizer_key, cache_dir() / "tokens", seq_len=c.seq_len,
             framing=self.framing, text_field=c.text_field, label_field=c.label_field,
@@ -259,7 +295,7 @@ class Classification:
             if len(classes) < 2:
                 raise ValueError(
                     f"label column {c.label_field!r} of {source!r} has one class ({classes[0]!r}); a classifier needs "
-                    "at least two: check label_field and the data"
+                    "at least two: check data.label_field and the data"
                 )
             self.labels = classes
         return examples, labelled.check_classes(examples, self.labels, split, c.label_field)
@@ -267,13 +303,15 @@ class Classification:
     def model_config(self, model_config):
         if self.labels is None:
             raise ValueError("the classifier's classes are unknown until the training split is loaded")
-        return ClassifierConfig(model_config, self.labels, **self.config.classifier)
+        return ClassifierConfig.on(model_config, self.labels, self.config.task.classifier)
 
     def train_batches(self, corpus, per_host_batch: int, process_index: int, process_count: int):
+        from train.data import labelled
         return labelled.ExampleBatches(*corpus, per_host_batch, seed=self.config.seed, process_index=process_index,
                                        process_count=process_count)
 
     def eval_batches(self, corpus, per_host_batch: int, process_index: int, process_count: int):
+        from train.data import labelled
         return labelled.eval_example_batches(*corpus, per_host_batch, process_index=process_index,
                                              process_count=process_count)
 

@@ -11,12 +11,20 @@
 Nothing here knows about models; the most used names are importable from ``train.data``.
 """
 
-from train.data.documents import load_documents
-from train.data.packing import PackedBatches, StreamingPackedBatches, eval_batches
-from train.data.tokenized import TokenizedCorpus, load_corpus, tokenize_dataset
-from train.data.tokenizers import load_tokenizer
+import importlib
 
-__all__ = [
-    "PackedBatches", "StreamingPackedBatches", "TokenizedCorpus", "eval_batches", "load_corpus", "load_documents",
-    "load_tokenizer", "tokenize_dataset",
-]
+# The most used names, each from its module; a module is imported when a name of it is first used,
+# so importing the package (or a module of it, e.g. for the tasks' losses) does not start the
+# data stack (``datasets``), which a GPU check or a benchmark does not have.
+_NAMES = {
+    "load_documents": "documents", "PackedBatches": "packing", "StreamingPackedBatches": "packing",
+    "eval_batches": "packing", "TokenizedCorpus": "tokenized", "load_corpus": "tokenized",
+    "tokenize_dataset": "tokenized", "load_tokenizer": "tokenizers",
+}
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str):
+    if name not in _NAMES:
+        raise AttributeError(f"module 'train.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"train.data.{_NAMES[name]}"), name)

@@ -25,7 +25,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -209,29 +209,6 @@ def prepare_sotu_party(out_dir: str | os.PathLike | None = None) -> dict:
                "from_year": SOTU_PARTY_FROM_YEAR, "passage_min_words": PASSAGE_MIN_WORDS,
                "addresses_per_split": {split: len({(r["year"], r["name"]) for r in rows}) for split, rows in splits.items()}}
     return _write_splits(out_dir, splits, summary)
-
-
-def read_texts(paths: Iterable[str | os.PathLike], text_field: str = "text") -> Iterator[str]:
-    """Yield the documents of text and JSONL files.
-
-    A ``.jsonl`` file gives the ``text_field`` of each line's object; any other file is read
-    as plain text and given whole.
-    """
-    for path in map(Path, paths):
-        if path.suffix != ".jsonl":
-            yield path.read_text(encoding="utf-8")
-            continue
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                record = json.loads(line)
-                if text_field not in record:
-                    raise KeyError(
-                        f"{path}:{n} has no field {text_field!r} (fields: {sorted(record)}); "
-                        "name the right one with text_field"
-                    )
-                yield record[text_field]
 
 
 def _write_jsonl_atomically(path: Path, rows: Iterable[dict]) -> None:

@@ -8,8 +8,11 @@ rows with a text column; the tokenised cache (`train.data.tokenized`) and the pa
 from __future__ import annotations
 
 import glob
+import json
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 
 import datasets
 
@@ -23,6 +26,7 @@ _BUILDERS = {
 }
 _COMPRESSIONS = (".gz", ".bz2", ".xz")  # datasets decompresses these on the fly
 _SAMPLE_BY = ("document", "paragraph", "line")
+SPLITS = ("train", "validation", "test")  # the file names of a prepared corpus's splits
 
 
 def load_documents(
@@ -36,7 +40,8 @@ def load_documents(
 ):
     """Loads a text corpus as a `datasets.Dataset` (or `IterableDataset` when `streaming`).
 
-    `source` is a local file, glob, folder or list of those (the files become `split`), a dict
+    `source` is a local file, glob, folder or list of those (the files become `split`; a folder
+    named by split, as `jaxlm prepare` writes them, gives `split`'s file alone), a dict
     of split -> files, or else a dataset name for `datasets.load_dataset` (`load_kwargs` such as
     `name=` or `revision=` go there). The file extension picks the builder: .txt, .json/.jsonl,
     .parquet, .csv, optionally compressed (.gz, .bz2, .xz). A .txt file is one document unless
@@ -80,11 +85,47 @@ def data_files(source, split: str) -> list[str] | None:
     if isinstance(source, (list, tuple)):
         return _expand(source)
     path = os.path.expanduser(os.fspath(source))
+    if os.path.isdir(path):
+        return split_files(path, split)
     if isinstance(source, os.PathLike) or os.path.exists(path) or glob.has_magic(path):
         return _expand(path)
     if _extension(path) in _BUILDERS or path.startswith(("/", "./", "../", "~")):
         return _expand(path)  # meant as a file: report it missing rather than asking the hub
     return None
+
+
+def _split_of(name: str) -> str:
+    """The split a prepared corpus's file belongs to: its name up to the extension or a shard
+    suffix (``train.jsonl``, ``validation-00001.parquet``)."""
+    base = os.path.basename(name).lower()
+    for suffix in _COMPRESSIONS:
+        base = base.removesuffix(suffix)
+    return re.split(r"[-_.]", os.path.splitext(base)[0])[0]
+
+
+def split_files(folder: str, split: str) -> list[str]:
+    """The data files of ``split`` in a folder. A prepared corpus's folder names its files by split
+    (``train.jsonl``, ``validation.jsonl``, ``test.jsonl``): only ``split``'s are read, and a split
+    the folder lacks is refused. A folder of other files is one split (all its files)."""
+    files = _expand(folder)
+    splits = {_split_of(f) for f in files}
+    if not splits & set(SPLITS):
+        return files
+    chosen = [f for f in files if _split_of(f) == split]
+    if not chosen:
+        raise ValueError(f"folder {folder!r} holds the splits {sorted(splits)}, not {split!r}: choose one of those")
+    return chosen
+
+
+def check_split(source, split: str | None) -> str:
+    """The split to read from ``source``: ``split`` (default ``validation``), which a prepared
+    corpus's folder must hold; a single file is one split, and a ``split`` other than its own
+    (``test`` for ``validation.jsonl``) is refused."""
+    path = os.path.expanduser(os.fspath(source))
+    if split is not None and os.path.isfile(path) and _split_of(path) in SPLITS and _split_of(path) != split:
+        raise ValueError(f"--split {split} asks for another split than the file {source} holds "
+                         f"({_split_of(path)}): pass the corpus's folder, or drop --split")
+    return split or "validation"
 
 
 def _expand(spec) -> list[str]:
@@ -150,7 +191,26 @@ def check_text_field(columns, text_field: str, source) -> None:
     if columns is not None and text_field not in columns:
         raise ValueError(
             f"text field {text_field!r} not found in {source!r}; available columns: {columns}. "
-            "Pass text_field= with the column that holds the text."
+            "Set data.text_field to the column that holds the text (--set data.text_field=COLUMN)."
         )
 
 
+def read_texts(paths: Iterable[str | os.PathLike], text_field: str = "text") -> Iterator[str]:
+    """Yield the documents of text and JSONL files.
+
+    A ``.jsonl`` file gives the ``text_field`` of each line's object; any other file is read
+    as plain text and given whole.
+    """
+    for path in map(Path, paths):
+        if path.suffix != ".jsonl":
+            yield path.read_text(encoding="utf-8")
+            continue
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                record = json.loads(line)
+                if text_field not in record:
+                    raise ValueError(f"{path}:{n} has no field {text_field!r} (fields: {sorted(record)}); "
+                                     "name the one that holds the text (--text-field)")
+                yield record[text_field]

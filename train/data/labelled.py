@@ -124,7 +124,7 @@ def load_labelled(source, split: str, tokenizer, tokenizer_key: str, cache_dir, 
     if label_field not in rows.column_names:
         raise ValueError(
             f"label field {label_field!r} not found in {source!r} (split {split!r}); available columns: "
-            f"{rows.column_names}. Pass label_field= with the column that holds the labels."
+            f"{rows.column_names}. Set data.label_field to the column that holds the labels (--set data.label_field=COLUMN)."
         )
     texts, labels = rows[text_field], rows[label_field]
     for name, values in ((text_field, texts), (label_field, labels)):

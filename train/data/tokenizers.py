@@ -695,3 +695,29 @@ def tokenizer_id(path) -> str:
         digest.update(f.name.encode())
         digest.update(f.read_bytes())
     return f"{path.name}-{digest.hexdigest()[:16]}"
+
+
+def train_tokenizer_files(inputs, out: Path, *, vocab_size: int, model_type: str = "unigram", text_field: str = "text",
+                          input_sentence_size: int = 1_000_000, byte_fallback: bool = False,
+                          overwrite: bool = False) -> dict:
+    """Train a sentencepiece model on text and .jsonl files (``jaxlm tokenizer``): writes
+    ``out.model`` and ``out.vocab``, refuses to replace a model unless ``overwrite``, and returns
+    a summary with the special pieces' ids. ``out`` may name the model file itself (``x.model``
+    is the prefix ``x``)."""
+    from train.data.documents import read_texts
+
+    out = Path(out)
+    out = out.with_suffix("") if out.suffix == ".model" else out
+    model_file = out.with_name(out.name + ".model")
+    if model_file.exists() and not overwrite:
+        raise FileExistsError(f"{model_file} exists; pass --overwrite to replace it, or choose another --out")
+    for path in inputs:
+        check_nonempty_file(path, "a text or .jsonl file to train on")
+    train_sentencepiece(training_sentences(read_texts(inputs, text_field)), out, vocab_size=vocab_size,
+                        model_type=model_type, input_sentence_size=input_sentence_size, byte_fallback=byte_fallback)
+    tokenizer = SentencePieceTokenizer(model_file)
+    return {
+        "model": str(model_file), "vocab": str(out.with_name(out.name + ".vocab")), "model_type": model_type,
+        "vocab_size": tokenizer.vocab_size, "inputs": [str(p) for p in inputs],
+        **{f"{name}_id": getattr(tokenizer, f"{name}_id") for name in ("pad", "unk", "bos", "eos", "cls", "sep", "mask")},
+    }
