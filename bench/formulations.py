@@ -119,7 +119,10 @@ def compare_formulations(shapes=((768, 3072), (768, 50257)), batch: int = 1, rou
 def markdown(out: dict) -> str:
     """One table per shape: formulations down, flag sets across; time over the fp32 dot's in the same
     process (same flags) and, in brackets, GB/s of weights read."""
-    lines = []
+    from bench.measure import load_note, mark
+
+    cores = out.get("other_processes_cpu_cores")
+    lines = [load_note(cores) + "."]
     for shape in dict.fromkeys(tuple(r["shape"]) for r in out["results"]):
         runs = [r for r in out["results"] if tuple(r["shape"]) == shape and "formulations" in r]
         if not runs:
@@ -129,7 +132,7 @@ def markdown(out: dict) -> str:
                   "| formulation | " + " | ".join(r["flags"] for r in runs) + " |",
                   "| --- | " + " | ".join("---" for _ in runs) + " |"]
         for name in runs[0]["formulations"]:
-            cells = [f"{r['formulations'][name]['vs_fp32']:.2f} ({r['formulations'][name]['weight_bytes_per_s'] / 1e9:.1f})"
+            cells = [f"{mark(format(r['formulations'][name]['vs_fp32'], '.2f'), cores)} ({r['formulations'][name]['weight_bytes_per_s'] / 1e9:.1f})"
                      for r in runs]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines).lstrip("\n") + "\n"

@@ -136,9 +136,14 @@ def release_free_memory() -> None:
         pass
 
 
+UNDER_LOAD_CORES = 0.2  # other processes' CPU use above which a ratio is marked as measured under load
+
+
 class CpuContention:
     """CPU time that other processes used while this one was measured (from ``/proc/stat``), in
-    cores: the machine is shared, and anything above ~0.1 core makes the wall times suspect."""
+    cores: the machine is shared, and anything above ~0.1 core makes the wall times suspect. The
+    process's own time and that of its finished children (a measurement run as a subprocess) do
+    not count."""
 
     def _busy_s(self) -> float | None:
         try:
@@ -149,8 +154,8 @@ class CpuContention:
         return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
     def _own_s(self) -> float:
-        r = resource.getrusage(resource.RUSAGE_SELF)
-        return r.ru_utime + r.ru_stime
+        return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                     resource.getrusage(resource.RUSAGE_CHILDREN)))
 
     def start(self) -> None:
         self.t0, self.busy0, self.own0 = time.perf_counter(), self._busy_s(), self._own_s()
@@ -160,6 +165,46 @@ class CpuContention:
         if busy is None or self.busy0 is None or wall <= 0:
             return None
         return max(busy - self.busy0 - (self._own_s() - self.own0), 0.0) / wall
+
+
+def load(result) -> float | None:
+    """The most cores other processes used during any timed stretch of a benchmark's result: the
+    largest ``other_processes_cpu_cores`` anywhere in it. Each contender measures this while it
+    alone runs, so the contenders of one comparison do not count against each other."""
+    found = []
+
+    def walk(x, counted=False):
+        if isinstance(x, dict):
+            for k, v in x.items():
+                walk(v, counted or k == "other_processes_cpu_cores")
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v, counted)
+        elif counted and isinstance(x, (int, float)):
+            found.append(float(x))
+
+    walk(result)
+    return max(found) if found else None
+
+
+def under_load(cores: float | None) -> bool:
+    return cores is not None and cores > UNDER_LOAD_CORES
+
+
+def load_note(cores: float | None) -> str:
+    """The load line of a benchmark's table: what other processes used, and whether its ratios
+    are marked (``*``) as measured under load."""
+    if cores is None:
+        return "other processes' CPU use not measured"
+    if under_load(cores):
+        return (f"MEASURED UNDER LOAD: other processes used {cores:.2f} cores (over {UNDER_LOAD_CORES}); "
+                "ratios marked * measure the load as much as the code")
+    return f"other processes used {cores:.2f} cores (at most {UNDER_LOAD_CORES}: an idle machine)"
+
+
+def mark(text: str, cores: float | None) -> str:
+    """A ratio's cell, with ``*`` when it was measured under load."""
+    return f"{text}*" if text and under_load(cores) else text
 
 
 def xla_memory(compiled) -> dict | None:

@@ -29,7 +29,18 @@ def variant_runs(text: str) -> tuple[tuple[str, str], ...]:
 
 def run(mode: str, config, opts, allocator: str = "default") -> dict:
     """Measure ``mode`` on the run config ``config`` (model, data.seq_len, data.batch_size, mesh);
-    ``opts``: the command's other options (``jaxlm benchmark --help``)."""
+    ``opts``: the command's other options (``jaxlm benchmark --help``). Every result says the
+    load it was measured under (``load``: the most cores other processes used meanwhile)."""
+    from bench.measure import UNDER_LOAD_CORES, load, under_load
+
+    result = _measure(mode, config, opts, allocator)
+    cores = load(result)
+    result["load"] = {"other_processes_cpu_cores": cores, "under_load": under_load(cores),
+                      "threshold_cores": UNDER_LOAD_CORES}
+    return result
+
+
+def _measure(mode: str, config, opts, allocator: str) -> dict:
     model, data = config.model, config.data
     if mode == "infer":
         from bench.inference import InferSpec, compare_inference

@@ -78,6 +78,9 @@ from bench.measure import (
     cpu_count,
     device_peak_bytes,
     environment,
+    load,
+    load_note,
+    mark,
     matmul_peak_flops,
     xla_memory,
 )
@@ -251,6 +254,8 @@ def benchmark_train_step(spec: BenchSpec, peak_tflops: float | None = None, allo
     :func:`train.malloc.retain_freed_memory` did in this process."""
     _, out = _header(spec, peak_tflops, "train-step")
     out["ours"] = {**run_alone(prepare_ours(spec), spec, out["flops"], out["peak_flops_per_s"]), "allocator": allocator}
+    out["other_processes_cpu_cores"] = load(out["ours"])
+    out["markdown"] = markdown(out)
     return out
 
 
@@ -326,4 +331,27 @@ def compare_reference(
         for name in references
     }
     out["ours_fastest"] = all(r > 1 for r in (*out["ratios"].values(), *out["paired_ratios"].values()))
+    out["other_processes_cpu_cores"] = load({name: out[name] for name in ("ours", *(f"{r}_reference" for r in references))})
+    out["markdown"] = markdown(out)
     return out
+
+
+def markdown(out: dict) -> str:
+    """The contenders' medians as a table: step time, tokens/s, MFU, and the reference's time over
+    ours (median and paired), marked * when measured under load."""
+    spec, env, cores = out["spec"], out["environment"], out.get("other_processes_cpu_cores")
+    lines = [f"{spec['batch_size']} x {spec['seq_len']} tokens, {spec['dtype']}, dropout {spec['dropout']}; "
+             f"{env['device']} ({env['backend']}, {env['cpu_count']} cores), jax {env['versions']['jax']}; "
+             f"{load_note(cores)}; medians of {spec['steps']} interleaved rounds; MFU against "
+             f"{out['peak_flops_per_s'] / 1e9:.0f} GFLOP/s ({out['peak_source'].split(':')[0]}).", "",
+             "| train step | step (s) | tokens/s | MFU | its time over ours | paired rounds |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for name in ("ours", "flax_reference", "torch_reference"):
+        if name not in out:
+            continue
+        r, key = out[name], f"{name}_over_ours_step_time"
+        ratio, paired = out.get("ratios", {}).get(key), out.get("paired_ratios", {}).get(key)
+        lines.append(f"| {r.get('implementation', name)} | {r['step_s']:.3f} | {r['tokens_per_s']:.1f} | "
+                     f"{r['mfu']:.2f} | {mark(f'{ratio:.3f}' if ratio else '1', cores)} | "
+                     f"{mark(f'{paired:.3f}' if paired else '', cores)} |")
+    return "\n".join(lines) + "\n"

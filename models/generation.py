@@ -208,11 +208,16 @@ def sample(module, params, prompts, max_new_tokens: int, *, num_samples: int = 1
     t0 = time.perf_counter()
     out, steps = jax.block_until_ready(compiled(*args))
     seconds = time.perf_counter() - t0
+    return Generation(until_stop(out, eos_id), seconds, compile_s, int(steps))
+
+
+def until_stop(out, eos_id: int | None) -> list[list[int]]:
+    """The rows of a decoder's output buffer, each up to (without) its end-of-text id."""
     rows = []
     for row in np.asarray(out).tolist():
         stop = [i for i, t in enumerate(row) if t == NO_TOKEN or t == eos_id]
         rows.append(row[: stop[0]] if stop else row)
-    return Generation(rows, seconds, compile_s, int(steps))
+    return rows
 
 
 def generate(module, params, prompt_ids, max_new_tokens: int, **options) -> list[int]:

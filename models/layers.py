@@ -49,6 +49,54 @@ def attention_implementation(name: str) -> str | None:
     return "cudnn" if name == "cudnn" and jax.default_backend() == "gpu" else None
 
 
+# Blocked attention on the CPU: batch rows per block, chosen so a block's logits stay near this size.
+CPU_ATTENTION_BLOCK_BYTES = 2 << 20
+
+
+def attention(q: Array, k: Array, v: Array, mask: Array | None, *, causal: bool, implementation: str | None) -> Array:
+    """softmax(q k^T / sqrt(d)) v over [batch, length, heads, head_dim] inputs.
+
+    ``jax.nn.dot_product_attention`` (cuDNN's fused kernel where ``implementation`` asks for it),
+    except on the CPU when the logits of the whole batch are larger than a core's cache holds
+    (over four blocks of ``CPU_ATTENTION_BLOCK_BYTES``): then ``lax.map`` runs the batch in
+    blocks of at least two rows whose logits stay in cache, which XLA's CPU backend runs several
+    times faster than one pass over all rows (the MiniLM encoder's 32 x 128 tokens: a third of the
+    time; ``docs/benchmarks.md``). The same function either way, to float rounding.
+    """
+    batch, q_len, heads, _ = q.shape
+    row_bytes = heads * q_len * k.shape[1] * 4
+    block = max(2, CPU_ATTENTION_BLOCK_BYTES // row_bytes)
+    if (jax.default_backend() != "cpu" or implementation is not None or batch * row_bytes <= 4 * CPU_ATTENTION_BLOCK_BYTES
+            or batch % block):
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, implementation=implementation)
+    allowed = jnp.ones((1, 1, 1, k.shape[1]), bool) if mask is None else mask
+    if causal:
+        allowed = allowed & jnp.tril(jnp.ones((q_len, k.shape[1]), bool))
+    allowed = jnp.broadcast_to(allowed, (batch, *allowed.shape[1:]))
+    blocks = lambda x: x.reshape(batch // block, block, *x.shape[1:])  # noqa: E731
+    out = jax.lax.map(lambda args: _softmax_attention(*args), tuple(map(blocks, (q, k, v, allowed))))
+    return out.reshape(q.shape)
+
+
+def cached_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+    """Attention of new queries [batch, length, heads, head_dim] over a decode cache's keys and
+    values [batch, heads, slots, head_dim], read in the cache's layout: transposing the cache
+    for ``jax.nn.dot_product_attention`` copied all of it at every token."""
+    logits = jnp.einsum("bqhd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) / np.sqrt(q.shape[-1])
+    weights = jax.nn.softmax(jnp.where(mask, logits, jnp.finfo(jnp.float32).min), axis=-1)
+    return jnp.einsum("bhqk,bhkd->bqhd", weights.astype(v.dtype), v)
+
+
+def _softmax_attention(q, k, v, allowed):
+    """Attention of one block of rows, normalised after the product with the values (one pass
+    less over the probabilities); logits and weights in fp32."""
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) / np.sqrt(q.shape[-1])
+    logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
+    weights = jnp.exp(logits - logits.max(-1, keepdims=True))
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return (out / weights.sum(-1).transpose(0, 2, 1)[..., None]).astype(v.dtype)
+
+
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -277,14 +325,12 @@ class SelfAttention(nn.Module):
         k = dense(heads, name="key", **proj)(x)
         v = dense(heads, name="value", **proj)(x)
         if self.decode:
-            k, v = self.cached_keys_values(k, v)
             # The decoder's mask covers every cache slot and already says which ones each query may see.
-            y = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.implementation)
+            y = cached_attention(q, *self.cached_keys_values(k, v), mask)
         elif self.dropout_rate > 0 and not deterministic:
             y = self.explicit_attention(q, k, v, mask, self.make_rng("dropout"))
         else:
-            y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=self.causal,
-                                             implementation=self.implementation)
+            y = attention(q, k, v, mask, causal=self.causal, implementation=self.implementation)
         return dense(
             self.d_model,
             contract=2,
@@ -296,27 +342,28 @@ class SelfAttention(nn.Module):
         )(y)
 
     def cached_keys_values(self, k: Array, v: Array) -> tuple[Array, Array]:
-        """Decode mode: append this call's keys and values to the cache; return every slot's.
+        """Decode mode: append this call's keys and values to the cache; return every slot's,
+        heads first ([batch, heads, slots, head_dim]).
 
         The cache holds ``cached_key`` and ``cached_value`` [batch, heads, slots, head_dim] (heads
-        before slots: the layout attention's products read, so XLA copies nothing at each step)
-        and ``index`` [batch], the slots filled so far (the same in every row: rows are aligned, a
-        shorter prompt is left-padded). ``init`` creates an empty cache as long as its input; each
-        later call writes its tokens at ``index``. A call must fit in the slots left:
-        ``dynamic_update_slice`` would move it back.
+        before slots: the layout :func:`cached_attention`'s products read, so XLA copies nothing
+        at each step) and ``index`` [batch], the slots filled so far (the same in every row: rows
+        are aligned, a shorter prompt is left-padded). ``init`` creates an empty cache as long as
+        its input; each later call writes its tokens at ``index``. A call must fit in the slots
+        left: ``dynamic_update_slice`` would move it back.
         """
-        heads_first = lambda x: x.transpose(0, 2, 1, 3)  # noqa: E731  [b, t, h, d] <-> [b, h, t, d]
+        heads_first = lambda x: x.transpose(0, 2, 1, 3)  # noqa: E731  [b, t, h, d] -> [b, h, t, d]
         initialized = self.has_variable("cache", "cached_key")
         cached_k = self.variable("cache", "cached_key", jnp.zeros, heads_first(k).shape, k.dtype)
         cached_v = self.variable("cache", "cached_value", jnp.zeros, heads_first(v).shape, v.dtype)
         index = self.variable("cache", "index", jnp.zeros, k.shape[:1], jnp.int32)
         if not initialized:
-            return k, v
+            return heads_first(k), heads_first(v)
         start = (0, 0, index.value[0], 0)
         cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, heads_first(k).astype(cached_k.value.dtype), start)
         cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, heads_first(v).astype(cached_v.value.dtype), start)
         index.value = index.value + k.shape[1]
-        return heads_first(cached_k.value), heads_first(cached_v.value)
+        return cached_k.value, cached_v.value
 
     def explicit_attention(self, q, k, v, mask, dropout_rng):
         """softmax(q k^T / sqrt(d)) v with dropout on the probabilities; logits and softmax in fp32."""

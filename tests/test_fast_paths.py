@@ -1,5 +1,6 @@
-"""The selectable fast paths compute today's function: the chunked language-model loss and the
-cuDNN attention setting (XLA's path on this CPU)."""
+"""The selectable fast paths compute today's function: the chunked language-model loss, the
+cuDNN attention setting (XLA's path on this CPU), the CPU's blocked attention and the decode
+cache's attention."""
 
 import jax
 import jax.numpy as jnp
@@ -45,3 +46,27 @@ def test_cudnn_attention_setting_computes_the_same_function():
     np.testing.assert_allclose(outputs["cudnn"], outputs["xla"], atol=1e-5)
     with pytest.raises(ValueError, match="unknown attention 'flash'; choose one of"):
         models.create("gpt2-tiny", attention="flash")
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_blocked_cpu_attention_equals_one_pass(causal):
+    """A batch whose logits outgrow the cache runs in blocks of rows (models.layers.attention):
+    the same outputs and gradients as jax.nn.dot_product_attention, padding masked."""
+    from models.layers import CPU_ATTENTION_BLOCK_BYTES, attention
+
+    batch, length, heads, dim = 32, 128, 12, 16
+    assert batch * heads * length * length * 4 > 4 * CPU_ATTENTION_BLOCK_BYTES  # the blocked path is taken
+    q, k, v = (jax.random.normal(key, (batch, length, heads, dim)) for key in jax.random.split(jax.random.key(0), 3))
+    keep = np.random.default_rng(0).random((batch, length)) > 0.3
+    keep[:, 0] = True
+    mask = jnp.asarray(keep)[:, None, None, :]
+
+    def loss(f, q, k, v):
+        return (f(q, k, v) ** 2).sum()
+
+    ours = lambda q, k, v: attention(q, k, v, mask, causal=causal, implementation=None)  # noqa: E731
+    one_pass = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)  # noqa: E731
+    np.testing.assert_allclose(jax.jit(ours)(q, k, v), jax.jit(one_pass)(q, k, v), atol=1e-5)
+    for a, b in zip(jax.grad(loss, argnums=(1, 2, 3))(ours, q, k, v), jax.grad(loss, argnums=(1, 2, 3))(one_pass, q, k, v)):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+    assert "while" in jax.jit(ours).lower(q, k, v).as_text()  # lax.map: the blocks

@@ -13,6 +13,7 @@ from models.classifier import ClassifierConfig
 from models.generation import check_options, sample
 from models.gpt import GPTConfig
 from models.quantize import param_bytes, prepare
+from models.speculative import speculative_sample
 from train import sharding
 from train.checkpoint import load_for_eval, load_variables_for_eval, run_config_for
 from train.config import TASK_NAMES
@@ -131,22 +132,27 @@ def checkpoint_tokenizer(given: str | None, source) -> tuple:
 
 def generate_from_checkpoint(checkpoint, prompt: str, *, tokenizer=None, step=None, max_new_tokens: int = 40,
                              num_samples: int = 1, temperature: float = 0.8, top_k: int = 40, top_p: float = 1.0,
-                             seed: int = 0, dtype=None, quantize=None) -> dict:
+                             seed: int = 0, dtype=None, quantize=None, draft=None, speculate: int = 4) -> dict:
     """Continue ``prompt`` with a decoder checkpoint (a run folder or a Hugging Face GPT/GPT-2
-    folder) using the KV cache; stops a sample at the tokenizer's end of text. Returns the
-    continuations and the decoding speed (new tokens per second, compilation excluded)."""
+    folder) using the KV cache; stops a sample at the tokenizer's end of text. With ``draft`` (a
+    decoder checkpoint with the same tokenizer), decodes speculatively, the draft proposing
+    ``speculate`` tokens per pass (``models.speculative``). Returns the continuations and the
+    decoding speed (new tokens per second, compilation excluded)."""
     check_options(max_new_tokens, num_samples=num_samples, temperature=temperature, top_k=top_k, top_p=top_p)
-    module, config, params, source = load_for_eval(checkpoint, step)
-    if not isinstance(config, GPTConfig):
-        hint = ("; it is a classifier: report its accuracy and F1 with jaxlm evaluate CHECKPOINT --data TEST_DATA"
-                if isinstance(config, ClassifierConfig) else "")
-        raise ValueError(f"{checkpoint} holds a {type(config).__name__}, but generation continues text with a "
-                         f"GPT/GPT-2 language model{hint}")
-    module, params = prepare(module, params, dtype, quantize)
+    module, params, source = _decoder(checkpoint, step, dtype, quantize)
     tok, _ = checkpoint_tokenizer(tokenizer, source)
-    out = sample(module, params, [tok.encode(prompt)], max_new_tokens, num_samples=num_samples,
-                 rng=jax.random.PRNGKey(seed), temperature=temperature, top_k=top_k, top_p=top_p, eos_id=tok.eos_id,
-                 vocab_size=min(tok.vocab_size, config.vocab_size))
+    options = dict(num_samples=num_samples, rng=jax.random.PRNGKey(seed), temperature=temperature, top_k=top_k,
+                   top_p=top_p, eos_id=tok.eos_id, vocab_size=min(tok.vocab_size, module.config.vocab_size))
+    speculative = {}
+    if draft is None:
+        out = sample(module, params, [tok.encode(prompt)], max_new_tokens, **options)
+    else:
+        draft_module, draft_params, draft_source = _decoder(draft, None, dtype, quantize)
+        check_same_tokenizer(tok, draft_source, prompt)
+        out = speculative_sample(module, params, draft_module, draft_params, [tok.encode(prompt)], max_new_tokens,
+                                 k=speculate, **options)
+        speculative = {"draft": str(draft), "speculate": speculate, "acceptance_rate": round(out.acceptance_rate, 3),
+                       "target_passes": out.steps}
     texts = [tok.decode(ids) for ids in out.ids]
     return {
         "prompt": prompt,
@@ -157,4 +163,29 @@ def generate_from_checkpoint(checkpoint, prompt: str, *, tokenizer=None, step=No
         "compile_s": round(out.compile_seconds, 2),
         "dtype": module.config.dtype,
         "quantize": quantize,
+        **speculative,
     }
+
+
+def _decoder(checkpoint, step, dtype, quantize):
+    """A GPT/GPT-2 checkpoint ready to decode: ``(module, params, source)``."""
+    module, config, params, source = load_for_eval(checkpoint, step)
+    if not isinstance(config, GPTConfig):
+        hint = ("; it is a classifier: report its accuracy and F1 with jaxlm evaluate CHECKPOINT --data TEST_DATA"
+                if isinstance(config, ClassifierConfig) else "")
+        raise ValueError(f"{checkpoint} holds a {type(config).__name__}, but generation continues text with a "
+                         f"GPT/GPT-2 language model{hint}")
+    module, params = prepare(module, params, dtype, quantize)
+    return module, params, source
+
+
+def check_same_tokenizer(tok, draft_source, prompt: str) -> None:
+    """Refuse a draft trained with another tokenizer than the target's (when it records one):
+    the two must give the same ids for the same text."""
+    if not draft_source.tokenizer:
+        return
+    draft_tok, path = checkpoint_tokenizer(None, draft_source)
+    probe = prompt + " The quick brown fox jumps over 13 lazy dogs; naïve café."
+    if draft_tok.vocab_size != tok.vocab_size or draft_tok.encode(probe) != tok.encode(probe):
+        raise ValueError(f"the draft's tokenizer ({path}) is not the target's: a draft must share the target's "
+                         "tokenizer (distil it from the target, or train it on the same tokenizer)")
