@@ -66,6 +66,36 @@ def matvec_bandwidth(n: int = 8192, repeats: int = 10) -> dict:
     return {"bytes_per_s": a.nbytes / best, "matrix": [n, n], "dtype": "float32", "repeats": repeats}
 
 
+def kernels_2d(params, widths) -> list:
+    """Every projection kernel of a transformer's parameters as the [in, out] matrix its product
+    reads: the leading axes whose sizes multiply to one of ``widths`` (d_model, d_ff) are the
+    input, the rest the output ([embed, heads, kv] -> [embed, heads * kv])."""
+    import jax
+    import numpy as np
+
+    out = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if getattr(path[-1], "key", None) != "kernel" or leaf.ndim < 2:
+            continue
+        prefix = np.cumprod(leaf.shape)
+        k = next(i + 1 for i, size in enumerate(prefix) if size in widths)
+        out.append(leaf.reshape(int(prefix[k - 1]), -1))
+    return out
+
+
+def bare_products_s(matrices, repeats: int = 10) -> float:
+    """The best time of one jitted call computing ``x @ W`` for a single row ``x`` and every matrix
+    ``W`` of ``matrices``: batch-1 decoding's weight reads with nothing else (no attention,
+    LayerNorm, cache or loop), the bound XLA's matrix-vector products set on it here."""
+    import jax
+    import jax.numpy as jnp
+
+    def products(ws):
+        return sum((jnp.ones((1, w.shape[0]), w.dtype) @ w)[0, 0] for w in ws)
+
+    return _best_time(jax.jit(products), (list(matrices),), repeats)
+
+
 def torch_matmul_flops(n: int = 2048, repeats: int = 5) -> float:
     """The same measurement with torch (fp32), for comparing the libraries' matmuls."""
     import torch
@@ -142,8 +172,24 @@ UNDER_LOAD_CORES = 0.2  # other processes' CPU use above which a ratio is marked
 class CpuContention:
     """CPU time that other processes used while this one was measured (from ``/proc/stat``), in
     cores: the machine is shared, and anything above ~0.1 core makes the wall times suspect. The
-    process's own time and that of its finished children (a measurement run as a subprocess) do
-    not count."""
+    process's own time, that of its finished children (a measurement run as a subprocess) and
+    that of the processes ``pids`` (the contenders' workers) do not count. ``/proc/stat`` counts
+    in ticks of 10 ms: measure stretches of a second or more."""
+
+    SHORTEST_S = 0.5
+
+    def __init__(self, pids=()):
+        self.pids = tuple(pids)
+
+    def _pids_s(self) -> float:
+        total = 0
+        for pid in self.pids:
+            try:  # utime and stime, the 14th and 15th fields, after the command's parenthesis
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+            except (OSError, IndexError, ValueError):
+                pass
+        return total / os.sysconf("SC_CLK_TCK")
 
     def _busy_s(self) -> float | None:
         try:
@@ -158,19 +204,21 @@ class CpuContention:
                                                      resource.getrusage(resource.RUSAGE_CHILDREN)))
 
     def start(self) -> None:
-        self.t0, self.busy0, self.own0 = time.perf_counter(), self._busy_s(), self._own_s()
+        self.t0, self.busy0, self.own0 = time.perf_counter(), self._busy_s(), self._own_s() + self._pids_s()
 
     def stop(self) -> float | None:
         busy, wall = self._busy_s(), time.perf_counter() - self.t0
-        if busy is None or self.busy0 is None or wall <= 0:
+        if busy is None or self.busy0 is None or wall < self.SHORTEST_S:  # a few ticks say nothing
             return None
-        return max(busy - self.busy0 - (self._own_s() - self.own0), 0.0) / wall
+        return max(busy - self.busy0 - (self._own_s() + self._pids_s() - self.own0), 0.0) / wall
 
 
 def load(result) -> float | None:
-    """The most cores other processes used during any timed stretch of a benchmark's result: the
-    largest ``other_processes_cpu_cores`` anywhere in it. Each contender measures this while it
-    alone runs, so the contenders of one comparison do not count against each other."""
+    """The cores other processes used while a benchmark ran: its top-level
+    ``other_processes_cpu_cores`` (measured over all its timed rounds, the contenders excluded),
+    else the largest such figure anywhere in it."""
+    if isinstance(result, dict) and isinstance(result.get("other_processes_cpu_cores"), (int, float)):
+        return float(result["other_processes_cpu_cores"])
     found = []
 
     def walk(x, counted=False):
@@ -195,7 +243,7 @@ def load_note(cores: float | None) -> str:
     """The load line of a benchmark's table: what other processes used, and whether its ratios
     are marked (``*``) as measured under load."""
     if cores is None:
-        return "other processes' CPU use not measured"
+        return "other processes' CPU use not measured (timed for under half a second)"
     if under_load(cores):
         return (f"MEASURED UNDER LOAD: other processes used {cores:.2f} cores (over {UNDER_LOAD_CORES}); "
                 "ratios marked * measure the load as much as the code")

@@ -74,6 +74,7 @@ import models
 import optim
 from bench.measure import (
     Contender,
+    CpuContention,
     HostMemory,
     cpu_count,
     device_peak_bytes,
@@ -312,9 +313,12 @@ def compare_reference(
             contenders[name] = Worker(python, f"{name}-reference", payload, allocator=reference_allocator)
         names = list(contenders)
         rounds = []
+        contention = CpuContention(pids=[c.proc.pid for c in contenders.values() if isinstance(c, Worker)])
+        contention.start()
         for r in range(spec.steps):
             lead = r % len(names)
             rounds.append({name: contenders[name].step()["time"] for name in names[lead:] + names[:lead]})
+        out["other_processes_cpu_cores"] = contention.stop()
         out["ours"] = {**contenders["ours"].result(spec, out["flops"], out["peak_flops_per_s"]), "allocator": allocator}
         for name in references:
             out[f"{name}_reference"] = contenders[name].finish()
@@ -331,7 +335,6 @@ def compare_reference(
         for name in references
     }
     out["ours_fastest"] = all(r > 1 for r in (*out["ratios"].values(), *out["paired_ratios"].values()))
-    out["other_processes_cpu_cores"] = load({name: out[name] for name in ("ours", *(f"{r}_reference" for r in references))})
     out["markdown"] = markdown(out)
     return out
 

@@ -319,11 +319,7 @@ class SelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None, deterministic: bool) -> Array:
-        proj = dict(axes=("embed", "heads", "kv"), std=self.init_std, dtype=self.dtype, param_dtype=self.param_dtype)
-        heads = (self.n_head, self.head_dim)
-        q = dense(heads, name="query", **proj)(x)
-        k = dense(heads, name="key", **proj)(x)
-        v = dense(heads, name="value", **proj)(x)
+        q, k, v = self.project(x)
         if self.decode:
             # The decoder's mask covers every cache slot and already says which ones each query may see.
             y = cached_attention(q, *self.cached_keys_values(k, v), mask)
@@ -340,6 +336,26 @@ class SelfAttention(nn.Module):
             param_dtype=self.param_dtype,
             name="out",
         )(y)
+
+    def project(self, x: Array) -> tuple[Array, Array, Array]:
+        """The query, key and value projections [batch, length, heads, head_dim], as one matrix
+        product with the three kernels side by side (one larger product runs faster on the CPU
+        than three: the encoder and decoding; ``docs/benchmarks.md``). The parameters stay three
+        :class:`Dense` layers' ``query``, ``key`` and ``value``; kernels that are not plain arrays
+        (qwix's int8 ``QArray``s and their wrappers, which must reach ``dot_general`` as they are)
+        take the three products."""
+        heads = (self.n_head, self.head_dim)
+        proj = dict(axes=("embed", "heads", "kv"), std=self.init_std, dtype=self.dtype, param_dtype=self.param_dtype)
+        names = ("query", "key", "value")
+        kernels = [self.get_variable("params", n, {}).get("kernel") for n in names]
+        if self.is_initializing() or not all(isinstance(k, (jax.Array, np.ndarray)) for k in kernels):
+            return tuple(dense(heads, name=n, **proj)(x) for n in names)
+        kernel = jnp.stack([jnp.asarray(k, self.dtype) for k in kernels], 1)
+        bias = jnp.stack([jnp.asarray(self.get_variable("params", n)["bias"], self.dtype) for n in names])
+        batch = x.shape[:-1]
+        y = jnp.asarray(x, self.dtype).reshape(-1, x.shape[-1]) @ kernel.reshape(x.shape[-1], -1)
+        y = y.reshape(*batch, 3, *heads) + bias
+        return y[..., 0, :, :], y[..., 1, :, :], y[..., 2, :, :]
 
     def cached_keys_values(self, k: Array, v: Array) -> tuple[Array, Array]:
         """Decode mode: append this call's keys and values to the cache; return every slot's,

@@ -190,3 +190,26 @@ def test_formulations_compute_the_same_product():
         np.testing.assert_allclose(y, x @ w, atol=0.1 * np.abs(x @ w).max(), err_msg=name)
     timed = formulations.measure(64, 32, 1, rounds=2)
     assert timed["fp32 dot"]["vs_fp32"] == 1.0 and set(timed) == set(formulations.formulations())
+
+
+def test_load_excludes_the_contenders_and_marks_ratios_measured_under_load():
+    """A busy process counts as load unless it is one of the contenders (``pids``); a ratio
+    measured over 0.2 cores of load is marked."""
+    import subprocess
+    import sys
+    import time
+
+    from bench.measure import CpuContention, load_note, mark
+
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        counted, excluded = CpuContention(), CpuContention(pids=[busy.pid])
+        counted.start(), excluded.start()
+        time.sleep(2.0)
+        with_busy, without_busy = counted.stop(), excluded.stop()
+    finally:
+        busy.kill()
+    assert with_busy - without_busy > 0.3
+    assert mark("1.21", 0.5) == "1.21*" and mark("1.21", 0.1) == "1.21"
+    assert "UNDER LOAD" in load_note(0.5) and "UNDER LOAD" not in load_note(0.1)
