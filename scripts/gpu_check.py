@@ -237,7 +237,7 @@ def markdown(result: dict) -> str:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="gpu_check", help="the folder for gpu_check.json and gpu_check.md")
+    parser.add_argument("--out", "--output-dir", dest="out", default="gpu_check", help="the folder for gpu_check.json and gpu_check.md")
     parser.add_argument("--tiny", action="store_true", help="every stage on any device at tiny sizes")
     parser.add_argument("--budget-s", type=float, default=420.0, help="the whole run's time budget in seconds")
     args = parser.parse_args(argv)
