@@ -71,6 +71,7 @@ from bench.train_step import hf_gpt2_config
 from bench.workers import Worker, reference_python
 from models import hf, quantize
 from models.generation import sample
+from models.speculative import check_draft, speculative_sample
 
 # Each variant as models.quantize.prepare's arguments.
 VARIANTS = {
@@ -102,6 +103,8 @@ class InferSpec:
     encoder_data: str | None = None
     references: tuple[str, ...] = REFERENCES
     reference_threads: int | None = None  # PyTorch's threads (default: every core)
+    draft: str | None = None  # a decoder run with the model's tokenizer: speculative decoding's draft
+    speculate: tuple[int, ...] = ()  # the draft's proposals per pass of the fp32 model, one row each
     seed: int = 0
 
     def __post_init__(self):
@@ -124,6 +127,12 @@ class InferSpec:
             raise ValueError(f"quality_tokens={self.quality_tokens}: 0 skips the quality measurement")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise ValueError(f"batch_sizes={self.batch_sizes}: give positive batch sizes")
+        if bool(self.draft) != bool(self.speculate) or any(k < 1 for k in self.speculate):
+            raise ValueError(f"draft={self.draft!r}, speculate={list(self.speculate)}: speculative rows need a draft "
+                             "run and proposal counts of at least 1 (--draft RUN --speculate 2,4)")
+
+    def speculative_names(self) -> list[str]:
+        return [f"speculative k={k}" for k in self.speculate]
 
 
 # ------------------------------------------------------------------------------------------
@@ -174,6 +183,21 @@ def load_variant_runs(spec: InferSpec, config, tokenizer: str | None) -> dict:
                              f"{tokenizer}: the same ids would be other tokens; compare runs of one tokenizer")
         out[name] = (module, params)
     return out
+
+
+def load_draft(spec: InferSpec, config, tokenizer: str | None) -> tuple:
+    """``(module, params)`` of ``spec.draft``: a decoder with the model's vocabulary, context and,
+    where both runs name one, tokenizer (``models.speculative.check_draft``)."""
+    module, params, theirs, _ = load_decoder(spec.draft, spec, "--draft")
+    for k in spec.speculate:
+        check_draft(config, module.config, k)
+        if spec.prompt_len + spec.new_tokens + k > config.n_positions:
+            raise ValueError(f"prompt_len {spec.prompt_len} + new_tokens {spec.new_tokens} + k {k} exceed the "
+                             f"context of {config.n_positions}: speculative decoding feeds k tokens past the last kept")
+    if tokenizer and theirs and Path(theirs).resolve() != Path(tokenizer).resolve():
+        raise ValueError(f"the draft {spec.draft} was trained with tokenizer {theirs}, the model with {tokenizer}: "
+                         "a draft must share the model's tokenizer")
+    return module, params
 
 
 def quality_tokens(spec: InferSpec, tokenizer, vocab_size: int, context: int) -> tuple[np.ndarray, str]:
@@ -313,7 +337,9 @@ class DecoderBench:
     prompts: np.ndarray  # [largest batch, prompt_len]
     tokens: np.ndarray  # quality blocks
     tokens_from: str
+    draft: tuple | None = None  # (module, params) of spec.draft
     outputs: dict = dataclasses.field(default_factory=dict)  # name -> workload -> the greedy ids
+    acceptance: dict = dataclasses.field(default_factory=dict)  # speculative name -> workload -> (accepted, proposed, passes)
 
     @classmethod
     def prepare(cls, spec: InferSpec) -> "DecoderBench":
@@ -332,10 +358,17 @@ class DecoderBench:
             prompts = np.random.default_rng(spec.seed + 1).integers(0, config.vocab_size, (largest, spec.prompt_len))
         decoders = {name: quantize.prepare(module, params, **VARIANTS[name]) for name in spec.variants}
         decoders.update(load_variant_runs(spec, config, tokenizer_name))
-        return cls(spec, config, source, decoders, prompts.astype(np.int32), tokens, tokens_from)
+        draft = load_draft(spec, config, tokenizer_name) if spec.draft else None
+        return cls(spec, config, source, decoders, prompts.astype(np.int32), tokens, tokens_from, draft)
+
+    @property
+    def contenders(self) -> list[str]:
+        return [*self.decoders, *self.spec.speculative_names()]
 
     def calls(self, name: str) -> dict:
         """The decoding workloads of ``name``: greedy decoding of the prompts at each batch size."""
+        if name not in self.decoders:
+            return self.speculative_calls(name)
         dmodule, dparams = self.decoders[name]
         self.outputs[name] = {}
 
@@ -348,12 +381,31 @@ class DecoderBench:
 
         return {f"decode_b{b}": decode(b) for b in self.spec.batch_sizes}
 
+    def speculative_calls(self, name: str) -> dict:
+        """Greedy speculative decoding of the prompts by the fp32 model, the draft proposing k."""
+        k = int(name.rsplit("=", 1)[1])
+        (module, params), (draft, draft_params) = self.decoders["float32"], self.draft
+        self.outputs[name], self.acceptance[name] = {}, {}
+
+        def decode(batch):
+            prompts = self.prompts[:batch].tolist()
+
+            def call():
+                gen = speculative_sample(module, params, draft, draft_params, prompts, self.spec.new_tokens, k=k,
+                                         temperature=0.0)
+                self.outputs[name][f"decode_b{batch}"] = gen.ids
+                self.acceptance[name][f"decode_b{batch}"] = (gen.accepted, gen.proposed, gen.steps)
+            return call
+
+        return {f"decode_b{b}": decode(b) for b in self.spec.batch_sizes}
+
     def row(self, name: str, result: dict, rounds: list, bandwidth: float, quality: dict) -> dict:
         """A decoder's row: medians, tokens/s, the time against fp32 per round, and for ours the
         bytes, the bandwidth limit and the quality against fp32."""
         spec, runs = self.spec, dict(self.spec.variant_runs)
-        row: dict[str, Any] = {"kind": "ours" if name in spec.variants else "variant" if name in runs else "reference",
-                               "result": result}
+        kind = ("ours" if name in spec.variants else "variant" if name in runs else
+                "speculative" if name in spec.speculative_names() else "reference")
+        row: dict[str, Any] = {"kind": kind, "result": result}
         for b in spec.batch_sizes:
             median = result["workloads"][f"decode_b{b}"]["median_s"]
             row[f"decode_b{b}"] = {"median_s": median, "tokens_per_s": b * spec.new_tokens / median,
@@ -372,6 +424,10 @@ class DecoderBench:
             if name in runs:
                 row.update(run=runs[name], params=models.count_params(dparams),
                            nonzero_params=int(sum(np.count_nonzero(np.asarray(x)) for x in jax.tree.leaves(dparams))))
+        if kind == "speculative":
+            accepted, proposed, passes = (sum(x) for x in zip(*self.acceptance[name].values()))
+            row.update(draft=spec.draft, acceptance_rate=accepted / proposed if proposed else None,
+                       target_passes=passes, quality={"greedy_agreement": greedy_agreement(self.outputs, name)})
         return row
 
 
@@ -437,7 +493,7 @@ def compare_inference(spec: InferSpec, reference: str | None = None, log=sys.std
         print(f"compiling {name}...", file=log, flush=True)
         return Workloads(calls, warmup=spec.warmup)
 
-    contenders: dict[str, Any] = {name: ours(name) for name in decoder.decoders}
+    contenders: dict[str, Any] = {name: ours(name) for name in decoder.contenders}
     payload = {"hf_config": hf_gpt2_config(decoder.config, "off"), "prompts": decoder.prompts.tolist(),
                "batch_sizes": list(spec.batch_sizes), "new_tokens": spec.new_tokens, "seed": spec.seed,
                "threads": spec.reference_threads, "warmup": spec.warmup}
@@ -539,7 +595,7 @@ def decoder_table(out: dict, spec: InferSpec) -> list[str]:
     cores = out.get("other_processes_cpu_cores")
     for name, row in rows.items():
         d1, dn, q = row[f"decode_b{b1}"], row[f"decode_b{bn}"], row.get("quality", {})
-        label = {"ours": f"ours {name}", "variant": name}.get(row["kind"]) or {
+        label = {"ours": f"ours {name}", "variant": name, "speculative": f"ours float32, {name}"}.get(row["kind"]) or {
             "torch": "transformers PyTorch generate", "flax": "transformers Flax generate"}[name]
         lines.append(
             f"| {label} | {d1['ms_per_token']:.2f} | {d1['tokens_per_s']:.1f} | {mark(_fmt(d1['vs_fp32']), cores)} | "
@@ -559,6 +615,12 @@ def decoder_table(out: dict, spec: InferSpec) -> list[str]:
     if spec.variant_runs:
         lines += ["", "Variant runs (fp32, quality against ours float32): "
                   + "; ".join(f"{name} = {path}" for name, path in spec.variant_runs) + "."]
+    speculative = [(name, rows[name]) for name in spec.speculative_names() if name in rows]
+    if speculative:
+        lines += ["", f"Speculative rows: the fp32 model decodes greedily, the draft {spec.draft} (fp32) proposing k "
+                      "tokens per pass; share of the proposals kept and passes of the model: "
+                  + "; ".join(f"{name}: {_fmt(row['acceptance_rate'])}, {row['target_passes']} passes"
+                              for name, row in speculative) + "."]
     return lines
 
 

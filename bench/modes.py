@@ -52,7 +52,8 @@ def _measure(mode: str, config, opts, allocator: str) -> dict:
             new_tokens=opts.new_tokens, rounds=opts.rounds, warmup=opts.warmup, data=opts.data,
             quality_tokens=opts.quality_tokens, encoder=not opts.no_encoder, encoder_batch=opts.encoder_batch,
             encoder_sentences=opts.encoder_sentences, encoder_data=opts.encoder_data, references=refs,
-            reference_threads=opts.reference_threads,
+            reference_threads=opts.reference_threads, draft=opts.draft,
+            speculate=tuple(int(k) for k in opts.speculate.split(",") if k),
         ), opts.reference_python)
     if mode == "formulations":
         from bench.formulations import compare_formulations

@@ -47,6 +47,8 @@ def add_arguments(parser) -> None:
     infer.add_argument("--new-tokens", type=int, default=64, help="tokens decoded after each prompt")
     infer.add_argument("--data", help="text/JSONL to measure quality on (--model a run folder); default: random tokens")
     infer.add_argument("--quality-tokens", type=int, default=16384, help="positions the quality is measured on")
+    infer.add_argument("--draft", help="speculative decoding rows: a draft decoder run with the model's tokenizer")
+    infer.add_argument("--speculate", default="", metavar="K[,K]", help="with --draft: proposals per pass, a row each")
     infer.add_argument("--no-encoder", action="store_true", help="skip the all-MiniLM-L6-v2 encoder rows")
     infer.add_argument("--encoder-batch", type=int, default=32, help="sentences per timed encoder batch")
     infer.add_argument("--encoder-sentences", type=int, default=256, help="sentences the cosines are measured on")

@@ -137,3 +137,23 @@ def test_first_layers_is_the_targets_truncation():
     assert draft_params["blocks_0"] is params["blocks_0"] and "blocks_1" not in draft_params
     with pytest.raises(ValueError, match="1 to 1"):
         first_layers(target, params, 2)
+
+
+@pytest.mark.slow
+def test_speculative_rows_join_the_inference_table():
+    """``jaxlm benchmark --mode infer --draft --speculate``: rows timed with the fp32 baseline in
+    the same rounds, greedy output equal to its own, and the draft's acceptance (the target as
+    its own draft keeps every proposal)."""
+    from bench import inference
+
+    spec = inference.InferSpec(model="gpt2-tiny", variants=("float32",), batch_sizes=(1, 2), prompt_len=4,
+                               new_tokens=8, rounds=1, quality_tokens=0, encoder=False, references=(),
+                               draft="gpt2-tiny", speculate=(1, 3))
+    result = inference.compare_inference(spec)
+    for k in (1, 3):
+        row = result["rows"][f"speculative k={k}"]
+        assert row["kind"] == "speculative" and row["acceptance_rate"] == 1.0
+        assert row["quality"]["greedy_agreement"] == 1.0 and row["decode_b1"]["vs_fp32"] > 0
+        assert f"| ours float32, speculative k={k} |" in result["markdown"]
+    with pytest.raises(ValueError, match="draft"):
+        inference.InferSpec(speculate=(2,))
