@@ -144,6 +144,11 @@ def render() -> str:
     else:
         out += ["Not recorded yet: `python -m bench.docs tests LOG --tier whole|fast`.", ""]
     out += cpu_against_pytorch()
+    speculative = _load("speculative")
+    if speculative:
+        out += ["## Speculative decoding", "",
+                "The main job's model decoding greedily with the distilled student as its draft (`models.speculative`), "
+                f"{speculative['date']}: `{speculative['command']}`.", "", speculative["markdown"].strip(), ""]
     memory = _load("memory")
     if memory:
         out += ["## Memory plans", "",

@@ -425,9 +425,9 @@ class DecoderBench:
                 row.update(run=runs[name], params=models.count_params(dparams),
                            nonzero_params=int(sum(np.count_nonzero(np.asarray(x)) for x in jax.tree.leaves(dparams))))
         if kind == "speculative":
-            accepted, proposed, passes = (sum(x) for x in zip(*self.acceptance[name].values()))
-            row.update(draft=spec.draft, acceptance_rate=accepted / proposed if proposed else None,
-                       target_passes=passes, quality={"greedy_agreement": greedy_agreement(self.outputs, name)})
+            row.update(draft=spec.draft, quality={"greedy_agreement": greedy_agreement(self.outputs, name)})
+            for workload, (accepted, proposed, passes) in self.acceptance[name].items():
+                row[workload].update(acceptance_rate=accepted / proposed if proposed else None, target_passes=passes)
         return row
 
 
@@ -618,9 +618,11 @@ def decoder_table(out: dict, spec: InferSpec) -> list[str]:
     speculative = [(name, rows[name]) for name in spec.speculative_names() if name in rows]
     if speculative:
         lines += ["", f"Speculative rows: the fp32 model decodes greedily, the draft {spec.draft} (fp32) proposing k "
-                      "tokens per pass; share of the proposals kept and passes of the model: "
-                  + "; ".join(f"{name}: {_fmt(row['acceptance_rate'])}, {row['target_passes']} passes"
-                              for name, row in speculative) + "."]
+                      f"tokens per pass; share of the proposals kept and the model's passes for {spec.new_tokens} "
+                      f"tokens (plain decoding: {spec.new_tokens - 1}), at batch {b1} and {bn}: "
+                  + "; ".join(f"{name}: {_fmt(row[f'decode_b{b1}']['acceptance_rate'])}, "
+                              f"{row[f'decode_b{b1}']['target_passes']} / {_fmt(row[f'decode_b{bn}']['acceptance_rate'])}, "
+                              f"{row[f'decode_b{bn}']['target_passes']}" for name, row in speculative) + "."]
     return lines
 
 

@@ -100,7 +100,8 @@ def speculative_decode(target_params, draft_params, ids, mask, rng, temperature,
                        nucleus: bool):
     """:func:`models.generation.decode` with a draft proposing ``k`` tokens per target pass.
     Returns the new tokens [batch * num_samples, max_new_tokens] (``NO_TOKEN`` after a row's
-    end-of-text), the loop's iterations, and the draft tokens proposed and accepted."""
+    end-of-text), the target's passes after the prefill (the loop's iterations), and the draft
+    tokens proposed and accepted."""
     batch, width = ids.shape
     slots = width + max_new_tokens + k  # the last pass may feed k tokens past the last one kept
 
@@ -142,7 +143,7 @@ def speculative_decode(target_params, draft_params, ids, mask, rng, temperature,
         return (cache, nxt.astype(jnp.int32)), (nxt.astype(jnp.int32), q)
 
     def step(carry):
-        i, target_cache, draft_cache, token, done, out, rng, proposed, accepted = carry
+        i, passes, target_cache, draft_cache, token, done, out, rng, proposed, accepted = carry
         rng, draft_key, accept_key, residual_key, bonus_key = jax.random.split(rng, 5)
         # k + 1 draft steps: the last one only writes d_k into the draft's cache
         (draft_cache, _), (drafted, q) = jax.lax.scan(propose, (draft_cache, token),
@@ -171,12 +172,14 @@ def speculative_decode(target_params, draft_params, ids, mask, rng, temperature,
         token = choice[:, m]  # the next token to feed, in neither cache yet
         # both caches took [last, d_1..d_k]; they keep [last, d_1..d_m]
         target_cache, draft_cache = rollback(target_cache, k - m), rollback(draft_cache, k - m)
-        return (i + m + 1, target_cache, draft_cache, token, done | eos.any(1), out, rng, proposed, accepted)
+        return (i + m + 1, passes + 1, target_cache, draft_cache, token, done | eos.any(1), out, rng, proposed,
+                accepted)
 
-    carry = (jnp.int32(1), target_cache, draft_cache, token, token == eos_id, out, rng, jnp.int32(0), jnp.int32(0))
-    steps, _, _, _, _, out, _, proposed, accepted = jax.lax.while_loop(
-        lambda c: (c[0] < max_new_tokens) & ~jnp.all(c[4]), step, carry)
-    return out[:, :max_new_tokens], steps, proposed, accepted
+    carry = (jnp.int32(1), jnp.int32(0), target_cache, draft_cache, token, token == eos_id, out, rng, jnp.int32(0),
+             jnp.int32(0))
+    _, passes, _, _, _, _, out, _, proposed, accepted = jax.lax.while_loop(
+        lambda c: (c[0] < max_new_tokens) & ~jnp.all(c[5]), step, carry)
+    return out[:, :max_new_tokens], passes, proposed, accepted
 
 
 def first_layers(module, params, n: int):

@@ -47,6 +47,7 @@ def test_greedy_equals_the_targets_own_greedy_output(draft):
                 assert 0 <= fast.accepted <= fast.proposed
     own = speculative_sample(target, params, target, params, prompts, 12, k=3, temperature=0)
     assert own.acceptance_rate == 1.0  # the target as its own draft: every proposal kept
+    assert own.steps == 3  # the prefill gives token 1; each pass then keeps k + 1 = 4: 11 tokens in 3 passes
 
 
 def test_greedy_stops_at_end_of_text():
@@ -152,7 +153,8 @@ def test_speculative_rows_join_the_inference_table():
     result = inference.compare_inference(spec)
     for k in (1, 3):
         row = result["rows"][f"speculative k={k}"]
-        assert row["kind"] == "speculative" and row["acceptance_rate"] == 1.0
+        assert row["kind"] == "speculative" and row["decode_b2"]["acceptance_rate"] == 1.0
+        assert row["decode_b1"]["target_passes"] == -(-7 // (k + 1))  # 8 tokens: 1 from the prefill, k + 1 a pass
         assert row["quality"]["greedy_agreement"] == 1.0 and row["decode_b1"]["vs_fp32"] > 0
         assert f"| ours float32, speculative k={k} |" in result["markdown"]
     with pytest.raises(ValueError, match="draft"):
