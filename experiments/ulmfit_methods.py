@@ -16,11 +16,14 @@ passages), as classifiers. Each starts plain and adds one method at a time:
     +gradual  and gradual unfreezing (one group per stage over the first half of the steps)
     +concat   and concat pooling ([final state, max, mean])
 
-and two side rows for GPT-2, each one method added to plain + STLR alone, so that gradual
-unfreezing and concat pooling are also measured without discriminative rates under them:
+and side rows for GPT-2, each one method added to plain + STLR alone, so that gradual
+unfreezing and concat pooling are also measured without discriminative rates under them, and
+LoRA (Hu et al. 2021) next to them:
 
     +stlr +gradual   STLR and gradual unfreezing
     +stlr +concat    STLR and concat pooling
+    +stlr +lora      STLR, and only rank-8 LoRA adapters on every dense layer of the body (and
+                     the head) train
 
 with three seeds each (initialisation of the head, dropout and batch order), then reports test
 accuracy and macro-F1 (mean ± sample standard deviation over the seeds), the steps and the wall
@@ -63,7 +66,9 @@ COMPARISONS = {
 
 VARIANTS = ("plain", "+stlr", "+discr", "+gradual", "+concat")
 # Side rows: one method on plain + STLR, for the models in SIDE_MODELS (the CPU budget).
-SIDE = {"+stlr +gradual": ("plain", "+stlr", "+gradual"), "+stlr +concat": ("plain", "+stlr", "+concat")}
+SIDE = {"+stlr +gradual": ("plain", "+stlr", "+gradual"), "+stlr +concat": ("plain", "+stlr", "+concat"),
+        "+stlr +lora": ("plain", "+stlr", "+lora")}
+LORA = {"model.lora_rank": 8, "model.lora_alpha": 16.0, "model.lora_targets": "all"}  # +lora: only adapters train
 SIDE_MODELS = ("gpt2",)
 
 
@@ -110,7 +115,7 @@ def run_config(model: str, source: Path, task_paths: dict, variant: str, seed: i
         "optimizer.unfreeze_every": max(1, steps // (2 * (groups - 1))) if "+gradual" in methods else 0,
         "task.classifier": {"pooling": "concat" if "+concat" in methods else PLAIN_POOLING[model], "head": "linear"},
         "log.eval_every": steps, "checkpoint.every": steps, "checkpoint.keep": 1, "log.every": max(1, steps // 6),
-        "log.progress_bar": False, "run_dir": str(run_dir),
+        "log.progress_bar": False, "run_dir": str(run_dir), **(LORA if "+lora" in methods else {}),
     })
 
 

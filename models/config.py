@@ -20,6 +20,7 @@ from typing import ClassVar
 import jax.numpy as jnp
 
 from models.layers import ACTIVATIONS, ATTENTION, DTYPES, REMAT_POLICIES
+from models.lora import TARGETS as LORA_TARGETS
 
 # Field names of configs saved before the shared vocabulary -> today's names. BERT's one hidden
 # dropout rate served the embeddings and the residual branches, which are two fields now.
@@ -74,6 +75,11 @@ class TransformerConfig:
     attention: str = "xla"
     # Attention heads removed, per layer (original indices; models.heads_pruning); () for none.
     pruned_heads: tuple[tuple[int, ...], ...] = ()
+    # LoRA adapters (models.lora, Hu et al. 2021): rank 0 for none; the update x A B * alpha / rank
+    # on the dense layers of lora_targets ("attention", "mlp" or "all").
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: str = "attention"
 
     DROPOUTS: ClassVar[tuple[str, ...]] = ("embed_dropout", "attn_dropout", "resid_dropout")
     family: ClassVar[str] = ""
@@ -103,6 +109,13 @@ class TransformerConfig:
             raise ValueError(f"layer_norm_eps={self.layer_norm_eps} must be a positive number")
         if not (self.initializer_range >= 0 and math.isfinite(self.initializer_range)):
             raise ValueError(f"initializer_range={self.initializer_range} must be a non-negative number")
+        if isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, int) or self.lora_rank < 0:
+            raise ValueError(f"lora_rank={self.lora_rank!r} must be 0 (no adapters) or a positive integer")
+        if not (self.lora_alpha > 0 and math.isfinite(self.lora_alpha)):
+            raise ValueError(f"lora_alpha={self.lora_alpha} must be a positive number (the update is scaled by "
+                             "alpha / rank)")
+        if self.lora_targets not in LORA_TARGETS:
+            raise ValueError(f"lora_targets={self.lora_targets!r}; choose one of {list(LORA_TARGETS)}")
 
     @property
     def head_dim(self) -> int:

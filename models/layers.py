@@ -271,6 +271,7 @@ class Dense(nn.Module):
     std: float
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    lora: tuple[int, float] = (0, 0.0)  # LoRA's (rank, alpha); rank 0: none (models.lora)
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -280,14 +281,24 @@ class Dense(nn.Module):
         x = jnp.asarray(x, self.dtype).reshape(-1, *inner)
         contracted = tuple(range(1, self.contract + 1)), tuple(range(self.contract))
         y = jax.lax.dot_general(x, jnp.asarray(kernel, self.dtype), (contracted, ((), ())))
-        return (y + jnp.asarray(bias, self.dtype)).reshape(*batch, *self.features)
+        y = y + jnp.asarray(bias, self.dtype)
+        rank, alpha = self.lora
+        if rank:  # x A B * alpha / rank beside the frozen kernel: A [inputs, rank], B [rank, outputs]
+            n_in, n_out = int(np.prod(inner)), int(np.prod(self.features))
+            a = self.param("kernel_lora_a", nn.with_logical_partitioning(nn.initializers.he_uniform(),
+                                                                         (self.axes[0], None)), (n_in, rank),
+                           self.param_dtype)
+            b = self.param("kernel_lora_b", zeros((None, self.axes[self.contract])), (rank, n_out), self.param_dtype)
+            down = x.reshape(-1, n_in) @ jnp.asarray(a, self.dtype)
+            y = y + ((down @ jnp.asarray(b, self.dtype)) * (alpha / rank)).reshape(y.shape)
+        return y.reshape(*batch, *self.features)
 
 
-def dense(features, *, axes, std, name, dtype, param_dtype, contract: int = 1) -> Dense:
+def dense(features, *, axes, std, name, dtype, param_dtype, contract: int = 1, lora=(0, 0.0)) -> Dense:
     """A :class:`Dense` layer with N(0, std^2) weights and logical axis names ``axes`` (input axes
-    first, then output axes)."""
+    first, then output axes), and LoRA adapters when ``lora``'s rank is positive."""
     features = tuple(features) if isinstance(features, (tuple, list)) else (features,)
-    return Dense(features, contract, tuple(axes), std, dtype=dtype, param_dtype=param_dtype, name=name)
+    return Dense(features, contract, tuple(axes), std, dtype=dtype, param_dtype=param_dtype, lora=tuple(lora), name=name)
 
 
 def padding_mask(attention_mask: Array | None) -> Array | None:
@@ -316,6 +327,7 @@ class SelfAttention(nn.Module):
     param_dtype: Dtype = jnp.float32
     decode: bool = False  # keep keys and values in the ``cache`` collection (see cached_keys_values)
     implementation: str | None = None  # jax.nn.dot_product_attention's (attention_implementation)
+    lora: tuple[int, float] = (0, 0.0)  # LoRA's (rank, alpha) on query, key, value and out (models.lora)
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None, deterministic: bool) -> Array:
@@ -334,6 +346,7 @@ class SelfAttention(nn.Module):
             std=self.out_init_std,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            lora=self.lora,
             name="out",
         )(y)
 
@@ -348,8 +361,9 @@ class SelfAttention(nn.Module):
         proj = dict(axes=("embed", "heads", "kv"), std=self.init_std, dtype=self.dtype, param_dtype=self.param_dtype)
         names = ("query", "key", "value")
         kernels = [self.get_variable("params", n, {}).get("kernel") for n in names]
-        if self.is_initializing() or not all(isinstance(k, (jax.Array, np.ndarray)) for k in kernels):
-            return tuple(dense(heads, name=n, **proj)(x) for n in names)
+        plain = all(isinstance(k, (jax.Array, np.ndarray)) for k in kernels)
+        if self.lora[0] or self.is_initializing() or not plain:  # adapters: each layer's own product
+            return tuple(dense(heads, name=n, lora=self.lora, **proj)(x) for n in names)
         kernel = jnp.stack([jnp.asarray(k, self.dtype) for k in kernels], 1)
         bias = jnp.stack([jnp.asarray(self.get_variable("params", n)["bias"], self.dtype) for n in names])
         batch = x.shape[:-1]
@@ -405,13 +419,20 @@ class MLP(nn.Module):
     out_init_std: float
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    lora: tuple[int, float] = (0, 0.0)  # LoRA's (rank, alpha) on fc and proj (models.lora)
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, lora=self.lora)
         h = dense(self.d_ff, axes=("embed", "mlp"), std=self.init_std, name="fc", **kw)(x)
         h = nn.with_logical_constraint(activation(self.activation)(h), ("batch", "length", "mlp"))
         return dense(self.d_model, axes=("mlp", "embed"), std=self.out_init_std, name="proj", **kw)(h)
+
+
+def lora_of(config, part: str) -> tuple[int, float]:
+    """LoRA's (rank, alpha) for one part of a block ("attention" or "mlp"): the config's, where
+    its ``lora_targets`` names the part ("all" names both), else rank 0."""
+    return (config.lora_rank, config.lora_alpha) if config.lora_targets in (part, "all") else (0, 0.0)
 
 
 class TransformerBlock(nn.Module):
@@ -440,10 +461,12 @@ class TransformerBlock(nn.Module):
             out_init_std=c.residual_init_std,
             decode=self.decode,
             implementation=attention_implementation(c.attention),
+            lora=lora_of(c, "attention"),
             name="attn",
             **kw,
         )
-        mlp = MLP(c.d_model, c.d_ff, c.activation, c.initializer_range, c.residual_init_std, name="mlp", **kw)
+        mlp = MLP(c.d_model, c.d_ff, c.activation, c.initializer_range, c.residual_init_std, lora=lora_of(c, "mlp"),
+                  name="mlp", **kw)
         ln_1 = LayerNorm(c.layer_norm_eps, name="ln_1", **kw)
         ln_2 = LayerNorm(c.layer_norm_eps, name="ln_2", **kw)
         drop = nn.Dropout(c.resid_dropout, deterministic=deterministic)

@@ -27,8 +27,12 @@ def test_rows_add_the_methods_one_at_a_time_and_score_the_test_rows(corpus, labe
         ("classify", str(source), lm.data.tokenizer, 32)}
     side = {v: ablation.run_config("gpt2", source, files, v, 0, size, tmp_path / v) for v in ablation.SIDE}
     assert {v: (c.optimizer.schedule, c.optimizer.discriminative_factor, c.optimizer.unfreeze_every,
-                c.task.classifier.pooling) for v, c in side.items()} == {"+stlr +gradual": ("stlr", 1.0, 1, "last"),
-                                                                         "+stlr +concat": ("stlr", 1.0, 0, "concat")}
+                c.task.classifier.pooling, c.model.lora_rank) for v, c in side.items()} == {
+        "+stlr +gradual": ("stlr", 1.0, 1, "last", 0), "+stlr +concat": ("stlr", 1.0, 0, "concat", 0),
+        "+stlr +lora": ("stlr", 1.0, 0, "last", 8)}
+    assert all(c.model.lora_rank == 0 for c in configs)
+    lora_run = ablation.run_one(side["+stlr +lora"].replace({"data.label_field": "topic"}))
+    assert lora_run["steps"] == 10 and 0 <= lora_run["macro_f1"] <= 1
     result = ablation.run_one(configs[-1].replace({"data.label_field": "topic"}))
     assert result["steps"] == 10 and result["test_rows"] == 12 and 0 <= result["macro_f1"] <= 1
     assert not (tmp_path / "+concat" / "checkpoints").exists()

@@ -31,7 +31,7 @@ import jax
 import orbax.checkpoint as ocp
 
 import models
-from models import hf, quantize
+from models import hf, lora, quantize
 from models.classifier import ClassifierConfig
 from train import distributed
 from train.config import FLAT_FIELDS, DataConfig, TrainConfig, config_from_record
@@ -398,6 +398,9 @@ def load_variables_for_eval(checkpoint, step: int | None = None, **model_overrid
 
 
 def load_for_eval(checkpoint, step: int | None = None, **model_overrides):
-    """As :func:`load_variables_for_eval`, with the parameters only: ``(module, model_config, params, source)``."""
+    """As :func:`load_variables_for_eval`, with the parameters only: ``(module, model_config, params, source)``.
+    A run trained with LoRA adapters comes merged (``models.lora.merge``): the adapted function in
+    the base model's layout, which evaluation, generation and the Hugging Face export read."""
     module, config, variables, run = load_variables_for_eval(checkpoint, step, **model_overrides)
-    return module, config, variables["params"], run
+    merged, params = lora.merged(config, variables["params"])
+    return (module if merged is config else merged.module()), merged, params, run

@@ -31,7 +31,7 @@ from pathlib import Path
 from tokenizers import processors
 
 import models
-from models import hf
+from models import hf, lora
 from models.classifier import ClassifierConfig
 from models.heads_pruning import restore_heads
 from train.checkpoint import load_params, save_params
@@ -100,6 +100,7 @@ def to_hf(source, out, *, step: int | None = None, overwrite: bool = False, body
     ``pruned_heads``)."""
     check_apart(out, source, tokenizer)
     _, config, params, loaded = load_params(source, step)
+    config, params = lora.merged(config, params)  # adapters folded into the weights transformers reads
     if isinstance(config, ClassifierConfig):
         if not body:
             raise ValueError(

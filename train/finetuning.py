@@ -10,10 +10,11 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import optax
 
 import models
 import optim
-from models import hf
+from models import hf, lora
 from models.classifier import ClassifierConfig
 from models.config import TransformerConfig
 from train.checkpoint import load_params, read_run_config
@@ -22,7 +23,7 @@ from train.data.tokenizers import tokenizer_id
 # Config fields that change how a model computes or is laid out, not what its weights mean.
 NOT_ARCHITECTURE = {
     "dtype", "param_dtype", "scan_layers", "remat", "attention", "logits_chunk", "head", "initializer_range",
-    "scale_residual_init",
+    "scale_residual_init", "lora_rank", "lora_alpha", "lora_targets",
     *TransformerConfig.DROPOUTS,
 }
 
@@ -31,10 +32,19 @@ def make_optimizer(config, model_config, steps_per_epoch: int | None = None):
     """The run's optimizer (``optim.make_optimizer`` on ``config.optimizer``), with the depths of
     ``model_config``'s parameters when the depth-wise methods need them -> ``(optimizer, schedule)``."""
     opt = config.optimizer
-    depths = models.param_depths(model_config, models.param_shapes(model_config.module())) if opt.needs_depths else None
     body = model_config.body if isinstance(model_config, ClassifierConfig) else model_config
+    if body.lora_rank and opt.needs_depths:
+        raise ValueError("LoRA trains only its adapters (model.lora_rank > 0): it does not combine with gradual "
+                         "unfreezing, discriminative rates or feature extraction (optimizer.unfreeze_every, "
+                         "optimizer.discriminative_factor, optimizer.feature_extraction); set model.lora_rank=0 or "
+                         "turn those off")
+    depths = models.param_depths(model_config, models.param_shapes(model_config.module())) if opt.needs_depths else None
     stacked = r"(^|/)blocks/" if body.scan_layers else None  # a leading layers axis
-    return optim.make_optimizer(opt, config.steps, depths, steps_per_epoch, stacked)
+    tx, schedule = optim.make_optimizer(opt, config.steps, depths, steps_per_epoch, stacked)
+    if body.lora_rank:  # only the adapters (and a classifier's new head) train; the state holds those alone
+        labels = lambda params: jax.tree.map(lambda t: "train" if t else "frozen", lora.trainable(params))  # noqa: E731
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+    return tx, schedule
 
 
 @dataclasses.dataclass
@@ -99,8 +109,8 @@ def init_params(pretrained: Pretrained, model_config, params) -> tuple[dict, dic
     weights hold under the same path and shape -> ``(params, report)``.
 
     A classifier's body is matched with a language model's parameters, and a language model
-    with a classifier's body. Only heads may be new (parameters at the model's top depth,
-    e.g. a classifier head, or a pooler a checkpoint lacks); anything new below them is refused,
+    with a classifier's body. Only heads and LoRA adapters may be new (parameters at the model's
+    top depth, e.g. a classifier head, or a pooler a checkpoint lacks); anything new below them is refused,
     so no layer is silently re-initialised. The report lists what was loaded, what is new and
     what in the source went unused.
     """
@@ -125,7 +135,8 @@ def init_params(pretrained: Pretrained, model_config, params) -> tuple[dict, dic
         else:
             loaded.append(path)
             out.append(np.asarray(value, leaf.dtype))
-    below_heads = [path for path, depth in new if depth < top]
+    # LoRA's adapters are new by design (B = 0: the loaded model's function to start with)
+    below_heads = [path for path, depth in new if depth < top and path.rsplit("/", 1)[-1] not in lora.ADAPTERS]
     if below_heads:
         raise ValueError(f"init_from {pretrained.source} lacks {len(below_heads)} parameters below the heads, which "
                          f"would be initialised anew: {below_heads[:5]}; only heads may be new")

@@ -33,6 +33,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 import models
+from models import lora
 from optim.pruning import sparsity_report
 from train import distributed, sharding
 from train.checkpoint import Checkpoints
@@ -179,6 +180,9 @@ class Run:
         eval_step = make_eval_step(module, task, {"params": shardings.params, **shardings.model_state}, mesh)
         summary.update(start_step=start, params=models.count_params(state.params), mesh=dict(mesh.shape),
                        processes=jax.process_count())
+        if lora.adapter_config(model_config).lora_rank:  # the adapters and a classifier's head: all that trains
+            summary["trainable_params"] = sum(int(x.size) for x, t in zip(jax.tree.leaves(state.params),
+                                                                          jax.tree.leaves(lora.trainable(state.params))) if t)
         return cls(config, task, mesh, module, batches, eval_corpus, micro, (data_index, data_count), schedule,
                    checkpoints, state, train_step, eval_step, start, summary)
 

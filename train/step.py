@@ -48,9 +48,10 @@ def state_shardings(module, tx, mesh) -> TrainState:
     param_shardings = params_sharding(module, mesh)
     abstract = jax.eval_shape(lambda: models.init_variables(module, jax.random.key(0)))
     abstract_opt = jax.eval_shape(tx.init, abstract["params"])
+    masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731  a part the optimizer keeps no state for (LoRA)
     opt_shardings = optax.tree_map_params(
-        tx, lambda _, s: s, abstract_opt, param_shardings,
-        transform_non_params=lambda _: sharding.replicated(mesh),
+        tx, lambda x, s: x if masked(x) else s, abstract_opt, param_shardings,
+        transform_non_params=lambda _: sharding.replicated(mesh), is_leaf=masked,
     )
     model_state = jax.tree.map(lambda _: sharding.replicated(mesh), {k: v for k, v in abstract.items() if k != "params"})
     return TrainState(step=sharding.replicated(mesh), params=param_shardings, opt_state=opt_shardings,
