@@ -16,6 +16,8 @@ c. ``decode``: cached greedy decoding of ``gpt2`` (``models.generation.sample``)
 d. ``memory``: ``gpt2-xl`` (fp32 AdamW, layers scanned) at its largest planned batch runs two
    steps; the device's peak bytes in use beside the plan's total.
 e. ``medium``: ``gpt2-medium``'s train-step MFU, if time is left.
+f. ``speculative``: greedy speculative decoding of ``gpt2`` at batch 1, its own first two layers
+   the draft (``models.speculative``), k = 2 and 4, against plain cached decoding.
 
 After each stage the JSON so far is written to ``OUT/gpu_check.json`` and one line is printed
 (flushed); ``OUT/gpu_check.md`` holds the table at the end. The process writes its own files:
@@ -47,7 +49,7 @@ BF16_PEAK = {"H100 80GB HBM3": 989.4e12, "H100 PCIe": 756.5e12, "H100": 989.4e12
              "A100": 312e12, "L40S": 362e12, "L4": 121e12}
 
 # Each stage's time budget in seconds (a GPU's; --tiny divides them by 10), in the order they run.
-BUDGETS = {"environment": 30, "train_step": 150, "decode": 120, "memory": 100, "medium": 90}
+BUDGETS = {"environment": 30, "train_step": 150, "decode": 120, "memory": 100, "medium": 90, "speculative": 60}
 
 # The sizes of a GPU run and of --tiny's CPU dry run.
 SIZES = {
@@ -166,8 +168,28 @@ def stage_memory(s: dict, state: dict) -> dict:
             "plan_over_measured": measured and plan_total / measured}
 
 
+def stage_speculative(s: dict, state: dict) -> dict:
+    """Greedy speculative decoding of ``gpt2`` at batch 1 (random weights), its own first two
+    layers the draft, against plain cached decoding in the same stage."""
+    from models.generation import sample
+    from models.speculative import first_layers, speculative_sample
+
+    module, config = models.create(s["model"])
+    params = models.init_params(module, jax.random.key(0))
+    draft, draft_params = first_layers(module, params, 1 if config.n_layer <= 2 else 2)
+    prompt = jax.random.randint(jax.random.key(1), (1, 16), 0, config.vocab_size).tolist()
+    sample(module, params, prompt, s["new_tokens"], temperature=0.0)  # compile
+    rows = {"plain": {"tokens_per_s": sample(module, params, prompt, s["new_tokens"], temperature=0.0).tokens_per_s}}
+    for k in (2, 4):
+        speculative_sample(module, params, draft, draft_params, prompt, s["new_tokens"], k=k, temperature=0.0)
+        out = speculative_sample(module, params, draft, draft_params, prompt, s["new_tokens"], k=k, temperature=0.0)
+        rows[f"k={k}"] = {"tokens_per_s": out.tokens_per_s, "acceptance_rate": out.acceptance_rate,
+                          "target_passes": out.steps}
+    return {"model": s["model"], "draft": f"its first {draft.config.n_layer} layers", "rows": rows}
+
+
 STAGES = {"environment": stage_environment, "train_step": stage_train_step, "decode": stage_decode,
-          "memory": stage_memory, "medium": stage_medium}
+          "memory": stage_memory, "medium": stage_medium, "speculative": stage_speculative}
 
 
 def run(out: Path, tiny: bool = False, budget_s: float = 420.0) -> dict:
@@ -224,6 +246,11 @@ def markdown(result: dict) -> str:
             figures = (f"{r['model']} {r['batch'][0]} x {r['batch'][1]}: {_f(r['tokens_per_s'], ',.0f')} tokens/s, "
                        f"MFU {_f(r['mfu_vendor_peak'], '.3f')} of vendor peak, {_f(r['mfu_measured_peak'], '.3f')} of "
                        "measured matmul")
+        elif name == "speculative":
+            figures = f"{r['model']}, draft {r['draft']}, batch 1: " + "; ".join(
+                f"{v}: {_f(row['tokens_per_s'], ',.0f')} tok/s" + (f" (kept {_f(row['acceptance_rate'], '.2f')})"
+                                                                    if "acceptance_rate" in row else "")
+                for v, row in r["rows"].items())
         elif name == "decode":
             figures = "; ".join(f"{v}: " + ", ".join(f"{k.split('_')[1]}: {_f(x, ',.0f')} tok/s"
                                                      for k, x in row.items() if k.startswith("batch"))
