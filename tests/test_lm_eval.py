@@ -4,6 +4,7 @@ multiple-choice task and a perplexity task, JSON Lines files, no hub) as the har
 class does; generation decodes as models.generation.sample and stops at ``until``."""
 
 import json
+import sys
 from pathlib import Path
 
 import jax
@@ -52,7 +53,7 @@ def folders(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def requests():
+def task_requests():
     """The two tasks' requests, read from their JSON Lines files (the paths are the repository root's)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(ROOT)
@@ -72,7 +73,7 @@ def greedy_requests(module, params, tok, contexts: list[str]) -> list[Instance]:
     return out
 
 
-def test_loglikelihoods_equal_the_harness_hf_class(folders, requests):
+def test_loglikelihoods_equal_the_harness_hf_class(folders, task_requests):
     """Per request, our class on the run folder and on the HF folder gives HFLM's log-likelihoods
     to 1e-4 and the same is_greedy: multiple choice (one context longer than the 64-token window,
     truncated from the left; two continuations that are the model's greedy ones) and rolling
@@ -84,7 +85,7 @@ def test_loglikelihoods_equal_the_harness_hf_class(folders, requests):
     on_run = JaxLM(str(run), batch_size=4)
     contexts = ["Fellow-citizens, we cannot escape", "To be prepared for war is"]
     greedy = greedy_requests(on_run.module, on_run.params, tok, contexts)
-    mc, ppl = requests["sotu_mc"] + greedy, requests["sotu_ppl"]
+    mc, ppl = task_requests["sotu_mc"] + greedy, task_requests["sotu_ppl"]
     assert max(len(theirs.tok_encode(r.args[0])) for r in mc) > theirs.max_length == 64
     assert max(len(theirs.tok_encode(r.args[0])) for r in ppl) > 64
     expected_mc, expected_ppl = theirs.loglikelihood(mc), theirs.loglikelihood_rolling(ppl)
@@ -139,3 +140,12 @@ def test_an_encoder_is_refused(tmp_path, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "holds a BertConfig" in err
+
+
+def test_the_command_without_lm_eval_names_the_extra(folders, capsys, monkeypatch):
+    """Without lm-eval installed, jaxlm harness says which extra installs it, in one line."""
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # import lm_eval raises ImportError
+    with pytest.raises(SystemExit) as exit_:
+        jaxlm("harness", folders[0], "--tasks", "sotu_mc")
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == "error: jaxlm harness needs lm-evaluation-harness: pip install -e .[eval]\n"
