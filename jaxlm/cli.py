@@ -33,6 +33,7 @@ COMMANDS = {
     "distill": "jaxlm.distill",
     "evaluate": "jaxlm.evaluate",
     "generate": "jaxlm.generate",
+    "harness": "jaxlm.harness",
     "convert": "jaxlm.convert",
     "prune": "jaxlm.prune",
     "benchmark": "jaxlm.benchmark",

@@ -139,7 +139,7 @@ def generate_from_checkpoint(checkpoint, prompt: str, *, tokenizer=None, step=No
     ``speculate`` tokens per pass (``models.speculative``). Returns the continuations and the
     decoding speed (new tokens per second, compilation excluded)."""
     check_options(max_new_tokens, num_samples=num_samples, temperature=temperature, top_k=top_k, top_p=top_p)
-    module, params, source = _decoder(checkpoint, step, dtype, quantize)
+    module, params, source = decoder_checkpoint(checkpoint, step, dtype, quantize)
     tok, _ = checkpoint_tokenizer(tokenizer, source)
     options = dict(num_samples=num_samples, rng=jax.random.PRNGKey(seed), temperature=temperature, top_k=top_k,
                    top_p=top_p, eos_id=tok.eos_id, vocab_size=min(tok.vocab_size, module.config.vocab_size))
@@ -147,7 +147,7 @@ def generate_from_checkpoint(checkpoint, prompt: str, *, tokenizer=None, step=No
     if draft is None:
         out = sample(module, params, [tok.encode(prompt)], max_new_tokens, **options)
     else:
-        draft_module, draft_params, draft_source = _decoder(draft, None, dtype, quantize)
+        draft_module, draft_params, draft_source = decoder_checkpoint(draft, None, dtype, quantize)
         check_same_tokenizer(tok, draft_source, prompt)
         out = speculative_sample(module, params, draft_module, draft_params, [tok.encode(prompt)], max_new_tokens,
                                  k=speculate, **options)
@@ -167,13 +167,14 @@ def generate_from_checkpoint(checkpoint, prompt: str, *, tokenizer=None, step=No
     }
 
 
-def _decoder(checkpoint, step, dtype, quantize):
-    """A GPT/GPT-2 checkpoint ready to decode: ``(module, params, source)``."""
+def decoder_checkpoint(checkpoint, step, dtype, quantize, use: str = "generation continues text"):
+    """A GPT/GPT-2 checkpoint ready to decode or score text: ``(module, params, source)``; any
+    other model is refused, the message saying what ``use`` needs a language model for."""
     module, config, params, source = load_for_eval(checkpoint, step)
     if not isinstance(config, GPTConfig):
         hint = ("; it is a classifier: report its accuracy and F1 with jaxlm evaluate CHECKPOINT --data TEST_DATA"
                 if isinstance(config, ClassifierConfig) else "")
-        raise ValueError(f"{checkpoint} holds a {type(config).__name__}, but generation continues text with a "
+        raise ValueError(f"{checkpoint} holds a {type(config).__name__}, but {use} with a "
                          f"GPT/GPT-2 language model{hint}")
     module, params = prepare(module, params, dtype, quantize)
     return module, params, source
