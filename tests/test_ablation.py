@@ -52,3 +52,16 @@ def test_table_and_plot(tmp_path):
     assert "| t | TF-IDF + LR | bag of words | 1.000 | 1.000 | - |" in table
     ablation.plot(rows, tmp_path / "a.png", ["gpt2"], ["t"])
     assert (tmp_path / "a.png").stat().st_size > 1000
+
+
+def test_paired_intervals_and_the_papers_figures():
+    """A paired t-interval recomputed by hand; an interval holding zero reads "no measurable effect"."""
+    deltas = [0.10, 0.12, 0.08]
+    interval = ablation.paired_interval(deltas)
+    half = 4.302652729911275 * 0.02 / 3 ** 0.5  # t(0.975, 2) * sd / sqrt(n)
+    assert interval["mean"] == pytest.approx(0.10) and interval["high"] == pytest.approx(0.10 + half)
+    assert ablation.effect(interval) == f"+0.100 [{0.10 - half:+.3f}, {0.10 + half:+.3f}]"
+    assert ablation.effect(ablation.paired_interval([0.1, -0.05, 0.02])).endswith("no measurable effect")
+    assert "one seed" in ablation.effect(ablation.paired_interval([0.1]))
+    table = ablation.paper_table()
+    assert "| Freez + stlr | 5.04 | 6.02 | 5.35 |" in table and "AWD-LSTM" in table
