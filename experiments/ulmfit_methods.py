@@ -24,6 +24,11 @@ LoRA (Hu et al. 2021) next to them:
     +stlr +concat    STLR and concat pooling
     +stlr +lora      STLR, and only rank-8 LoRA adapters on every dense layer of the body (and
                      the head) train
+    +stlr +last      STLR, and only the head trains (the paper's "last layer only")
+
+For GPT-2 each run also scores its body's language-model loss on a fixed slice of the SOTU
+validation addresses (the pretraining text) after fine-tuning; forgetting is its rise over the
+pretrained model's loss on the same tokens (``lm_loss``).
 
 with three seeds each (initialisation of the head, dropout and batch order), then reports test
 accuracy and macro-F1 (mean ± sample standard deviation over the seeds), the steps and the wall
@@ -67,9 +72,10 @@ COMPARISONS = {
 VARIANTS = ("plain", "+stlr", "+discr", "+gradual", "+concat")
 # Side rows: one method on plain + STLR, for the models in SIDE_MODELS (the CPU budget).
 SIDE = {"+stlr +gradual": ("plain", "+stlr", "+gradual"), "+stlr +concat": ("plain", "+stlr", "+concat"),
-        "+stlr +lora": ("plain", "+stlr", "+lora")}
+        "+stlr +lora": ("plain", "+stlr", "+lora"), "+stlr +last": ("plain", "+stlr", "+last")}
 LORA = {"model.lora_rank": 8, "model.lora_alpha": 16.0, "model.lora_targets": "all"}  # +lora: only adapters train
 SIDE_MODELS = ("gpt2",)
+FORGETTING_MODELS = ("gpt2",)  # decoders: their body's language-model loss is defined
 
 
 def methods_of(variant: str) -> tuple[str, ...]:
@@ -113,20 +119,65 @@ def run_config(model: str, source: Path, task_paths: dict, variant: str, seed: i
         "optimizer.warmup_steps": 0, "optimizer.schedule": "stlr" if "+stlr" in methods else "constant",
         "optimizer.discriminative_factor": 2.6 if "+discr" in methods else 1.0,
         "optimizer.unfreeze_every": max(1, steps // (2 * (groups - 1))) if "+gradual" in methods else 0,
+        "optimizer.feature_extraction": "+last" in methods,
         "task.classifier": {"pooling": "concat" if "+concat" in methods else PLAIN_POOLING[model], "head": "linear"},
         "log.eval_every": steps, "checkpoint.every": steps, "checkpoint.keep": 1, "log.every": max(1, steps // 6),
         "log.progress_bar": False, "run_dir": str(run_dir), **(LORA if "+lora" in methods else {}),
     })
 
 
-def run_one(config: TrainConfig) -> dict:
+def run_one(config: TrainConfig, pretraining_tokens=None) -> dict:
+    """One run's test scores and time; with ``pretraining_tokens`` ([blocks, length] ids of the
+    pretraining text), also its body's language-model loss on them after fine-tuning."""
     start = time.perf_counter()
     summary = train(config)
     seconds = time.perf_counter() - start
+    out = {}
+    if pretraining_tokens is not None:
+        from models import lora
+        from train.checkpoint import load_params
+
+        _, classifier, params, _ = load_params(config.run_dir)
+        body, body_params = lora.merged(classifier.body, params["body"])
+        out["lm_loss_after"] = lm_loss(body, body_params, pretraining_tokens)
     shutil.rmtree(Path(config.run_dir) / "checkpoints", ignore_errors=True)  # keep metrics, not weights
     test = summary["validation"]
     return {"accuracy": test["accuracy"], "macro_f1": test["macro_f1"], "steps": summary["step"],
-            "seconds": seconds, "compile_seconds": summary["compile_seconds"], "test_rows": test["examples"]}
+            "seconds": seconds, "compile_seconds": summary["compile_seconds"], "test_rows": test["examples"], **out}
+
+
+def lm_loss(config, params, tokens) -> float:
+    """A GPT body's mean next-token cross-entropy (nats) over ``tokens`` [blocks, length]: how much
+    of its pretraining text it still predicts."""
+    import jax
+    import jax.numpy as jnp
+
+    module = config.without_dropout().module()
+
+    @jax.jit
+    def block_sums(params, ids):
+        logp = jax.nn.log_softmax(module.apply({"params": params}, ids).astype(jnp.float32)[:, :-1])
+        return -jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1).sum()
+
+    total = sum(float(block_sums(params, jnp.asarray(tokens[i:i + 8]))) for i in range(0, len(tokens), 8))
+    return total / (tokens.shape[0] * (tokens.shape[1] - 1))
+
+
+def pretraining_slice(tokenizer: str, text_file: str, seq_len: int, blocks: int = 32):
+    """The first ``blocks`` x ``seq_len`` tokens of ``text_file`` (the SOTU validation addresses):
+    the fixed slice forgetting is scored on."""
+    import numpy as np
+
+    from train.data.documents import read_texts
+    from train.data.tokenizers import load_tokenizer
+
+    tok, ids = load_tokenizer(tokenizer), []
+    for text in read_texts([text_file]):
+        ids += tok.encode(text)
+        if len(ids) >= blocks * seq_len:
+            break
+    blocks = min(blocks, len(ids) // seq_len)
+    return np.asarray(ids[: blocks * seq_len], np.int32).reshape(blocks, seq_len)
 
 
 def aggregate(results: list[dict], baselines: dict, models, tasks) -> list[dict]:
@@ -138,9 +189,11 @@ def aggregate(results: list[dict], baselines: dict, models, tasks) -> list[dict]
                 if not runs:
                     continue
                 acc, f1 = mean_spread([r["accuracy"] for r in runs]), mean_spread([r["macro_f1"] for r in runs])
+                forgot = [r["forgetting"] for r in runs if r.get("forgetting") is not None]
                 rows.append({"task": task, "model": model, "method": variant, "seeds": len(runs),
                              "accuracy": acc, "macro_f1": f1, "steps": runs[0]["steps"],
-                             "seconds": statistics.fmean(r["seconds"] for r in runs)})
+                             "seconds": statistics.fmean(r["seconds"] for r in runs),
+                             "forgetting": mean_spread(forgot) if forgot else None})
         base = baselines[task]
         rows.append({"task": task, "model": "TF-IDF + LR", "method": "bag of words", "seeds": 1,
                      "accuracy": (base["accuracy"], 0.0), "macro_f1": (base["macro_f1"], 0.0), "steps": None,
@@ -194,6 +247,15 @@ def ablation(out: Path, size: Size, sources: dict, seeds: int = 3, models=("gpt2
         baselines[task] = tfidf_logistic_regression([r["text"] for r in train_rows], [r["label"] for r in train_rows],
                                                     [r["text"] for r in test_rows], [r["label"] for r in test_rows],
                                                     labels)
+    forgetting = {}  # model -> (the pretraining slice, the pretrained model's loss on it): decoders only
+    for model in models:
+        if model in FORGETTING_MODELS:
+            tokens = pretraining_slice(pretrained_spec(sources[model])["data.tokenizer"],
+                                       common.sotu_files()["validation"], size.seq_len[model])
+            from train.checkpoint import load_params
+
+            _, config, params, _ = load_params(sources[model])
+            forgetting[model] = tokens, lm_loss(config, params, tokens)
     for task in tasks:
         for model in models:
             for variant in variants_of(model):
@@ -202,7 +264,11 @@ def ablation(out: Path, size: Size, sources: dict, seeds: int = 3, models=("gpt2
                         continue
                     run_dir = out / "runs" / f"{model}-{task}-{variant.strip('+').replace(' +', '-')}-seed{seed}"
                     config = run_config(model, sources[model], files[task], variant, seed, size, run_dir)
-                    row = {"model": model, "task": task, "variant": variant, "seed": seed, **run_one(config)}
+                    tokens, before = forgetting.get(model, (None, None))
+                    row = {"model": model, "task": task, "variant": variant, "seed": seed,
+                           **run_one(config, tokens)}
+                    if before is not None:
+                        row.update(lm_loss_before=before, forgetting=row["lm_loss_after"] - before)
                     results.append(row)
                     with open(results_file, "a") as f:
                         f.write(json.dumps(row) + "\n")
@@ -335,9 +401,39 @@ def paper_table() -> str:
     )
 
 
+FORGETTING_PAIRS = [("+stlr", "+stlr +gradual"), ("+stlr", "+discr"), ("+stlr", "+stlr +lora"), ("+stlr", "+stlr +last")]
+
+
+def forgetting_table(result: dict) -> str:
+    """Question 8: each method's forgetting (the rise of the body's language-model loss on the
+    pretraining slice) beside its test macro-F1, and its difference from plain + STLR's, paired by
+    seed with a 95% t-interval."""
+    rows = []
+    for before, after in FORGETTING_PAIRS:
+        for task in sorted({r["task"] for r in result["runs"]}):
+            for model in FORGETTING_MODELS:
+                runs = {v: {r["seed"]: r for r in result["runs"] if (r["task"], r["model"], r["variant"]) == (task, model, v)
+                            and r.get("forgetting") is not None} for v in (before, after)}
+                seeds = sorted(set(runs[before]) & set(runs[after]))
+                if not seeds:
+                    continue
+                delta = [runs[after][s]["forgetting"] - runs[before][s]["forgetting"] for s in seeds]
+                rows.append([task, model, after, _mean_sd([runs[after][s]["macro_f1"] for s in seeds]),
+                             _mean_sd([runs[before][s]["forgetting"] for s in seeds]),
+                             _mean_sd([runs[after][s]["forgetting"] for s in seeds]), effect(paired_interval(delta))])
+    if not rows:
+        return "Forgetting was not measured in these runs (they predate it): `jaxlm experiments ulmfit` measures it."
+    return common.markdown_table(
+        ["task", "model", "method", "test macro-F1", "forgetting, +stlr (nats)", "forgetting, method (nats)",
+         "difference, 95% interval"], rows,
+        "Forgetting: the fine-tuned body's mean next-token loss on a fixed slice of the SOTU validation addresses "
+        "(the pretraining text) minus the pretrained model's; paired by seed with the plain + STLR row.",
+    )
+
+
 def tables(result: dict) -> dict[str, str]:
     out = {"ulmfit-ablation": ablation_table(result["rows"]) + "\n\n" + result["caption"],
-           "ulmfit-paper": paper_table()}
+           "ulmfit-paper": paper_table(), "q8-forgetting": forgetting_table(result)}
     for question, pairs in COMPARISONS.items():
         out[f"{question}-methods"] = "\n\n".join(comparison(result, before, after) for before, after in pairs)
     return out

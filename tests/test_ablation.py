@@ -8,7 +8,7 @@ from conftest import tiny_config
 import models
 from bench.bag_of_words import tfidf_logistic_regression
 from experiments import ulmfit_methods as ablation
-from train.checkpoint import save_params
+from train.checkpoint import load_params, save_params
 
 
 @pytest.mark.slow
@@ -29,10 +29,17 @@ def test_rows_add_the_methods_one_at_a_time_and_score_the_test_rows(corpus, labe
     assert {v: (c.optimizer.schedule, c.optimizer.discriminative_factor, c.optimizer.unfreeze_every,
                 c.task.classifier.pooling, c.model.lora_rank) for v, c in side.items()} == {
         "+stlr +gradual": ("stlr", 1.0, 1, "last", 0), "+stlr +concat": ("stlr", 1.0, 0, "concat", 0),
-        "+stlr +lora": ("stlr", 1.0, 0, "last", 8)}
-    assert all(c.model.lora_rank == 0 for c in configs)
-    lora_run = ablation.run_one(side["+stlr +lora"].replace({"data.label_field": "topic"}))
-    assert lora_run["steps"] == 10 and 0 <= lora_run["macro_f1"] <= 1
+        "+stlr +lora": ("stlr", 1.0, 0, "last", 8), "+stlr +last": ("stlr", 1.0, 0, "last", 0)}
+    assert all(c.model.lora_rank == 0 for c in configs) and side["+stlr +last"].optimizer.feature_extraction
+    # forgetting: a body that never trains (last layer only) keeps the pretrained model's loss exactly;
+    # LoRA's merged body moves
+    tokens = ablation.pretraining_slice(lm.data.tokenizer, str(corpus[0] / "validation.jsonl"), 16, blocks=4)
+    _, pretrained_config, pretrained, _ = load_params(source)
+    before = ablation.lm_loss(pretrained_config, pretrained, tokens)
+    last = ablation.run_one(side["+stlr +last"].replace({"data.label_field": "topic"}), tokens)
+    assert last["lm_loss_after"] == before and 0 < before < 10
+    lora_run = ablation.run_one(side["+stlr +lora"].replace({"data.label_field": "topic"}), tokens)
+    assert lora_run["steps"] == 10 and 0 <= lora_run["macro_f1"] <= 1 and lora_run["lm_loss_after"] != before
     result = ablation.run_one(configs[-1].replace({"data.label_field": "topic"}))
     assert result["steps"] == 10 and result["test_rows"] == 12 and 0 <= result["macro_f1"] <= 1
     assert not (tmp_path / "+concat" / "checkpoints").exists()
@@ -65,3 +72,12 @@ def test_paired_intervals_and_the_papers_figures():
     assert "one seed" in ablation.effect(ablation.paired_interval([0.1]))
     table = ablation.paper_table()
     assert "| Freez + stlr | 5.04 | 6.02 | 5.35 |" in table and "AWD-LSTM" in table
+
+
+def test_forgetting_table_pairs_each_method_with_plain_stlr():
+    runs = [{"task": "t", "model": "gpt2", "variant": v, "seed": seed, "macro_f1": 0.5, "forgetting": f + 0.01 * seed}
+            for v, f in (("+stlr", 0.2), ("+stlr +gradual", 0.1), ("+stlr +last", 0.0)) for seed in range(3)]
+    table = ablation.forgetting_table({"runs": runs})
+    assert "| t | gpt2 | +stlr +last | 0.500 ± 0.000 | 0.210 ± 0.010 | 0.010 ± 0.010 | -0.200 [-0.200, -0.200] |" in table
+    assert "+stlr +lora" not in table  # no runs of it: no row
+    assert "not measured" in ablation.forgetting_table({"runs": [dict(r, forgetting=None) for r in runs]})
