@@ -147,7 +147,7 @@ def load_decoder(model: str, spec: InferSpec, option: str = "--model"):
         from train.checkpoint import load_for_eval
 
         module, config, params, run = load_for_eval(model)
-        tokenizer, source = run.tokenizer, f"checkpoint {model}"
+        tokenizer, source = run.tokenizer, f"checkpoint {_shown(model)}"
     else:
         config = models.get_config(model).without_dropout()
         if config.family == "gpt":
@@ -160,6 +160,14 @@ def load_decoder(model: str, spec: InferSpec, option: str = "--model"):
         raise ValueError(f"prompt_len {spec.prompt_len} + new_tokens {spec.new_tokens} exceed the context of "
                          f"{config.n_positions} ({option} {model}); lower them")
     return module, params, tokenizer, source
+
+
+def _shown(path: str) -> str:
+    """A folder as a table names it: relative to the repository when inside it (no machine's
+    absolute paths in the tables)."""
+    resolved = Path(path).resolve()
+    root = Path(__file__).resolve().parents[1]
+    return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(path)
 
 
 def load_variant_runs(spec: InferSpec, config, tokenizer: str | None) -> dict:
