@@ -4,7 +4,8 @@ vector ([CLS]) loses when a text is long?
     jaxlm experiments long-documents    # MiniLM, 64 and 256 tokens, SpamAssassin and a planted task
 
 The real all-MiniLM-L6-v2 body (512 positions) is fine-tuned as a classifier with its [CLS]
-pooler or with concat pooling, at 64 and at 256 tokens, three seeds each, on two tasks:
+pooler or with concat pooling, at 64 and at 256 tokens, with ``seeds`` seeds each (the table
+counts them), on two tasks:
 
 - SpamAssassin (ham vs spam), whose emails run to hundreds of tokens;
 - planted: passages of State of the Union text (the validation addresses) of about 200 words,

@@ -59,9 +59,9 @@ def attention(q: Array, k: Array, v: Array, mask: Array | None, *, causal: bool,
     ``jax.nn.dot_product_attention`` (cuDNN's fused kernel where ``implementation`` asks for it),
     except on the CPU when the logits of the whole batch are larger than a core's cache holds
     (over four blocks of ``CPU_ATTENTION_BLOCK_BYTES``): then ``lax.map`` runs the batch in
-    blocks of at least two rows whose logits stay in cache, which XLA's CPU backend runs several
-    times faster than one pass over all rows (the MiniLM encoder's 32 x 128 tokens: a third of the
-    time; ``docs/benchmarks.md``). The same function either way, to float rounding.
+    blocks of at least two rows whose logits stay in cache, which XLA's CPU backend runs faster
+    than one pass over all rows (measured on the MiniLM encoder: ``docs/benchmarks.md``). The same
+    function either way, to float rounding.
     """
     batch, q_len, heads, _ = q.shape
     row_bytes = heads * q_len * k.shape[1] * 4
