@@ -26,6 +26,7 @@ EXPERIMENTS = {
     "q7": "experiments.ulmfit_methods",
     "q8": "experiments.ulmfit_methods",
     "ulmfit": "experiments.ulmfit_methods",
+    "long-documents": "experiments.long_documents",
     "smaller-distill": "experiments.smaller_models:distill",
     "smaller-adaptive": "experiments.smaller_models:adaptive",
     "smaller-prune": "experiments.smaller_models:prune",
