@@ -68,7 +68,7 @@ from bench.measure import (
     matvec_bandwidth,
 )
 from bench.train_step import hf_gpt2_config
-from bench.workers import Worker, reference_python
+from bench.workers import REPO_ROOT, Worker, reference_python
 from models import hf, quantize
 from models.generation import sample
 from models.speculative import check_draft, speculative_sample
@@ -166,8 +166,7 @@ def _shown(path: str) -> str:
     """A folder as a table names it: relative to the repository when inside it (no machine's
     absolute paths in the tables)."""
     resolved = Path(path).resolve()
-    root = Path(__file__).resolve().parents[1]
-    return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(path)
+    return str(resolved.relative_to(REPO_ROOT)) if resolved.is_relative_to(REPO_ROOT) else str(path)
 
 
 def load_variant_runs(spec: InferSpec, config, tokenizer: str | None) -> dict:
