@@ -231,3 +231,28 @@ def test_finetune_only_reads_the_pretrained_run(labelled_data, lm_run, tmp_path)
     assert json.loads((out / "2-lm" / "init.json").read_text())["source"] == str(lm_run)
     assert json.loads((out / "3-classifier" / "init.json").read_text())["source"] == str(out / "2-lm")
     assert result["test"]["examples"] == 12 and json.loads((out / "result.json").read_text()) == result
+
+
+def test_a_body_that_never_trains_costs_no_backward_pass(corpus, labelled_data, tmp_path):
+    """Feature extraction: the frozen body gets no gradient computed (its backward pass is not in
+    the compiled step), and it stays bit-identical while the head trains."""
+    from train import sharding
+    from train.loop import Run
+
+    flops, runs = {}, {}
+    for name, changes in (("every layer", {}), ("the head", {"optimizer.feature_extraction": True})):
+        config = classify_config(corpus, labelled_data, tmp_path / name.replace(" ", "-"), steps=3,
+                                 **{"optimizer.discriminative_factor": 1.0, "optimizer.unfreeze_every": 0, **NO_EVAL,
+                                    **changes})
+        run = runs[name] = Run.setup(config)
+        local = jax.tree.map(lambda x: x.reshape(1, *x.shape), next(run.batches))
+        batch = sharding.global_batch(local, sharding.batch_sharding(run.mesh, leading=1))
+        cost = run.train_step.lower(run.state, batch).compile().cost_analysis()
+        flops[name] = (cost[0] if isinstance(cost, list) else cost)["flops"]
+        before = jax.device_get(run.state.params)
+        run.state, _ = run.train_step(run.state, batch)
+        after = jax.device_get(run.state.params)
+        moved = jax.tree.map(lambda a, b: bool((a != b).any()), before, after)
+        assert moved["head"] and any(jax.tree.leaves(moved["head"]))
+        assert any(jax.tree.leaves(moved["body"])) == (name == "every layer")
+    assert flops["the head"] < 0.6 * flops["every layer"]

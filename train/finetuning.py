@@ -47,6 +47,20 @@ def make_optimizer(config, model_config, steps_per_epoch: int | None = None):
     return tx, schedule
 
 
+def trainable(config, model_config, params) -> dict | None:
+    """Which parameters can train at all in this run (booleans like ``params``): with feature
+    extraction the heads alone, with LoRA the adapters and a classifier's head; None when every
+    parameter can (gradual unfreezing thaws them all in time)."""
+    body = model_config.body if isinstance(model_config, ClassifierConfig) else model_config
+    if body.lora_rank:
+        return lora.trainable(params)
+    if config.optimizer.feature_extraction:
+        depths = models.param_depths(model_config, params)
+        top = max(int(np.max(d)) for d in jax.tree.leaves(depths))
+        return jax.tree.map(lambda d: bool(np.all(np.asarray(d) == top)), depths)
+    return None
+
+
 @dataclasses.dataclass
 class Pretrained:
     """Weights to start from: their source, its kind (``run`` or ``huggingface``), their model

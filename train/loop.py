@@ -40,7 +40,7 @@ from train.checkpoint import Checkpoints
 from train.config import TrainConfig
 from train.data.tokenizers import load_tokenizer, tokenizer_id
 from train.evaluation import evaluate
-from train.finetuning import init_params, load_pretrained, make_optimizer, write_report
+from train.finetuning import init_params, load_pretrained, make_optimizer, trainable, write_report
 from train.metrics import MetricWriter, plot_loss_curve
 from train.step import boxed_param_shapes, init_state, make_eval_step, make_train_step
 from train.task_registry import make_task
@@ -176,7 +176,8 @@ class Run:
                 write_report(config.run_dir, report)
             summary["init_from"] = {"source": report["source"], "loaded": len(report["loaded"]), "new": report["new"],
                                     "unused": report["unused"]}
-        train_step = make_train_step(module, task, tx, dropout_rng, shardings, mesh, data.grad_accum)
+        train_step = make_train_step(module, task, tx, dropout_rng, shardings, mesh, data.grad_accum,
+                                     trainable(config, model_config, state.params))
         eval_step = make_eval_step(module, task, {"params": shardings.params, **shardings.model_state}, mesh)
         summary.update(start_step=start, params=models.count_params(state.params), mesh=dict(mesh.shape),
                        processes=jax.process_count())

@@ -9,6 +9,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 import models
 from train import sharding
@@ -85,7 +86,7 @@ def frozen_arrays(task, mesh):
     return loss, task.frozen(mesh)
 
 
-def make_train_step(module, task, tx, base_rng, shardings, mesh, grad_accum: int):
+def make_train_step(module, task, tx, base_rng, shardings, mesh, grad_accum: int, trainable=None):
     """One optimizer update from a batch of shape [grad_accum, micro_batch, ...].
 
     Gradients are averaged over the microbatches (a ``lax.scan``, so memory holds one
@@ -95,15 +96,23 @@ def make_train_step(module, task, tx, base_rng, shardings, mesh, grad_accum: int
     The step is traced under the mesh and the axis rules, so the models' activation
     constraints take effect. Its metrics (the task's sums and ``grad_norm``) stay on the device:
     reading one blocks until the step is done.
+
+    ``base_rng`` is an argument of the compiled step, not a constant in it, so runs that differ
+    only in their seed share one compilation (XLA's persistent cache). ``trainable`` (booleans
+    like the parameters; None: all) names the parameters that can train at all in this run (a
+    frozen body's, LoRA's base): the others get no gradient computed (a zero), so a frozen body
+    costs no backward pass.
     """
     task_loss, frozen = frozen_arrays(task, mesh)
 
-    def step(state: TrainState, batch, *frozen):
+    def step(state: TrainState, batch, base_rng, *frozen):
         rng = jax.random.fold_in(base_rng, state.step)
         step_loss = functools.partial(task_loss, frozen=frozen[0]) if frozen else task_loss
 
         def micro_grads(i, mb, model_state):
             def loss(params):
+                if trainable is not None:
+                    params = jax.tree.map(lambda t, x: x if t else jax.lax.stop_gradient(x), trainable, params)
                 return step_loss(module, {"params": params, **model_state}, mb, jax.random.fold_in(rng, i), False)
 
             (_, (sums, model_state)), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
@@ -127,9 +136,10 @@ def make_train_step(module, task, tx, base_rng, shardings, mesh, grad_accum: int
         sums["grad_norm"] = optax.tree.norm(grads)
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state), sums
 
-    batch_sh = sharding.batch_sharding(mesh, leading=1)
-    return _bind(jax.jit(sharding.with_axis_rules(step, mesh), in_shardings=(shardings, batch_sh, *_shardings_of(frozen)),
-                         out_shardings=(shardings, None), donate_argnums=0), frozen)
+    batch_sh, rng_sh = sharding.batch_sharding(mesh, leading=1), NamedSharding(mesh, PartitionSpec())
+    jitted = jax.jit(sharding.with_axis_rules(step, mesh), in_shardings=(shardings, batch_sh, rng_sh, *_shardings_of(frozen)),
+                     out_shardings=(shardings, None), donate_argnums=0)
+    return _bind(jitted, frozen, base_rng)
 
 
 def make_eval_step(module, task, variable_shardings, mesh):
@@ -149,8 +159,19 @@ def _shardings_of(frozen) -> tuple:
     return () if frozen is None else (jax.tree.map(lambda x: x.sharding, frozen),)
 
 
-def _bind(jitted, frozen):
-    """The jitted step as ``(first, batch) -> ...``, passing ``frozen`` as its last argument."""
-    if frozen is None:
-        return jitted
-    return lambda first, batch: jitted(first, batch, frozen)
+def _bind(jitted, frozen, *leading):
+    """The jitted step as ``(first, batch) -> ...`` (and ``.lower(first, batch)``), passing
+    ``leading`` and then ``frozen`` as its last arguments."""
+    args = (*leading, *(() if frozen is None else (frozen,)))
+    return _Bound(jitted, args) if args else jitted
+
+
+class _Bound:
+    def __init__(self, jitted, args):
+        self.jitted, self.args = jitted, args
+
+    def __call__(self, first, batch):
+        return self.jitted(first, batch, *self.args)
+
+    def lower(self, first, batch):
+        return self.jitted.lower(first, batch, *self.args)
