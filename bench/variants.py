@@ -21,7 +21,7 @@ import numpy as np
 
 import models
 from bench.inference import greedy_decode
-from bench.measure import Workloads, interleaved_rounds
+from bench.measure import CpuContention, Workloads, interleaved_rounds
 
 
 @dataclasses.dataclass
@@ -58,7 +58,10 @@ def compare(variants: list[Variant], spec: VariantSpec = VariantSpec()) -> list[
     """One row per variant, the first being the baseline, with ratios to it (below 1: smaller or
     faster), times from ``steps`` interleaved rounds of one forward pass and one decode each."""
     contenders = {str(i): _workloads(v, spec) for i, v in enumerate(variants)}
+    load = CpuContention()  # other processes' CPU use while timed: the machine is shared
+    load.start()
     interleaved_rounds(contenders, ["forward", "decode"], spec.steps)
+    cores = load.stop()
     tokens = spec.batch_size * spec.seq_len
     rows = []
     for v, c in zip(variants, contenders.values()):
@@ -74,6 +77,7 @@ def compare(variants: list[Variant], spec: VariantSpec = VariantSpec()) -> list[
             "forward_tokens_per_s": tokens / forward_s,
             "decode_ms_per_token": 1e3 * decode_s / spec.new_tokens,
             "decode_tokens_per_s": spec.new_tokens / decode_s,
+            "load": cores,
             **v.quality,
         })
     base = rows[0]

@@ -1,6 +1,6 @@
 """What every experiment shares: the SOTU data, short training runs, JSON results, tables, plots.
 
-Each experiment has ``run(scale: bool, runs: Path) -> dict`` (the JSON saved for it) and
+Each experiment has ``run(full: bool, runs: Path) -> dict`` (the JSON saved for it) and
 ``tables(result) -> dict[str, str]`` (markdown, generated from that JSON). ``write_report``
 puts the tables into ``REPORT.md`` between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->``
 markers, so the figures in the report are the JSON's, never typed by hand.
@@ -51,9 +51,10 @@ def read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def task_files(task: str, out: Path, test_rows: int | None) -> dict:
-    """A labelled task's prepared splits (prepared now if missing), and the test rows an experiment
-    scores: a fixed random subset of ``test_rows`` rows (all with None), written under ``out``."""
+def task_files(task: str, out: Path, test_rows: int | None, validation_rows: int | None = None) -> dict:
+    """A labelled task's prepared splits (prepared now if missing), and the test and validation rows
+    an experiment scores: fixed random subsets of ``test_rows`` and ``validation_rows`` rows (all
+    with None), written under ``out``."""
     from train.data.downloads import cache_dir
 
     if task not in LABELLED_TASKS:
@@ -63,13 +64,16 @@ def task_files(task: str, out: Path, test_rows: int | None) -> dict:
         from train.data.corpora import LABELLED
 
         LABELLED[task](folder)
-    test = read_rows(folder / "test.jsonl")
-    if test_rows is not None and test_rows < len(test):
-        test = [test[i] for i in sorted(random.Random(0).sample(range(len(test)), test_rows))]
-    path = Path(out) / "data" / f"{task}-test-{len(test)}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in test))
-    return {"train": folder / "train.jsonl", "test": path, "test_rows": len(test)}
+    files = {"train": folder / "train.jsonl"}
+    for split, count in (("test", test_rows), ("validation", validation_rows)):
+        rows = read_rows(folder / f"{split}.jsonl")
+        if count is not None and count < len(rows):
+            rows = [rows[i] for i in sorted(random.Random(0).sample(range(len(rows)), count))]
+        path = Path(out) / "data" / f"{task}-{split}-{len(rows)}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        files.update({split: path, f"{split}_rows": len(rows)})
+    return files
 
 
 def share_compilations() -> None:
@@ -112,8 +116,20 @@ def train_run(config, folder: Path, keep: bool = False) -> dict:
 def save(name: str, result: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(result, indent=1, default=float) + "\n")
+    path.write_text(json.dumps(portable(result), indent=1, default=float) + "\n")
     return path
+
+
+def portable(value):
+    """``value`` with the machine's own paths in its strings named as anyone's: relative to the
+    repository, ``~`` for the home folder."""
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(v) for v in value]
+    if isinstance(value, str):
+        return value.replace(f"{REPO}/", "").replace(str(REPO), ".").replace(f"{Path.home()}/", "~/")
+    return value
 
 
 def load(name: str) -> dict:

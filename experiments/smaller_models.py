@@ -7,10 +7,10 @@ pruning and head-pruning tables, on the State of the Union corpus.
     jaxlm experiments smaller-heads      # removing 2, 4, 8 of the teacher's 16 heads by importance
 
 Each trains with the training loop (run folders under ``--out``'s ``smaller/cpu``, or
-``smaller/full`` with ``--scale``; resumed if rerun), evaluates on the validation split, times the
+``smaller/full`` with ``--full``; resumed if rerun), evaluates on the validation split, times the
 variants' inference next to their baseline (``bench.variants``) and saves
 ``experiments/results/smaller-NAME.json``, whose table is REPORT.md's ``q5-NAME`` (question 5
-gathers them). The default scale fits a few minutes per run on an idle 2-core CPU; ``--scale``
+gathers them). The default scale fits a few minutes per run on an idle 2-core CPU; ``--full``
 trains every run for the main job's 300 steps. The teacher is the main job's run
 (``runs/gpt2-mini-sotu``, trained there first if missing).
 """
@@ -197,12 +197,12 @@ class Experiment:
     name: str
     measure: Callable  # (run folders, Scale, the main job's run config) -> the result
 
-    def run(self, scale: bool = False, runs: Path = common.RUNS) -> dict:
-        result = self.measure(Path(runs) / "smaller" / ("full" if scale else "cpu"), FULL if scale else CPU,
+    def run(self, full: bool = False, runs: Path = common.RUNS) -> dict:
+        result = self.measure(Path(runs) / "smaller" / ("full" if full else "cpu"), FULL if full else CPU,
                               main_job())
         for row in result["rows"]:
             row["param_bytes_mb"] = row.get("param_bytes", 0) / 1e6
-        return {**result, "environment": environment(), "full": scale}
+        return {**result, "environment": environment(), "full": full}
 
     def tables(self, result: dict) -> dict[str, str]:
         return {f"q5-{self.name}": table(self.name, result)}
@@ -218,6 +218,13 @@ def saved(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _load(cores) -> str:
+    if cores is None:
+        return "the load was not recorded"
+    return f"other processes used {cores:.2f} cores while they were timed" + (
+        " (MEASURED UNDER LOAD: the ratios measure the load too)" if cores > 0.2 else "")
+
+
 def table(name: str, result: dict) -> str:
     """REPORT.md's table of a smaller-model experiment's result."""
     def fmt(value, spec):
@@ -230,8 +237,9 @@ def table(name: str, result: dict) -> str:
     return common.markdown_table(
         ["variant", "nonzero parameters", "bytes vs baseline", "validation loss", "change", "forward time vs baseline",
          "decode time vs baseline"], rows,
-        f"`jaxlm experiments smaller-{name}{' --scale' if result.get('full') else ''}`; times are medians of "
+        f"`jaxlm experiments smaller-{name}{' --full' if result.get('full') else ''}`; times are medians of "
         "interleaved rounds next to the first row (the baseline), on this 2-core CPU"
         + (" (decoding recomputed the prefix at each token: these runs predate the KV cache)"
-           if result["rows"][0].get("decode") == "recompute" else "") + ".",
+           if result["rows"][0].get("decode") == "recompute" else ", decoding with the KV cache")
+        + f"; {_load(result['rows'][0].get('load'))}.",
     )

@@ -59,6 +59,8 @@ def test_distillation_and_head_pruning_run_in_process(corpus, tmp_path, monkeypa
     assert [r["variant"].split(":")[0] for r in result["rows"]] == ["0 of 8 heads", "1 of 8 heads",
                                                                     "2 heads (1 per layer)"]
     assert result["rows"][1]["params"] < result["rows"][0]["params"]
+    assert "load" in result["rows"][0]  # other processes' CPU use while timed, in the caption
+    assert ", decoding with the KV cache; " in common.REPORT.read_text()
 
     report = common.REPORT.read_text()
     saved_q5 = json.loads((Path(q5_cheaper_inference.__file__).parent / "results" / "q5.json").read_text())
