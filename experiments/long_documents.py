@@ -107,7 +107,7 @@ def run_one(config, quarters: dict | None = None) -> dict:
     return out
 
 
-def run(scale: bool = False, runs: Path = common.RUNS, seeds: int = 3) -> dict:
+def run(full: bool = False, runs: Path = common.RUNS, seeds: int = 3) -> dict:
     from models import hf
     from train.data.documents import read_texts
 

@@ -98,8 +98,8 @@ def segment_embedding_counts() -> list[dict]:
     return rows
 
 
-def run(scale: bool = False, runs: Path = common.RUNS) -> dict:
-    s = ACCELERATOR if scale else CPU
+def run(full: bool = False, runs: Path = common.RUNS) -> dict:
+    s = ACCELERATOR if full else CPU
     common.share_compilations()
     runs.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="experiment-q2-", dir=runs))

@@ -93,8 +93,8 @@ def model_record(config) -> dict:
                                  if getattr(config, f.name) != getattr(preset, f.name)}}
 
 
-def run(scale: bool = False, runs: Path = common.RUNS) -> dict:
-    s = ACCELERATOR if scale else CPU
+def run(full: bool = False, runs: Path = common.RUNS) -> dict:
+    s = ACCELERATOR if full else CPU
     common.share_compilations()
     trained = []
     for name, (shared, dropout) in VARIANTS.items():

@@ -25,8 +25,8 @@ ACCELERATOR = {
 }
 
 
-def run(scale: bool = False, runs: Path = common.RUNS) -> dict:
-    settings = ACCELERATOR if scale else CPU
+def run(full: bool = False, runs: Path = common.RUNS) -> dict:
+    settings = ACCELERATOR if full else CPU
     return {"question": 4, "settings": {name: compare_sharing(spec) for name, spec in settings.items()}}
 
 

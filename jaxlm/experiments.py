@@ -1,7 +1,7 @@
 """Run one of the project's experiments and regenerate its tables in REPORT.md:
 
     jaxlm experiments q1                 # GPT vs GPT-2, sized for a 2-core CPU
-    jaxlm experiments q1 --scale         # the larger configuration, for an accelerator
+    jaxlm experiments q1 --full          # the larger configuration, for an accelerator
     jaxlm experiments q1 --report        # only regenerate REPORT.md's tables from the saved JSON
     jaxlm experiments ulmfit             # the ULMFiT ablation behind questions 6-8 (q6, q7 or q8 run it too)
     jaxlm experiments smaller-distill    # question 5's smaller models, one experiment each:
@@ -25,7 +25,7 @@ def add_arguments(parser) -> None:
 
     parser.add_argument("question", choices=list(EXPERIMENTS), metavar="EXPERIMENT",
                         help=f"one of {', '.join(EXPERIMENTS)}")
-    parser.add_argument("--scale", action="store_true", help="the larger configuration (an accelerator)")
+    parser.add_argument("--full", action="store_true", help="the paper-sized configuration (for an accelerator)")
     parser.add_argument("--report", action="store_true", help="only regenerate REPORT.md from the saved JSON")
     cli.add_out(parser, "the folder of the experiment's runs", default="runs/experiments")
 
@@ -33,4 +33,4 @@ def add_arguments(parser) -> None:
 def run(args) -> dict:
     from experiments import run_question
 
-    return run_question(args.question, scale=args.scale, report_only=args.report, runs=args.out)
+    return run_question(args.question, full=args.full, report_only=args.report, runs=args.out)

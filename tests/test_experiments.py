@@ -42,12 +42,12 @@ class Counting:
     def __init__(self):
         self.calls = []
 
-    def run(self, scale=False, runs=None):
-        self.calls.append((scale, runs))
-        return {"scale": scale, "runs": str(runs)}
+    def run(self, full=False, runs=None):
+        self.calls.append((full, runs))
+        return {"full": full, "runs": str(runs)}
 
     def tables(self, result):
-        return {"counted": f"| scale | {result['scale']} |"}
+        return {"counted": f"| full | {result['full']} |"}
 
 
 @pytest.fixture
@@ -64,17 +64,17 @@ def counting(tmp_path, monkeypatch):
 
 
 def test_an_experiment_runs_in_process_saves_its_json_and_fills_its_tables(counting, tmp_path):
-    summary = jaxlm("experiments", "counting", "--scale", "--out", tmp_path / "runs")
+    summary = jaxlm("experiments", "counting", "--full", "--out", tmp_path / "runs")
     assert counting.calls == [(True, tmp_path / "runs")]
     assert summary == {"question": "counting", "results": str(tmp_path / "results" / "counting.json"),
                        "report_tables": ["counted"]}
-    assert json.loads((tmp_path / "results" / "counting.json").read_text()) == {"scale": True,
+    assert json.loads((tmp_path / "results" / "counting.json").read_text()) == {"full": True,
                                                                                "runs": str(tmp_path / "runs")}
-    assert common.REPORT.read_text() == ("before\n<!-- table:counted -->\n| scale | True |\n"
+    assert common.REPORT.read_text() == ("before\n<!-- table:counted -->\n| full | True |\n"
                                          "<!-- /table:counted -->\nafter\n")
-    (tmp_path / "results" / "counting.json").write_text(json.dumps({"scale": "saved"}))
+    (tmp_path / "results" / "counting.json").write_text(json.dumps({"full": "saved"}))
     assert jaxlm("experiments", "counting", "--report")["report_tables"] == ["counted"]
-    assert len(counting.calls) == 1 and "| scale | saved |" in common.REPORT.read_text()
+    assert len(counting.calls) == 1 and "| full | saved |" in common.REPORT.read_text()
 
 
 def test_unknown_and_unrun_experiments_are_named(counting, tmp_path, capsys):
