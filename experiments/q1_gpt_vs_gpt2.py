@@ -12,6 +12,7 @@ output layer, pre-LN gradients do not.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import jax
@@ -43,7 +44,7 @@ class Scale:
     depths: tuple[int, ...] = (2, 8)
     seq_len: int = 64
     batch_size: int = 16
-    steps: int = 200
+    steps: int = 150  # the CPU budget: the question within 20 minutes on 2 idle cores
     learning_rate: float = 2e-3
     low_learning_rate: float = 5e-4
     warmup_frac: float = 0.1
@@ -94,19 +95,27 @@ def layer_grad_norms(config: TrainConfig) -> list[float]:
     return [float(optax.tree.norm(layer)) for layer in layers]
 
 
-def run(scale: bool = False, runs: Path = common.RUNS) -> dict:
-    s = ACCELERATOR if scale else CPU
+def run(full: bool = False, runs: Path = common.RUNS) -> dict:
+    s = ACCELERATOR if full else CPU
     files = common.sotu_files()
     common.share_compilations()
     ladder, low_lr, grad_norms = [], [], {}
+    results_file = Path(runs) / "q1" / ("full" if full else "cpu") / "results.jsonl"  # a rerun skips what it holds
+    results_file.parent.mkdir(parents=True, exist_ok=True)
+    key = ("depth", "variant", "warmup", "seed", "learning_rate")
+    done = {tuple(r[k] for k in key): r for r in (common.read_rows(results_file) if results_file.exists() else [])}
 
     def record(rows, depth, variant, warmup, seed, learning_rate=None):
+        this = (depth, variant, warmup, seed, learning_rate or s.learning_rate)
+        if this in done:
+            rows.append(done[this])
+            return
         summary = common.train_run(run_config(s, files, depth, variant, warmup, seed, learning_rate), runs)
-        rows.append({"depth": depth, "variant": variant, "warmup": warmup, "seed": seed,
-                     "learning_rate": learning_rate or s.learning_rate,
-                     "validation_loss": (summary.get("validation") or {}).get("loss"),
+        rows.append({**dict(zip(key, this)), "validation_loss": (summary.get("validation") or {}).get("loss"),
                      "diverged": summary["diverged"], "seconds": summary["seconds"],
                      "train_curve": summary["train_curve"]})
+        with open(results_file, "a") as f:
+            f.write(json.dumps(rows[-1]) + "\n")
         print(f"q1 depth {depth} {variant} warmup={warmup} seed {seed} lr {rows[-1]['learning_rate']}: "
               f"{rows[-1]['validation_loss']} ({summary['seconds']:.0f} s)", flush=True)
 

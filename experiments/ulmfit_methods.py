@@ -311,8 +311,8 @@ def question_minutes(results: list[dict], size: Size) -> dict:
 
 def ablation(out: Path, size: Size, sources: dict, seeds: int = 3, models=("gpt2", "minilm"),
              tasks=common.LABELLED_TASKS, full: bool = False, question: str | None = None) -> dict:
-    """The rows ``question`` reads (``rows_of``; all with None) of the ablation and the bag-of-words baselines -> the
-    aggregates and the settings, also written under ``out`` with the table and the plot.
+    """The rows ``question`` reads (``rows_of``; all with None) and the bag-of-words baselines ->
+    the aggregates and the settings, also written under ``out`` with the table and the plot.
 
     Each row runs seed 0 at every rate of its grid (``rate_grid``), keeps the rate with the best
     validation macro-F1, and runs the other seeds at it; runs ``out/results.jsonl`` holds are
@@ -351,8 +351,9 @@ def ablation(out: Path, size: Size, sources: dict, seeds: int = 3, models=("gpt2
     def run(model, task, variant, seed, rate, test: bool):
         if (model, task, variant, seed, rate) in results:
             return
-        config = run_config(model, sources[model], files[task], variant, seed, size,
-                            run_dir(model, task, variant, seed, rate), rate)
+        folder = run_dir(model, task, variant, seed, rate)
+        shutil.rmtree(folder, ignore_errors=True)  # what an interrupted attempt left: this run starts afresh
+        config = run_config(model, sources[model], files[task], variant, seed, size, folder, rate)
         tokens, before = forgetting.get(model, (None, None))
         row = {"model": model, "task": task, "variant": variant, "seed": seed,
                **run_one(config, files[task]["test"] if test else None, tokens)}
