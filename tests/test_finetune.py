@@ -241,7 +241,7 @@ def test_a_body_that_never_trains_costs_no_backward_pass(corpus, labelled_data, 
 
     flops, runs = {}, {}
     for name, changes in (("every layer", {}), ("the head", {"optimizer.feature_extraction": True})):
-        config = classify_config(corpus, labelled_data, tmp_path / name.replace(" ", "-"), steps=3,
+        config = classify_config(corpus, labelled_data, tmp_path / name.replace(" ", "-"), steps=10,
                                  **{"optimizer.discriminative_factor": 1.0, "optimizer.unfreeze_every": 0, **NO_EVAL,
                                     **changes})
         run = runs[name] = Run.setup(config)

@@ -167,6 +167,9 @@ def _bind(jitted, frozen, *leading):
 
 
 class _Bound:
+    """A jitted (or compiled) step with its last arguments bound; ``lower(...).compile()`` gives
+    one bound alike, so ahead-of-time callers call it as ``(first, batch)`` too."""
+
     def __init__(self, jitted, args):
         self.jitted, self.args = jitted, args
 
@@ -174,4 +177,18 @@ class _Bound:
         return self.jitted(first, batch, *self.args)
 
     def lower(self, first, batch):
-        return self.jitted.lower(first, batch, *self.args)
+        return _BoundLowered(self.jitted.lower(first, batch, *self.args), self.args)
+
+    def __getattr__(self, name):  # the compiled step's analyses (memory_analysis, cost_analysis, ...)
+        return getattr(self.jitted, name)
+
+
+class _BoundLowered:
+    def __init__(self, lowered, args):
+        self.lowered, self.args = lowered, args
+
+    def compile(self):
+        return _Bound(self.lowered.compile(), self.args)
+
+    def __getattr__(self, name):  # as_text, cost_analysis, ...
+        return getattr(self.lowered, name)
