@@ -51,6 +51,24 @@ def read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+class RunLog:
+    """An experiment's finished runs: one JSON line each in ``path``, keyed by the fields ``key``,
+    so a rerun skips the runs it holds (a later line for the same run replaces the earlier)."""
+
+    def __init__(self, path: Path, key: tuple[str, ...]):
+        self.path, self.key = Path(path), tuple(key)
+        self.runs = {self.key_of(r): r for r in (read_rows(self.path) if self.path.exists() else [])}
+
+    def key_of(self, row: dict) -> tuple:
+        return tuple(row[k] for k in self.key)
+
+    def add(self, row: dict) -> None:
+        self.runs[self.key_of(row)] = row
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
 def task_files(task: str, out: Path, test_rows: int | None, validation_rows: int | None = None) -> dict:
     """A labelled task's prepared splits (prepared now if missing), and the test and validation rows
     an experiment scores: fixed random subsets of ``test_rows`` and ``validation_rows`` rows (all

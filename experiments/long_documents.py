@@ -112,9 +112,7 @@ def run(full: bool = False, runs: Path = common.RUNS, seeds: int = 3) -> dict:
     from train.data.documents import read_texts
 
     out = Path(runs) / "long-documents"
-    results_file = out / "results.jsonl"
-    results = common.read_rows(results_file) if results_file.exists() else []
-    done = {(r["task"], r["pooling"], r["seq_len"], r["seed"]) for r in results}
+    log = common.RunLog(out / "results.jsonl", ("task", "pooling", "seq_len", "seed"))
     source = hf.minilm_folder()
     planted = write_planted(out / "data", list(read_texts([common.sotu_files()["validation"]])))
     spam = common.task_files("spam-assassin", out, 256)
@@ -124,16 +122,14 @@ def run(full: bool = False, runs: Path = common.RUNS, seeds: int = 3) -> dict:
         for seq_len in LENGTHS:
             for pooling in POOLINGS:
                 for seed in range(seeds):
-                    if (task, pooling, seq_len, seed) in done:
+                    if (task, pooling, seq_len, seed) in log.runs:
                         continue
                     run_dir = out / "runs" / f"{task}-{pooling}-{seq_len}-seed{seed}"
                     row = {"task": task, "pooling": pooling, "seq_len": seq_len, "seed": seed,
                            **run_one(run_config(source, files, pooling, seq_len, seed, run_dir), quarters)}
-                    results.append(row)
-                    with open(results_file, "a") as f:
-                        f.write(json.dumps(row) + "\n")
+                    log.add(row)
                     print(json.dumps(row), flush=True)
-    return {"question": 7, "command": "jaxlm experiments long-documents", "runs": results,
+    return {"question": 7, "command": "jaxlm experiments long-documents", "runs": list(log.runs.values()),
             "sizes": {"steps": 60, "batch_size": 16, "learning_rate": 1e-4, "planted_words": 200,
                       "planted_rows": {"train": 480, "test": 240}, "spam_test_rows": 256}}
 

@@ -12,7 +12,6 @@ output layer, pre-LN gradients do not.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import jax
@@ -100,22 +99,19 @@ def run(full: bool = False, runs: Path = common.RUNS) -> dict:
     files = common.sotu_files()
     common.share_compilations()
     ladder, low_lr, grad_norms = [], [], {}
-    results_file = Path(runs) / "q1" / ("full" if full else "cpu") / "results.jsonl"  # a rerun skips what it holds
-    results_file.parent.mkdir(parents=True, exist_ok=True)
-    key = ("depth", "variant", "warmup", "seed", "learning_rate")
-    done = {tuple(r[k] for k in key): r for r in (common.read_rows(results_file) if results_file.exists() else [])}
+    log = common.RunLog(Path(runs) / "q1" / ("full" if full else "cpu") / "results.jsonl",
+                        ("depth", "variant", "warmup", "seed", "learning_rate"))  # a rerun skips what it holds
 
     def record(rows, depth, variant, warmup, seed, learning_rate=None):
         this = (depth, variant, warmup, seed, learning_rate or s.learning_rate)
-        if this in done:
-            rows.append(done[this])
+        if this in log.runs:
+            rows.append(log.runs[this])
             return
         summary = common.train_run(run_config(s, files, depth, variant, warmup, seed, learning_rate), runs)
-        rows.append({**dict(zip(key, this)), "validation_loss": (summary.get("validation") or {}).get("loss"),
+        rows.append({**dict(zip(log.key, this)), "validation_loss": (summary.get("validation") or {}).get("loss"),
                      "diverged": summary["diverged"], "seconds": summary["seconds"],
                      "train_curve": summary["train_curve"]})
-        with open(results_file, "a") as f:
-            f.write(json.dumps(rows[-1]) + "\n")
+        log.add(rows[-1])
         print(f"q1 depth {depth} {variant} warmup={warmup} seed {seed} lr {rows[-1]['learning_rate']}: "
               f"{rows[-1]['validation_loss']} ({summary['seconds']:.0f} s)", flush=True)
 

@@ -231,8 +231,7 @@ def pretraining_slice(tokenizer: str, text_file: str, seq_len: int, blocks: int 
 def read_runs(path: Path) -> list[dict]:
     """The runs ``results.jsonl`` holds, one per (model, task, row, seed, rate): a later line for
     the same run (its test scores) replaces the earlier."""
-    rows = common.read_rows(path) if path.exists() else []
-    return list({tuple(r[k] for k in KEY): r for r in rows}.values())
+    return list(common.RunLog(path, KEY).runs.values())
 
 
 def chosen_rates(results: list[dict]) -> dict:
@@ -318,8 +317,8 @@ def ablation(out: Path, size: Size, sources: dict, seeds: int = 3, models=("gpt2
     validation macro-F1, and runs the other seeds at it; runs ``out/results.jsonl`` holds are
     skipped. ``sources``: model -> its pretrained folder."""
     out.mkdir(parents=True, exist_ok=True)
-    results_file = out / "results.jsonl"
-    results = {tuple(r[k] for k in KEY): r for r in read_runs(results_file)}
+    log = common.RunLog(out / "results.jsonl", KEY)
+    results = log.runs
 
     files = {task: common.task_files(task, out, size.test_rows, size.validation_rows) for task in tasks}
     baselines = {}
@@ -343,9 +342,7 @@ def ablation(out: Path, size: Size, sources: dict, seeds: int = 3, models=("gpt2
         return out / "runs" / f"{model}-{task}-{variant.strip('+').replace(' +', '-')}-lr{rate:g}-seed{seed}"
 
     def record(row):
-        results[tuple(row[k] for k in KEY)] = row
-        with open(results_file, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        log.add(row)
         print(json.dumps(row), flush=True)
 
     def run(model, task, variant, seed, rate, test: bool):

@@ -146,3 +146,16 @@ def test_gradient_norms_at_initialisation_come_from_a_real_batch(corpus):
     tiny = dataclasses.replace(q1.CPU, d_model=16, n_head=2, seq_len=16, batch_size=2)
     norms = q1.layer_grad_norms(q1.run_config(tiny, sotu_like(corpus), 2, "GPT (post-LN)", True, 0))
     assert len(norms) == 2 and all(n > 0 for n in norms)
+
+
+def test_run_log_keeps_finished_runs_for_a_rerun(tmp_path):
+    """An experiment's results.jsonl: a new log reads what an earlier one wrote, and a later line
+    for the same run (more scores) replaces the earlier."""
+    log = common.RunLog(tmp_path / "q" / "results.jsonl", ("seed", "rate"))
+    log.add({"seed": 0, "rate": 1e-3, "validation": 0.5})
+    log.add({"seed": 1, "rate": 1e-3, "validation": 0.6})
+    log.add({"seed": 0, "rate": 1e-3, "validation": 0.5, "test": 0.4})
+    again = common.RunLog(tmp_path / "q" / "results.jsonl", ("seed", "rate"))
+    assert again.runs == log.runs == {(0, 1e-3): {"seed": 0, "rate": 1e-3, "validation": 0.5, "test": 0.4},
+                                      (1, 1e-3): {"seed": 1, "rate": 1e-3, "validation": 0.6}}
+    assert common.RunLog(tmp_path / "none.jsonl", ("seed",)).runs == {}
