@@ -56,7 +56,7 @@ def trainable(config, model_config, params) -> dict | None:
         return lora.trainable(params)
     if config.optimizer.feature_extraction:
         depths = models.param_depths(model_config, params)
-        top = max(int(np.max(d)) for d in jax.tree.leaves(depths))
+        top = optim.check_depths(depths)  # what optim.freeze leaves training
         return jax.tree.map(lambda d: bool(np.all(np.asarray(d) == top)), depths)
     return None
 

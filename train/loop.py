@@ -176,14 +176,14 @@ class Run:
                 write_report(config.run_dir, report)
             summary["init_from"] = {"source": report["source"], "loaded": len(report["loaded"]), "new": report["new"],
                                     "unused": report["unused"]}
-        train_step = make_train_step(module, task, tx, dropout_rng, shardings, mesh, data.grad_accum,
-                                     trainable(config, model_config, state.params))
+        can_train = trainable(config, model_config, state.params)
+        train_step = make_train_step(module, task, tx, dropout_rng, shardings, mesh, data.grad_accum, can_train)
         eval_step = make_eval_step(module, task, {"params": shardings.params, **shardings.model_state}, mesh)
         summary.update(start_step=start, params=models.count_params(state.params), mesh=dict(mesh.shape),
                        processes=jax.process_count())
         if lora.adapter_config(model_config).lora_rank:  # the adapters and a classifier's head: all that trains
             summary["trainable_params"] = sum(int(x.size) for x, t in zip(jax.tree.leaves(state.params),
-                                                                          jax.tree.leaves(lora.trainable(state.params))) if t)
+                                                                          jax.tree.leaves(can_train)) if t)
         return cls(config, task, mesh, module, batches, eval_corpus, micro, (data_index, data_count), schedule,
                    checkpoints, state, train_step, eval_step, start, summary)
 
